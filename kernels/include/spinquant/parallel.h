@@ -1,0 +1,24 @@
+// A small persistent thread pool shared by every kernel family.
+//
+//   spinquant::parallel_for(n, threads, [&](int64_t begin, int64_t end) { ... });
+//
+// splits [0, n) into at most `threads` contiguous, nearly equal ranges (0 = one per core) and runs
+// them on the pool, the calling thread taking the first range; it returns when all are done and
+// rethrows the first exception a range threw. Calls made from inside a range run serially, and
+// concurrent callers take turns, so kernels may call it freely.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+
+namespace spinquant {
+
+// Number of hardware threads (at least 1).
+int hardware_threads();
+
+// Number of ranges parallel_for would use for `n` items and a `threads` request (0 = all cores).
+int plan_threads(int64_t n, int threads);
+
+void parallel_for(int64_t n, int threads, const std::function<void(int64_t begin, int64_t end)>& fn);
+
+}  // namespace spinquant

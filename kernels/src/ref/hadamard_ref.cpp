@@ -1,0 +1,41 @@
+// Scalar reference of the fast Walsh-Hadamard transform: the definition every ISA path matches bit for bit.
+#include <cstring>
+
+#include "spinquant/hadamard.h"
+
+namespace spinquant::detail {
+
+namespace {
+
+// Sylvester FWHT in natural order, strides ascending (the order every SIMD path keeps).
+void fwht_pow2_ref(float* x, int64_t m) {
+  for (int64_t h = 1; h < m; h *= 2)
+    for (int64_t i = 0; i < m; i += 2 * h)
+      for (int64_t j = i; j < i + h; ++j) {
+        const float a = x[j], b = x[j + h];
+        x[j] = a + b;
+        x[j + h] = a - b;
+      }
+}
+
+}  // namespace
+
+void hadamard_row_ref(float* x, const HadamardTransform& t, float* scratch) {
+  const int64_t K = t.K(), m = t.m();
+  const float scale = t.scale();
+  for (int64_t a = 0; a < K; ++a) fwht_pow2_ref(x + a * m, m);
+  if (K == 1) {
+    for (int64_t b = 0; b < m; ++b) x[b] *= scale;
+    return;
+  }
+  const uint32_t* signs = t.sign_masks();
+  for (int64_t ao = 0; ao < K; ++ao)
+    for (int64_t b = 0; b < m; ++b) {
+      float acc = 0.0f;  // 0 + (+-x0) is exact, then additions in the order a = 0..K-1
+      for (int64_t a = 0; a < K; ++a) acc += signs[ao * K + a] ? -x[a * m + b] : x[a * m + b];
+      scratch[ao * m + b] = acc * scale;
+    }
+  std::memcpy(x, scratch, sizeof(float) * static_cast<size_t>(K * m));
+}
+
+}  // namespace spinquant::detail

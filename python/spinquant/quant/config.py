@@ -1,0 +1,138 @@
+"""`QuantConfig`: what to quantize (weights, activations, KV cache), how, and the named presets."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+FULL_PRECISION = 16
+_BITS = (2, 3, 4, 5, 6, 7, 8, FULL_PRECISION)
+_METHODS = ("rtn", "gptq")
+
+
+def _check_bits(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value not in _BITS:
+        raise ValueError(f"{name}={value!r} is not supported: use an integer from 2 to 8, or 16 for no quantization")
+
+
+def _check_group(name: str, value: Any, off: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < -1:
+        raise ValueError(f"{name}={value!r} is not supported: use a positive group size, or 0 (or -1) for {off}")
+
+
+def _check_ratio(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < value <= 1.0:
+        raise ValueError(f"{name}={value!r} is not supported: use a clip ratio in (0, 1]")
+
+
+@dataclass(frozen=True)
+class QuantConfig:
+    """Weight / activation / KV-cache quantization settings; 16 bits means "not quantized".
+
+    Groups run along the input channels (weights) or the last dim (activations, KV); group 0 or -1
+    means one group per row (weights: per output channel; KV: per head and token). `a_clip=None`
+    resolves to 0.9 for activations of 4 bits or fewer and 1.0 otherwise (see `act_clip`).
+    """
+
+    w_bits: int = FULL_PRECISION
+    w_group: int = 0
+    w_sym: bool = True
+    w_clip_search: bool = True
+    w_method: str = "rtn"
+    a_bits: int = FULL_PRECISION
+    a_sym: bool = False
+    a_clip: float | None = None
+    kv_bits: int = FULL_PRECISION
+    kv_group: int = 0
+    kv_sym: bool = False
+    quantize_lm_head: bool = False
+    gptq_damp: float = 0.01
+    gptq_block: int = 128
+    gptq_act_order: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("w_bits", "a_bits", "kv_bits"):
+            _check_bits(name, getattr(self, name))
+        _check_group("w_group", self.w_group, "per-channel")
+        _check_group("kv_group", self.kv_group, "one group per head (head_dim)")
+        if self.w_group == -1:
+            object.__setattr__(self, "w_group", 0)
+        if self.kv_group == -1:
+            object.__setattr__(self, "kv_group", 0)
+        if self.w_method not in _METHODS:
+            raise ValueError(f"w_method={self.w_method!r} is not supported: use one of {', '.join(_METHODS)}")
+        if self.a_clip is not None:
+            _check_ratio("a_clip", self.a_clip)
+        if isinstance(self.gptq_damp, bool) or not isinstance(self.gptq_damp, (int, float)) or self.gptq_damp < 0:
+            raise ValueError(f"gptq_damp={self.gptq_damp!r} is not supported: use a float >= 0 (e.g. 0.01)")
+        if isinstance(self.gptq_block, bool) or not isinstance(self.gptq_block, int) or self.gptq_block < 1:
+            raise ValueError(f"gptq_block={self.gptq_block!r} is not supported: use a positive integer (e.g. 128)")
+        for name in ("w_sym", "w_clip_search", "a_sym", "kv_sym", "quantize_lm_head", "gptq_act_order"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name}={getattr(self, name)!r} is not supported: use true or false")
+
+    @property
+    def act_clip(self) -> float:
+        """The activation clip ratio in effect: `a_clip`, or 0.9 at <= 4 bits and 1.0 otherwise."""
+        if self.a_clip is not None:
+            return float(self.a_clip)
+        return 0.9 if self.a_bits <= 4 else 1.0
+
+    @property
+    def quantizes_weights(self) -> bool:
+        return self.w_bits < FULL_PRECISION
+
+    @property
+    def quantizes_acts(self) -> bool:
+        return self.a_bits < FULL_PRECISION
+
+    @property
+    def quantizes_kv(self) -> bool:
+        return self.kv_bits < FULL_PRECISION
+
+    @property
+    def name(self) -> str:
+        """Short bit-width name, e.g. "W4A4KV4", "W4A16", "W16A16"."""
+        kv = f"KV{self.kv_bits}" if self.quantizes_kv else ""
+        return f"W{self.w_bits}A{self.a_bits}{kv}"
+
+    def __str__(self) -> str:
+        parts = [self.name]
+        if self.quantizes_weights:
+            parts.append(f"g{self.w_group}" if self.w_group else "per-channel")
+            parts.append(self.w_method + ("+clip" if self.w_clip_search else ""))
+            parts.append("sym" if self.w_sym else "asym")
+        if self.quantizes_acts:
+            parts.append(f"a-clip {self.act_clip:g}")
+        if self.quantize_lm_head:
+            parts.append("lm_head")
+        return " ".join(parts)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-able dict (stored in checkpoint metadata)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> QuantConfig:
+        """Inverse of `to_dict`; unknown keys raise ValueError."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown QuantConfig keys {unknown}; valid keys: {', '.join(sorted(known))}")
+        return cls(**data)
+
+    @classmethod
+    def preset(cls, name: str, **overrides: Any) -> QuantConfig:
+        """A named preset (FP, W4A16, W4A8KV8, W4A4KV4; case-insensitive), optionally with fields replaced."""
+        key = name.strip().upper()
+        if key not in PRESETS:
+            raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+        return dataclasses.replace(PRESETS[key], **overrides)
+
+
+FP = QuantConfig()
+W4A16 = QuantConfig(w_bits=4, w_group=32)
+W4A8KV8 = QuantConfig(w_bits=4, w_group=32, a_bits=8, kv_bits=8)
+W4A4KV4 = QuantConfig(w_bits=4, w_group=32, a_bits=4, kv_bits=4)
+PRESETS: dict[str, QuantConfig] = {"FP": FP, "W4A16": W4A16, "W4A8KV8": W4A8KV8, "W4A4KV4": W4A4KV4}

@@ -1,0 +1,251 @@
+"""Fake quantizers (weights, activations, KV cache) with straight-through gradients.
+
+Conventions, shared bit for bit with the C++ kernels (b bits, over one group x, round = half to even):
+
+- asymmetric: `xmax = max(max(x), 0) * clip`, `xmin = min(min(x), 0) * clip`, `scale = (xmax - xmin) / (2^b - 1)`,
+  `zero = round(-xmin / scale)`, `q = clamp(round(x / scale) + zero, 0, 2^b - 1)`, value `(q - zero) * scale`;
+- symmetric: `scale = clip * max|x| / (2^(b-1) - 1)`, `q = clamp(round(x / scale), -2^(b-1), 2^(b-1) - 1)`,
+  value `q * scale`; stored code `q + 2^(b-1)`.
+
+A zero scale becomes 1. Weight scales are rounded to float16 before q is computed (docs/INT4_FORMAT.md), so
+fake-quantized weights equal the packed model's; activation and KV scales stay float32. Groups run along the
+last dim; a last group shorter than `group` is allowed (zero padding changes neither max|x| nor the codes of 0).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+FP16_MAX = 65504.0
+CLIP_GRID = 100  # clip search tries 1 - i / CLIP_GRID ...
+CLIP_MAX_SHRINK = 0.8  # ... for i up to CLIP_MAX_SHRINK * CLIP_GRID (ratios 1.0 down to 0.2)
+CLIP_NORM = 2.4  # ... keeping the ratio with the smallest sum |w - w_hat|^CLIP_NORM per row and group
+_SEARCH_CHUNK = 1 << 22  # elements per clip-search chunk (bounds memory on a 49152 x 576 lm_head)
+
+
+@dataclass
+class QuantizedWeight:
+    """A quantized [N, K] weight: unsigned codes (symmetric: q + 2^(bits-1)), fp16 scales [N, G], zero points.
+
+    `group` is the actual group size (K for per-channel); G = ceil(K / group).
+    """
+
+    codes: Tensor
+    scales: Tensor
+    zeros: Tensor | None
+    group: int
+    bits: int
+    sym: bool
+
+    def __post_init__(self) -> None:
+        if self.codes.dtype != torch.uint8 or self.codes.dim() != 2:
+            raise ValueError(f"codes must be a 2-D uint8 tensor, got {self.codes.dtype} {tuple(self.codes.shape)}")
+        n, k = self.codes.shape
+        groups = math.ceil(k / self.group) if self.group > 0 else -1
+        if self.scales.dtype != torch.float16 or tuple(self.scales.shape) != (n, groups):
+            raise ValueError(
+                f"scales must be float16 [{n}, {groups}] for group {self.group}, "
+                f"got {self.scales.dtype} {tuple(self.scales.shape)}"
+            )
+        if self.sym != (self.zeros is None):
+            raise ValueError("zeros must be None for a symmetric weight and a uint8 tensor for an asymmetric one")
+        if self.zeros is not None and (self.zeros.dtype != torch.uint8 or self.zeros.shape != self.scales.shape):
+            raise ValueError(f"zeros must be uint8 {tuple(self.scales.shape)}, got {self.zeros.dtype}")
+
+    @property
+    def shape(self) -> torch.Size:
+        return self.codes.shape
+
+    def dequantize(self) -> Tensor:
+        """The float32 [N, K] weight these codes stand for."""
+        k = self.codes.shape[1]
+        cols = torch.arange(k) // self.group
+        scales = self.scales.float()[:, cols]
+        offset = float(2 ** (self.bits - 1)) if self.sym else self.zeros.float()[:, cols]
+        return (self.codes.float() - offset) * scales
+
+
+def _group_view(x: Tensor, group: int) -> Tensor:
+    """[..., K] -> [..., G, group] (zero-padded); group <= 0 or >= K gives one group."""
+    k = x.shape[-1]
+    if group <= 0 or group >= k:
+        return x.unsqueeze(-2)
+    pad = -k % group
+    if pad:
+        x = torch.nn.functional.pad(x, (0, pad))
+    return x.reshape(*x.shape[:-1], -1, group)
+
+
+def _ungroup(xg: Tensor, k: int) -> Tensor:
+    return xg.flatten(-2)[..., :k]
+
+
+def quant_params(
+    x: Tensor, bits: int, sym: bool, clip: float | Tensor = 1.0, fp16_scale: bool = False
+) -> tuple[Tensor, Tensor | None]:
+    """(scale, zero) over the last dim of x (keepdim); zero is None when symmetric."""
+    if sym:
+        scale = x.abs().amax(-1, keepdim=True) * clip / (2 ** (bits - 1) - 1)
+    else:
+        xmax = x.amax(-1, keepdim=True).clamp(min=0) * clip
+        xmin = x.amin(-1, keepdim=True).clamp(max=0) * clip
+        scale = (xmax - xmin) / (2**bits - 1)
+    if fp16_scale:
+        scale = scale.clamp(max=FP16_MAX).half().float()
+    scale = torch.where(scale == 0, torch.ones_like(scale), scale)
+    if sym:
+        return scale, None
+    return scale, torch.round(-xmin / scale).clamp(0, 2**bits - 1)
+
+
+def quantize_codes(x: Tensor, scale: Tensor, zero: Tensor | None, bits: int) -> Tensor:
+    """Integer q as floats: signed in [-2^(b-1), 2^(b-1)-1] if zero is None, else unsigned in [0, 2^b-1]."""
+    if zero is None:
+        return torch.clamp(torch.round(x / scale), -(2 ** (bits - 1)), 2 ** (bits - 1) - 1)
+    return torch.clamp(torch.round(x / scale) + zero, 0, 2**bits - 1)
+
+
+def dequantize_codes(q: Tensor, scale: Tensor, zero: Tensor | None) -> Tensor:
+    return q * scale if zero is None else (q - zero) * scale
+
+
+def _fake(x: Tensor, bits: int, sym: bool, clip: float | Tensor, fp16_scale: bool) -> Tensor:
+    scale, zero = quant_params(x, bits, sym, clip, fp16_scale)
+    return dequantize_codes(quantize_codes(x, scale, zero, bits), scale, zero)
+
+
+def search_params(x: Tensor, bits: int, sym: bool, fp16_scale: bool = True) -> tuple[Tensor, Tensor | None]:
+    """(scale, zero) over the last dim with the clip ratio minimising sum |x - x_hat|^CLIP_NORM per row."""
+    rows = x.reshape(-1, x.shape[-1])
+    chunk = max(1, _SEARCH_CHUNK // max(1, rows.shape[1]))
+    scales, zeros = [], []
+    for part in rows.split(chunk):
+        best_err = torch.full((part.shape[0], 1), math.inf)
+        best_clip = torch.ones(part.shape[0], 1)
+        for i in range(int(CLIP_MAX_SHRINK * CLIP_GRID) + 1):
+            clip = 1.0 - i / CLIP_GRID
+            err = (_fake(part, bits, sym, clip, fp16_scale) - part).abs_().pow_(CLIP_NORM).sum(-1, keepdim=True)
+            better = err < best_err
+            best_err = torch.where(better, err, best_err)
+            best_clip = torch.where(better, torch.full_like(best_clip, clip), best_clip)
+        scale, zero = quant_params(part, bits, sym, best_clip, fp16_scale)
+        scales.append(scale)
+        zeros.append(zero)
+    shape = (*x.shape[:-1], 1)
+    zero = None if sym else torch.cat(zeros).reshape(shape)
+    return torch.cat(scales).reshape(shape), zero
+
+
+def _check_weight_args(w: Tensor, bits: int) -> None:
+    if w.dim() != 2:
+        raise ValueError(f"expected a 2-D [out, in] weight, got shape {tuple(w.shape)}")
+    if isinstance(bits, bool) or not isinstance(bits, int) or not 2 <= bits <= 8:
+        raise ValueError(f"bits={bits!r} is not supported: use an integer from 2 to 8")
+
+
+def weight_group_size(k: int, group: int) -> int:
+    """The effective group of a K-wide weight: `group`, or K for per-channel (group <= 0 or >= K)."""
+    return k if group <= 0 or group >= k else group
+
+
+def quantize_weight_rtn(
+    w: Tensor, bits: int, group: int = 0, sym: bool = True, clip_search: bool = True
+) -> QuantizedWeight:
+    """Round-to-nearest weight quantization per output row and group, optionally with MSE clip search."""
+    _check_weight_args(w, bits)
+    with torch.no_grad():
+        w = w.detach().float()
+        k = w.shape[1]
+        group = weight_group_size(k, group)
+        wg = _group_view(w, group)
+        if clip_search:
+            scale, zero = search_params(wg, bits, sym)
+        else:
+            scale, zero = quant_params(wg, bits, sym, 1.0, fp16_scale=True)
+        q = quantize_codes(wg, scale, zero, bits)
+        return make_quantized_weight(_ungroup(q, k), scale.squeeze(-1), zero, group, bits, sym)
+
+
+def make_quantized_weight(
+    q: Tensor, scale: Tensor, zero: Tensor | None, group: int, bits: int, sym: bool
+) -> QuantizedWeight:
+    """Pack float integer codes q [N, K] (signed if sym) and per-group scale/zero [N, G] into a QuantizedWeight."""
+    codes = (q + 2 ** (bits - 1)) if sym else q
+    zeros = None if zero is None else zero.reshape(scale.shape).to(torch.uint8)
+    return QuantizedWeight(codes.to(torch.uint8), scale.half(), zeros, group, bits, sym)
+
+
+class _StraightThrough(torch.autograd.Function):
+    """Forward: fn(x); backward: identity (the rounding is skipped by the gradient)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, fn: Callable[[Tensor], Tensor]) -> Tensor:
+        return fn(x)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
+        return grad, None
+
+
+def straight_through(x: Tensor, fn: Callable[[Tensor], Tensor]) -> Tensor:
+    """fn(x) with an identity gradient; plain fn(x) when no gradient is needed (export-friendly)."""
+    if torch.is_grad_enabled() and x.requires_grad:
+        return _StraightThrough.apply(x, fn)
+    return fn(x)
+
+
+def fake_quant(
+    x: Tensor, bits: int, sym: bool, group: int = 0, clip: float = 1.0, fp16_scale: bool = False
+) -> Tensor:
+    """Quantize-dequantize along the last dim in groups (0 = whole row), with an identity gradient."""
+    if bits >= 16:
+        return x
+
+    def fn(t: Tensor) -> Tensor:
+        tg = _group_view(t.float(), group)
+        return _ungroup(_fake(tg, bits, sym, clip, fp16_scale), t.shape[-1]).to(t.dtype)
+
+    return straight_through(x, fn)
+
+
+def fake_quant_weight(
+    w: Tensor, bits: int, group: int = 0, sym: bool = True, clip: float = 1.0, fp16_scale: bool = True
+) -> Tensor:
+    """Differentiable (straight-through) RTN fake quantization of a [N, K] weight, for rotation training."""
+    _check_weight_args(w, bits)
+    return fake_quant(w, bits, sym, weight_group_size(w.shape[1], group), clip, fp16_scale)
+
+
+class ActQuantizer(nn.Module):
+    """Per-token fake quantizer of activations (last dim; `group` > 0 splits it), straight-through gradient.
+
+    bits 16 is the identity. Scales are float32 (computed at run time by the kernels too).
+    """
+
+    def __init__(self, bits: int, sym: bool = False, clip: float = 1.0, group: int = 0):
+        super().__init__()
+        if isinstance(bits, bool) or not isinstance(bits, int) or not (2 <= bits <= 8 or bits == 16):
+            raise ValueError(f"bits={bits!r} is not supported: use an integer from 2 to 8, or 16 for no quantization")
+        if not 0.0 < clip <= 1.0:
+            raise ValueError(f"clip={clip!r} is not supported: use a clip ratio in (0, 1]")
+        self.bits, self.sym, self.clip, self.group = bits, sym, float(clip), group
+
+    def forward(self, x: Tensor) -> Tensor:
+        return fake_quant(x, self.bits, self.sym, self.group, self.clip)
+
+    def extra_repr(self) -> str:
+        kind = "sym" if self.sym else "asym"
+        group = f", group={self.group}" if self.group > 0 else ""
+        return f"bits={self.bits}, {kind}, clip={self.clip:g}{group}"
+
+
+class KVQuantizer(ActQuantizer):
+    """Fake quantizer of K or V cache entries [B, H, T, head_dim]: groups of `group` along head_dim (0 = all)."""
+
+    def __init__(self, bits: int, group: int = 0, sym: bool = False, clip: float = 1.0):
+        super().__init__(bits, sym, clip, group)

