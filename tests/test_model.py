@@ -7,8 +7,14 @@ import transformers
 from spinquant.model import UnsupportedModelError, load_transformer, tiny_model
 
 SHAPE = dict(
-    vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
-    num_key_value_heads=2, max_position_embeddings=128, rms_norm_eps=1e-5,
+    vocab_size=128,
+    hidden_size=64,
+    intermediate_size=96,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=128,
+    rms_norm_eps=1e-5,
 )
 CONFIGS = {
     "llama": (transformers.LlamaConfig, transformers.LlamaForCausalLM, {}),

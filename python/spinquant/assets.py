@@ -52,8 +52,8 @@ def default_model_dir() -> Path:
     target = cache_dir() / "smollm2-135m-instruct-fp32"
     if (target / "config.json").is_file():
         return target
-    from transformers import AutoModelForCausalLM, AutoTokenizer
     import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     gguf = default_gguf()
     tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=cache_dir()))

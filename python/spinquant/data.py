@@ -1,9 +1,9 @@
 """Calibration and perplexity data from `wiki.utf8` (Wikipedia articles in `<doc ...>` tags).
 
 The file is parsed into documents (tags stripped; each document's text starts with its title line) and split
-by DOCUMENT, in file order: the first 90% (`TEST_FRACTION` = 0.1) are the calibration/train part, the last
-10% the held-out test part, so calibration never sees a test sentence. With the SmolLM2 tokenizer the test
-part is ~46k tokens (~90 windows of 512), the train part ~450k. Each part is the concatenation of its
+by DOCUMENT, in file order: the shortest run of final documents holding 10% of the characters
+(`TEST_FRACTION`) is the held-out test part, everything before it the calibration/train part, so calibration
+never sees a test sentence. Sizes: see `wiki_split().sizes()` and the token counts below. Each part is the concatenation of its
 documents joined by a blank line, tokenized once (memoized in process and cached on disk in
 `assets.cache_dir()`, keyed by the tokenizer and the text).
 
@@ -72,12 +72,17 @@ def parse_documents(raw: str) -> list[Document]:
 
 
 def split_documents(docs: list[Document], test_fraction: float = TEST_FRACTION) -> Split:
-    """Deterministic split by document: the last `test_fraction` of the documents are the test part."""
+    """Deterministic split by document: the shortest suffix of documents holding >= `test_fraction` of the
+    characters is the test part, the rest the train part."""
     if not 0.0 < test_fraction < 1.0:
         raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
-    n_test = max(1, round(len(docs) * test_fraction))
-    if n_test >= len(docs):
-        raise ValueError(f"{len(docs)} documents are too few to split off a test part")
+    if len(docs) < 2:
+        raise ValueError(f"{len(docs)} document(s) are too few to split off a test part")
+    target = test_fraction * sum(len(d.text) for d in docs)
+    n_test, chars = 0, 0
+    while chars < target and n_test < len(docs) - 1:
+        n_test += 1
+        chars += len(docs[-n_test].text)
     return Split(train=tuple(docs[:-n_test]), test=tuple(docs[-n_test:]))
 
 

@@ -348,8 +348,18 @@ def model_identity(model: Transformer) -> dict:
 def tiny_args(arch: str = "llama", **overrides) -> ModelArgs:
     """Shapes of a tiny model for tests: 2 layers, dim 64, GQA 4/2 heads of 16, MLP 96 (= 12 * 8)."""
     base = dict(
-        arch=arch, vocab_size=256, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=16, hidden_dim=96,
-        norm_eps=1e-5, rope_theta=10000.0, qkv_bias=arch == "qwen2", max_seq_len=256,
+        arch=arch,
+        vocab_size=256,
+        dim=64,
+        n_layers=2,
+        n_heads=4,
+        n_kv_heads=2,
+        head_dim=16,
+        hidden_dim=96,
+        norm_eps=1e-5,
+        rope_theta=10000.0,
+        qkv_bias=arch == "qwen2",
+        max_seq_len=256,
     )
     base.update(overrides)
     return ModelArgs(**base)

@@ -11,14 +11,17 @@ _BITS = (2, 3, 4, 5, 6, 7, 8, FULL_PRECISION)
 _METHODS = ("rtn", "gptq")
 
 
-def _check_bits(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value not in _BITS:
-        raise ValueError(f"{name}={value!r} is not supported: use an integer from 2 to 8, or 16 for no quantization")
+def check_bits(name: str, value: Any, allow_off: bool = True) -> None:
+    """ValueError unless value is an integer bit width from 2 to 8 (or 16 = off, if allowed)."""
+    valid = _BITS if allow_off else _BITS[:-1]
+    if isinstance(value, bool) or not isinstance(value, int) or value not in valid:
+        off = ", or 16 for no quantization" if allow_off else ""
+        raise ValueError(f"{name}={value!r} is not supported: use an integer from 2 to 8{off}")
 
 
 def _check_group(name: str, value: Any, off: str) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < -1:
-        raise ValueError(f"{name}={value!r} is not supported: use a positive group size, or 0 (or -1) for {off}")
+        raise ValueError(f"{name}={value!r} is not supported: use a group size > 0, or 0 (or -1) for {off}")
 
 
 def _check_ratio(name: str, value: Any) -> None:
@@ -53,7 +56,7 @@ class QuantConfig:
 
     def __post_init__(self) -> None:
         for name in ("w_bits", "a_bits", "kv_bits"):
-            _check_bits(name, getattr(self, name))
+            check_bits(name, getattr(self, name))
         _check_group("w_group", self.w_group, "per-channel")
         _check_group("kv_group", self.kv_group, "one group per head (head_dim)")
         if self.w_group == -1:
@@ -64,10 +67,11 @@ class QuantConfig:
             raise ValueError(f"w_method={self.w_method!r} is not supported: use one of {', '.join(_METHODS)}")
         if self.a_clip is not None:
             _check_ratio("a_clip", self.a_clip)
-        if isinstance(self.gptq_damp, bool) or not isinstance(self.gptq_damp, (int, float)) or self.gptq_damp < 0:
-            raise ValueError(f"gptq_damp={self.gptq_damp!r} is not supported: use a float >= 0 (e.g. 0.01)")
-        if isinstance(self.gptq_block, bool) or not isinstance(self.gptq_block, int) or self.gptq_block < 1:
-            raise ValueError(f"gptq_block={self.gptq_block!r} is not supported: use a positive integer (e.g. 128)")
+        damp, block = self.gptq_damp, self.gptq_block
+        if isinstance(damp, bool) or not isinstance(damp, (int, float)) or damp < 0:
+            raise ValueError(f"gptq_damp={damp!r} is not supported: use a float >= 0 (e.g. 0.01)")
+        if isinstance(block, bool) or not isinstance(block, int) or block < 1:
+            raise ValueError(f"gptq_block={block!r} is not supported: use a positive integer (e.g. 128)")
         for name in ("w_sym", "w_clip_search", "a_sym", "kv_sym", "quantize_lm_head", "gptq_act_order"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name}={getattr(self, name)!r} is not supported: use true or false")

@@ -12,16 +12,17 @@ import math
 import torch
 from torch import Tensor
 
-from .quantizer import QuantizedWeight
+from .config import check_bits
+from .quantizer import QuantizedWeight, weight_group_size
 
 INT4_OFFSET = 8
 
 
 def _check_codes(codes: Tensor, limit: int, what: str) -> None:
     if codes.dtype != torch.uint8 or codes.dim() != 2:
-        raise ValueError(f"{what} must be a 2-D uint8 tensor, got {codes.dtype} of shape {tuple(codes.shape)}")
+        raise ValueError(f"{what} must be a 2-D uint8 tensor, got {codes.dtype} {tuple(codes.shape)}")
     if codes.numel() and int(codes.max()) > limit:
-        raise ValueError(f"{what} holds code {int(codes.max())} > {limit}; quantize to fewer bits before packing")
+        raise ValueError(f"{what} holds code {int(codes.max())} > {limit}; quantize to fewer bits first")
 
 
 def pack_int4(codes: Tensor) -> Tensor:
@@ -38,7 +39,8 @@ def unpack_int4(packed: Tensor, k: int) -> Tensor:
     if packed.dtype != torch.uint8 or packed.dim() != 2:
         raise ValueError(f"packed int4 must be a 2-D uint8 tensor, got {packed.dtype} {tuple(packed.shape)}")
     if k < 1 or packed.shape[1] != math.ceil(k / 2):
-        raise ValueError(f"packed int4 of width {packed.shape[1]} cannot hold K={k} codes (needs {math.ceil(k / 2)})")
+        need = math.ceil(k / 2) if k > 0 else "K >= 1"
+        raise ValueError(f"packed int4 of width {packed.shape[1]} does not hold K={k} codes (needs {need})")
     codes = torch.stack([packed & 0x0F, packed >> 4], dim=-1).reshape(packed.shape[0], -1)
     return codes[:, :k].contiguous()
 
@@ -59,12 +61,11 @@ def pack_weight(qw: QuantizedWeight) -> dict[str, Tensor]:
 
 
 def unpack_weight(tensors: dict[str, Tensor], k: int, group: int, bits: int = 4) -> QuantizedWeight:
-    """Inverse of `pack_weight` for a weight with K input channels, group size `group` and `bits` bits."""
-    if not 2 <= bits <= 8:
-        raise ValueError(f"bits={bits!r} is not supported: use an integer from 2 to 8")
+    """Inverse of `pack_weight` for K input channels, group size `group` (0 = per-channel) and `bits` bits."""
+    check_bits("bits", bits, allow_off=False)
     missing = {"qweight", "scales"} - set(tensors)
     if missing:
-        raise ValueError(f"packed weight lacks {sorted(missing)}; expected qweight, scales and (asymmetric) zeros")
+        raise ValueError(f"packed weight lacks {sorted(missing)}; expected qweight, scales (+ zeros if asym)")
     qweight, zeros = tensors["qweight"], tensors.get("zeros")
     if bits <= 4:
         codes = unpack_int4(qweight, k)
@@ -79,4 +80,5 @@ def unpack_weight(tensors: dict[str, Tensor], k: int, group: int, bits: int = 4)
         if codes.numel() and (int(codes.min()) < shift or int(codes.max()) > shift + 2**bits - 1):
             raise ValueError(f"symmetric codes out of range for {bits} bits; is `bits` right?")
         codes = codes - shift
-    return QuantizedWeight(codes, tensors["scales"].clone(), None if sym else zeros.clone(), group, bits, sym)
+    scales, zeros = tensors["scales"].clone(), None if sym else zeros.clone()
+    return QuantizedWeight(codes, scales, zeros, weight_group_size(k, group), bits, sym)

@@ -2,14 +2,15 @@
 
 Conventions, shared bit for bit with the C++ kernels (b bits, over one group x, round = half to even):
 
-- asymmetric: `xmax = max(max(x), 0) * clip`, `xmin = min(min(x), 0) * clip`, `scale = (xmax - xmin) / (2^b - 1)`,
-  `zero = round(-xmin / scale)`, `q = clamp(round(x / scale) + zero, 0, 2^b - 1)`, value `(q - zero) * scale`;
+- asymmetric: `xmax = max(max(x), 0) * clip`, `xmin = min(min(x), 0) * clip`,
+  `scale = (xmax - xmin) / (2^b - 1)`, `zero = round(-xmin / scale)`,
+  `q = clamp(round(x / scale) + zero, 0, 2^b - 1)`, value `(q - zero) * scale`;
 - symmetric: `scale = clip * max|x| / (2^(b-1) - 1)`, `q = clamp(round(x / scale), -2^(b-1), 2^(b-1) - 1)`,
   value `q * scale`; stored code `q + 2^(b-1)`.
 
 A zero scale becomes 1. Weight scales are rounded to float16 before q is computed (docs/INT4_FORMAT.md), so
-fake-quantized weights equal the packed model's; activation and KV scales stay float32. Groups run along the
-last dim; a last group shorter than `group` is allowed (zero padding changes neither max|x| nor the codes of 0).
+fake-quantized weights equal the packed model's; activation and KV scales stay float32. Groups run along
+the last dim; a shorter last group is allowed (zero padding changes neither the scales nor the codes of 0).
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
+
+from .config import check_bits
 
 FP16_MAX = 65504.0
 CLIP_GRID = 100  # clip search tries 1 - i / CLIP_GRID ...
@@ -44,7 +47,7 @@ class QuantizedWeight:
 
     def __post_init__(self) -> None:
         if self.codes.dtype != torch.uint8 or self.codes.dim() != 2:
-            raise ValueError(f"codes must be a 2-D uint8 tensor, got {self.codes.dtype} {tuple(self.codes.shape)}")
+            raise ValueError(f"codes must be a 2-D uint8 tensor, got {self.codes.dtype} {tuple(self.shape)}")
         n, k = self.codes.shape
         groups = math.ceil(k / self.group) if self.group > 0 else -1
         if self.scales.dtype != torch.float16 or tuple(self.scales.shape) != (n, groups):
@@ -53,8 +56,9 @@ class QuantizedWeight:
                 f"got {self.scales.dtype} {tuple(self.scales.shape)}"
             )
         if self.sym != (self.zeros is None):
-            raise ValueError("zeros must be None for a symmetric weight and a uint8 tensor for an asymmetric one")
-        if self.zeros is not None and (self.zeros.dtype != torch.uint8 or self.zeros.shape != self.scales.shape):
+            raise ValueError("zeros must be None if symmetric and uint8 [N, G] if asymmetric")
+        zeros = self.zeros
+        if zeros is not None and (zeros.dtype != torch.uint8 or zeros.shape != self.scales.shape):
             raise ValueError(f"zeros must be uint8 {tuple(self.scales.shape)}, got {self.zeros.dtype}")
 
     @property
@@ -129,7 +133,8 @@ def search_params(x: Tensor, bits: int, sym: bool, fp16_scale: bool = True) -> t
         best_clip = torch.ones(part.shape[0], 1)
         for i in range(int(CLIP_MAX_SHRINK * CLIP_GRID) + 1):
             clip = 1.0 - i / CLIP_GRID
-            err = (_fake(part, bits, sym, clip, fp16_scale) - part).abs_().pow_(CLIP_NORM).sum(-1, keepdim=True)
+            err = (_fake(part, bits, sym, clip, fp16_scale) - part).abs_().pow_(CLIP_NORM)
+            err = err.sum(-1, keepdim=True)
             better = err < best_err
             best_err = torch.where(better, err, best_err)
             best_clip = torch.where(better, torch.full_like(best_clip, clip), best_clip)
@@ -141,11 +146,10 @@ def search_params(x: Tensor, bits: int, sym: bool, fp16_scale: bool = True) -> t
     return torch.cat(scales).reshape(shape), zero
 
 
-def _check_weight_args(w: Tensor, bits: int) -> None:
+def check_weight_args(w: Tensor, bits: int) -> None:
     if w.dim() != 2:
         raise ValueError(f"expected a 2-D [out, in] weight, got shape {tuple(w.shape)}")
-    if isinstance(bits, bool) or not isinstance(bits, int) or not 2 <= bits <= 8:
-        raise ValueError(f"bits={bits!r} is not supported: use an integer from 2 to 8")
+    check_bits("bits", bits, allow_off=False)
 
 
 def weight_group_size(k: int, group: int) -> int:
@@ -157,7 +161,7 @@ def quantize_weight_rtn(
     w: Tensor, bits: int, group: int = 0, sym: bool = True, clip_search: bool = True
 ) -> QuantizedWeight:
     """Round-to-nearest weight quantization per output row and group, optionally with MSE clip search."""
-    _check_weight_args(w, bits)
+    check_weight_args(w, bits)
     with torch.no_grad():
         w = w.detach().float()
         k = w.shape[1]
@@ -174,10 +178,19 @@ def quantize_weight_rtn(
 def make_quantized_weight(
     q: Tensor, scale: Tensor, zero: Tensor | None, group: int, bits: int, sym: bool
 ) -> QuantizedWeight:
-    """Pack float integer codes q [N, K] (signed if sym) and per-group scale/zero [N, G] into a QuantizedWeight."""
+    """A QuantizedWeight from float integer q [N, K] (signed if sym) and per-group scale/zero [N, G]."""
     codes = (q + 2 ** (bits - 1)) if sym else q
     zeros = None if zero is None else zero.reshape(scale.shape).to(torch.uint8)
     return QuantizedWeight(codes.to(torch.uint8), scale.half(), zeros, group, bits, sym)
+
+
+def set_weight(module: nn.Linear, qw: QuantizedWeight) -> None:
+    """Attach `qw` as `module.wq` and replace the float weight by its dequantized value (in place)."""
+    if tuple(qw.shape) != tuple(module.weight.shape):
+        shape = tuple(module.weight.shape)
+        raise ValueError(f"quantized weight {tuple(qw.shape)} does not fit a linear weight of shape {shape}")
+    module.weight.data.copy_(qw.dequantize())
+    module.wq = qw
 
 
 class _StraightThrough(torch.autograd.Function):
@@ -217,7 +230,7 @@ def fake_quant_weight(
     w: Tensor, bits: int, group: int = 0, sym: bool = True, clip: float = 1.0, fp16_scale: bool = True
 ) -> Tensor:
     """Differentiable (straight-through) RTN fake quantization of a [N, K] weight, for rotation training."""
-    _check_weight_args(w, bits)
+    check_weight_args(w, bits)
     return fake_quant(w, bits, sym, weight_group_size(w.shape[1], group), clip, fp16_scale)
 
 
@@ -229,8 +242,7 @@ class ActQuantizer(nn.Module):
 
     def __init__(self, bits: int, sym: bool = False, clip: float = 1.0, group: int = 0):
         super().__init__()
-        if isinstance(bits, bool) or not isinstance(bits, int) or not (2 <= bits <= 8 or bits == 16):
-            raise ValueError(f"bits={bits!r} is not supported: use an integer from 2 to 8, or 16 for no quantization")
+        check_bits("bits", bits)
         if not 0.0 < clip <= 1.0:
             raise ValueError(f"clip={clip!r} is not supported: use a clip ratio in (0, 1]")
         self.bits, self.sym, self.clip, self.group = bits, sym, float(clip), group
@@ -245,7 +257,7 @@ class ActQuantizer(nn.Module):
 
 
 class KVQuantizer(ActQuantizer):
-    """Fake quantizer of K or V cache entries [B, H, T, head_dim]: groups of `group` along head_dim (0 = all)."""
+    """Fake quantizer of K or V entries [B, H, T, head_dim]: groups of `group` along head_dim (0 = all)."""
 
     def __init__(self, bits: int, group: int = 0, sym: bool = False, clip: float = 1.0):
         super().__init__(bits, sym, clip, group)

@@ -1,0 +1,303 @@
+// ExecuTorch kernels of the `spinquant` ops (python/spinquant/export/ops.py holds their schemas and the eager
+// reference): thin wrappers that check shapes and call the native kernels of kernels/.
+//
+//   spinquant::hadamard.out(x, hk, *, out)
+//   spinquant::int4_linear.out(x, qweight, scales, zeros?, bias?, group, act_bits, act_clip, *, out)
+//   spinquant::kv_attention.out(q, k, v, cache(a!), input_pos, n_kv_heads, bits, group, *, out)
+//
+// Weights arrive in the int4 storage layout (docs/INT4_FORMAT.md); they are prepacked once into the kernels'
+// layout and cached by the address of the program's constant data (plus a sampled fingerprint), so a decode
+// step only streams packed weights. spinquant_et_clear_cache() drops the cache (the Python runtime calls it
+// when it releases a program) and spinquant_et_set_threads(n) sets the kernels' thread count (0 = all cores).
+#include <executorch/extension/kernel_util/make_boxed_from_unboxed_functor.h>
+#include <executorch/runtime/core/exec_aten/util/tensor_util.h>
+#include <executorch/runtime/kernel/kernel_includes.h>
+
+#include <atomic>
+#include <cmath>
+#include <cstring>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "spinquant/attention.h"
+#include "spinquant/hadamard.h"
+#include "spinquant/int4.h"
+#include "spinquant/parallel.h"
+
+namespace {
+
+using executorch::aten::ScalarType;
+using executorch::aten::SizesType;
+using executorch::aten::Tensor;
+using executorch::runtime::Error;
+using executorch::runtime::KernelRuntimeContext;
+
+std::atomic<int> g_threads{0};
+
+// Fails the kernel with a message (ExecuTorch logs it and the method returns an error).
+bool fail(KernelRuntimeContext& ctx, const std::string& msg) {
+  ET_LOG(Error, "spinquant: %s", msg.c_str());
+  ctx.fail(Error::InvalidArgument);
+  return false;
+}
+
+bool check(KernelRuntimeContext& ctx, bool ok, const char* msg) { return ok || fail(ctx, msg); }
+
+bool resize(KernelRuntimeContext& ctx, Tensor& out, const std::vector<SizesType>& sizes) {
+  return check(ctx, executorch::runtime::resize_tensor(out, {sizes.data(), sizes.size()}) == Error::Ok,
+               "cannot resize the output tensor");
+}
+
+std::vector<SizesType> sizes_of(const Tensor& t) { return {t.sizes().begin(), t.sizes().end()}; }
+
+// ---- hadamard ------------------------------------------------------------------------------------------
+
+const spinquant::HadamardTransform& hadamard_for(int64_t n, const int8_t* hk, int64_t K) {
+  static std::mutex mu;
+  static std::map<std::pair<int64_t, std::string>, std::unique_ptr<spinquant::HadamardTransform>> cache;
+  std::lock_guard<std::mutex> lock(mu);
+  auto key = std::make_pair(n, std::string(reinterpret_cast<const char*>(hk), K * K));
+  auto it = cache.find(key);
+  if (it == cache.end())
+    it = cache.emplace(key, std::make_unique<spinquant::HadamardTransform>(n, K > 1 ? hk : nullptr, K)).first;
+  return *it->second;
+}
+
+Tensor& hadamard_out(KernelRuntimeContext& ctx, const Tensor& x, const Tensor& hk, Tensor& out) {
+  if (!check(ctx, x.scalar_type() == ScalarType::Float && out.scalar_type() == ScalarType::Float,
+             "hadamard: x and out must be float32") ||
+      !check(ctx, hk.scalar_type() == ScalarType::Char && hk.dim() == 2 && hk.size(0) == hk.size(1),
+             "hadamard: hk must be an int8 [K, K] matrix") ||
+      !check(ctx, x.dim() >= 1, "hadamard: x needs at least one dimension") || !resize(ctx, out, sizes_of(x)))
+    return out;
+  const int64_t n = x.size(x.dim() - 1);
+  try {
+    const auto& t = hadamard_for(n, hk.const_data_ptr<int8_t>(), hk.size(0));
+    float* y = out.mutable_data_ptr<float>();
+    if (y != x.const_data_ptr<float>()) std::memcpy(y, x.const_data_ptr<float>(), x.nbytes());
+    t.apply(y, n ? x.numel() / n : 0, g_threads.load());
+  } catch (const std::exception& e) {
+    fail(ctx, std::string("hadamard: ") + e.what());
+  }
+  return out;
+}
+
+// ---- int4 linear ---------------------------------------------------------------------------------------
+
+struct PackKey {
+  const void *qweight, *scales, *zeros;
+  int64_t N, K, group;
+  bool operator<(const PackKey& o) const {
+    return std::tie(qweight, scales, zeros, N, K, group) < std::tie(o.qweight, o.scales, o.zeros, o.N, o.K, o.group);
+  }
+};
+
+struct PackEntry {
+  std::vector<uint8_t> sample;  // bytes sampled from the storage tensors when prepacked
+  std::shared_ptr<spinquant::int4::PackedInt4> packed;
+};
+
+std::mutex g_pack_mu;
+std::map<PackKey, PackEntry> g_pack_cache;
+
+// A few bytes spread over the weight and its scales: catches a different program reusing the same addresses.
+std::vector<uint8_t> sample_bytes(const Tensor& qweight, const Tensor& scales) {
+  std::vector<uint8_t> s;
+  for (const Tensor* t : {&qweight, &scales}) {
+    const auto* p = static_cast<const uint8_t*>(t->const_data_ptr());
+    const size_t n = t->nbytes();
+    for (size_t i = 0; i < 16 && n; ++i) s.push_back(p[(n - 1) * i / 15]);
+  }
+  return s;
+}
+
+std::shared_ptr<spinquant::int4::PackedInt4> packed_for(const Tensor& qweight, const Tensor& scales,
+                                                        const std::optional<Tensor>& zeros, int64_t K,
+                                                        int64_t group) {
+  const int64_t N = qweight.size(0);
+  const void* zp = zeros ? zeros->const_data_ptr() : nullptr;
+  PackKey key{qweight.const_data_ptr(), scales.const_data_ptr(), zp, N, K, group};
+  std::vector<uint8_t> sample = sample_bytes(qweight, scales);
+  std::lock_guard<std::mutex> lock(g_pack_mu);
+  auto it = g_pack_cache.find(key);
+  if (it != g_pack_cache.end() && it->second.sample == sample) return it->second.packed;
+  auto packed = std::make_shared<spinquant::int4::PackedInt4>(spinquant::int4::prepack(
+      qweight.const_data_ptr<uint8_t>(), scales.const_data_ptr<uint16_t>(),
+      zeros ? zeros->const_data_ptr<uint8_t>() : nullptr, N, K, group));
+  g_pack_cache[key] = PackEntry{std::move(sample), packed};
+  return packed;
+}
+
+bool check_linear(KernelRuntimeContext& ctx, const Tensor& x, const Tensor& qweight, const Tensor& scales,
+                  const std::optional<Tensor>& zeros, const std::optional<Tensor>& bias, int64_t group) {
+  if (!check(ctx, x.scalar_type() == ScalarType::Float && x.dim() >= 1, "int4_linear: x must be float32"))
+    return false;
+  const int64_t K = x.size(x.dim() - 1);
+  const int64_t G = group > 0 ? (K + group - 1) / group : 0;
+  return check(ctx, qweight.scalar_type() == ScalarType::Byte && qweight.dim() == 2 &&
+                        qweight.size(1) == (K + 1) / 2,
+               "int4_linear: qweight must be uint8 [N, ceil(K / 2)] for the input's K") &&
+         check(ctx, group > 0, "int4_linear: group must be positive") &&
+         check(ctx, scales.scalar_type() == ScalarType::Half && scales.dim() == 2 &&
+                        scales.size(0) == qweight.size(0) && scales.size(1) == G,
+               "int4_linear: scales must be float16 [N, ceil(K / group)]") &&
+         check(ctx, !zeros || (zeros->scalar_type() == ScalarType::Byte && zeros->numel() == scales.numel()),
+               "int4_linear: zeros must be uint8 shaped like scales") &&
+         check(ctx, !bias || (bias->scalar_type() == ScalarType::Float && bias->numel() == qweight.size(0)),
+               "int4_linear: bias must be float32 [N]");
+}
+
+Tensor& int4_linear_out(KernelRuntimeContext& ctx, const Tensor& x, const Tensor& qweight, const Tensor& scales,
+                        const std::optional<Tensor>& zeros, const std::optional<Tensor>& bias, int64_t group,
+                        int64_t act_bits, double act_clip, Tensor& out) {
+  if (!check_linear(ctx, x, qweight, scales, zeros, bias, group)) return out;
+  std::vector<SizesType> shape = sizes_of(x);
+  shape.back() = static_cast<SizesType>(qweight.size(0));
+  if (!resize(ctx, out, shape)) return out;
+  const int64_t K = x.size(x.dim() - 1);
+  try {
+    auto packed = packed_for(qweight, scales, zeros, K, group);
+    spinquant::int4::LinearParams params;
+    params.act_bits = static_cast<int>(act_bits);
+    params.act_clip = static_cast<float>(act_clip);
+    params.bias = bias ? bias->const_data_ptr<float>() : nullptr;
+    params.threads = g_threads.load();
+    spinquant::int4::linear(*packed, x.const_data_ptr<float>(), K ? x.numel() / K : 0,
+                            out.mutable_data_ptr<float>(), params);
+  } catch (const std::exception& e) {
+    fail(ctx, std::string("int4_linear: ") + e.what());
+  }
+  return out;
+}
+
+// ---- quantized-KV attention ----------------------------------------------------------------------------
+
+// One layer's cache buffer, laid out as KVCacheLayout in ops.py: for K then V, codes [Hkv, S, row_bytes],
+// scales float32 [Hkv, S, G], zeros float32 [Hkv, S, G].
+struct CacheView {
+  int64_t hkv, seq, dim, group, groups, row_bytes;
+  int bits;
+  uint8_t* codes[2];
+  float* scales[2];
+  float* zeros[2];
+
+  spinquant::detail::KVHeadView head(int64_t h) const {
+    spinquant::detail::KVHeadView v{};
+    for (int w = 0; w < 2; ++w) {
+      v.codes[w] = codes[w] + h * seq * row_bytes;
+      v.scales[w] = scales[w] + h * seq * groups;
+      v.zeros[w] = zeros[w] + h * seq * groups;
+    }
+    v.head_dim = dim;
+    v.group = group;
+    v.groups = groups;
+    v.row_bytes = row_bytes;
+    v.bits = bits;
+    return v;
+  }
+
+  // Quantizes x [dim] into row `pos` of head h of K (w = 0) or V (w = 1).
+  void store(int w, int64_t h, int64_t pos, const float* x) const {
+    uint8_t q[512];
+    const int64_t r = h * seq + pos;
+    uint8_t* dst = codes[w] + r * row_bytes;
+    for (int64_t g = 0; g < groups; ++g)
+      spinquant::quantize_group_asym(x + g * group, group, bits, q + g * group, scales[w] + r * groups + g,
+                                     zeros[w] + r * groups + g);
+    if (bits == 8) {
+      std::memcpy(dst, q, dim);
+    } else {
+      for (int64_t d = 0; d < dim; d += 2) dst[d / 2] = static_cast<uint8_t>(q[d] | (q[d + 1] << 4));
+    }
+  }
+};
+
+bool make_cache_view(KernelRuntimeContext& ctx, Tensor& cache, int64_t hkv, int64_t dim, int64_t bits,
+                     int64_t group, CacheView* v) {
+  group = group > 0 ? group : dim;
+  if (!check(ctx, (bits == 4 || bits == 8) && dim % group == 0 && dim <= 512 && dim % 2 == 0,
+             "kv_attention: bits must be 4 or 8, group must divide head_dim (even, <= 512)"))
+    return false;
+  const int64_t groups = dim / group, row_bytes = dim * bits / 8;
+  const int64_t per_pos = 2 * hkv * (row_bytes + 8 * groups);
+  if (!check(ctx, cache.scalar_type() == ScalarType::Byte && cache.dim() == 1 && cache.numel() % (4 * per_pos) == 0,
+             "kv_attention: cache must be a flat uint8 buffer laid out as KVCacheLayout"))
+    return false;
+  const int64_t seq = cache.numel() / per_pos, rows = hkv * seq;
+  uint8_t* base = cache.mutable_data_ptr<uint8_t>();
+  *v = CacheView{hkv, seq, dim, group, groups, row_bytes, static_cast<int>(bits), {}, {}, {}};
+  for (int w = 0; w < 2; ++w) {
+    uint8_t* p = base + w * rows * (row_bytes + 8 * groups);
+    v->codes[w] = p;
+    v->scales[w] = reinterpret_cast<float*>(p + rows * row_bytes);
+    v->zeros[w] = reinterpret_cast<float*>(p + rows * row_bytes + rows * groups * 4);
+  }
+  return true;
+}
+
+Tensor& kv_attention_out(KernelRuntimeContext& ctx, const Tensor& q, const Tensor& k, const Tensor& v,
+                         Tensor& cache, const Tensor& input_pos, int64_t n_kv_heads, int64_t bits, int64_t group,
+                         Tensor& out) {
+  if (!check(ctx, q.scalar_type() == ScalarType::Float && k.scalar_type() == ScalarType::Float &&
+                      v.scalar_type() == ScalarType::Float && q.dim() == 3 && k.dim() == 3 && v.dim() == 3,
+             "kv_attention: q, k, v must be float32 [T, heads, head_dim]") ||
+      !check(ctx, k.size(1) == n_kv_heads && v.size(1) == n_kv_heads && q.size(1) % n_kv_heads == 0 &&
+                      k.size(0) == q.size(0) && v.size(0) == q.size(0) && k.size(2) == q.size(2) &&
+                      v.size(2) == q.size(2),
+             "kv_attention: q [T, H, D], k and v [T, n_kv_heads, D] with H a multiple of n_kv_heads") ||
+      !check(ctx, input_pos.scalar_type() == ScalarType::Long && input_pos.numel() == q.size(0),
+             "kv_attention: input_pos must be int64 [T]") ||
+      !resize(ctx, out, sizes_of(q)))
+    return out;
+  CacheView cv{};
+  if (!make_cache_view(ctx, cache, n_kv_heads, q.size(2), bits, group, &cv)) return out;
+  const int64_t T = q.size(0), H = q.size(1), D = q.size(2), r = H / n_kv_heads;
+  const int64_t start = input_pos.const_data_ptr<int64_t>()[0];
+  if (!check(ctx, start >= 0 && start + T <= cv.seq, "kv_attention: positions exceed the cache (max_seq_len)"))
+    return out;
+  const float* kp = k.const_data_ptr<float>();
+  const float* vp = v.const_data_ptr<float>();
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t h = 0; h < n_kv_heads; ++h) {
+      cv.store(0, h, start + t, kp + (t * n_kv_heads + h) * D);
+      cv.store(1, h, start + t, vp + (t * n_kv_heads + h) * D);
+    }
+  const float scale = 1.0f / std::sqrt(static_cast<float>(D));
+  const spinquant::detail::AttendFn attend = spinquant::detail::attend_kernel();
+  const float* qp = q.const_data_ptr<float>();
+  float* op = out.mutable_data_ptr<float>();
+  spinquant::parallel_for(T * n_kv_heads, g_threads.load(), [&](int64_t i0, int64_t i1) {
+    std::vector<float> scratch;
+    for (int64_t i = i0; i < i1; ++i) {
+      const int64_t t = i / n_kv_heads, h = i % n_kv_heads, len = start + t + 1;
+      scratch.resize(r * len + r * D);
+      const int64_t off = (t * H + h * r) * D;
+      attend(qp + off, r, cv.head(h), len, scale, op + off, scratch.data());
+    }
+  });
+  return out;
+}
+
+}  // namespace
+
+EXECUTORCH_LIBRARY(spinquant, "hadamard.out", hadamard_out);
+EXECUTORCH_LIBRARY(spinquant, "int4_linear.out", int4_linear_out);
+EXECUTORCH_LIBRARY(spinquant, "kv_attention.out", kv_attention_out);
+
+extern "C" {
+// Thread count of the kernels (0 = every core).
+__attribute__((visibility("default"))) void spinquant_et_set_threads(int threads) {
+  g_threads.store(threads < 0 ? 0 : threads);
+}
+// Drops the prepacked weights (call when the program that owns the constant data is released).
+__attribute__((visibility("default"))) void spinquant_et_clear_cache() {
+  std::lock_guard<std::mutex> lock(g_pack_mu);
+  g_pack_cache.clear();
+}
+}

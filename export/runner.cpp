@@ -1,0 +1,125 @@
+// spinquant_runner: runs a spinquant .pte (forward(tokens [1, T] int64, input_pos [T] int64) -> logits
+// [1, T, V]) with the ExecuTorch runtime: prefill the prompt ids, then greedy decode one token at a time.
+//
+//   spinquant_runner MODEL.pte --tokens 1,2,3 [--max-new 16] [--threads N]
+//
+// Prints the generated ids on one line ("ids: 5 7 ..."), then prefill and decode timings.
+#include <executorch/extension/module/module.h>
+#include <executorch/runtime/core/exec_aten/exec_aten.h>
+#include <executorch/runtime/platform/runtime.h>
+
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <vector>
+
+extern "C" void spinquant_et_set_threads(int threads);
+
+namespace {
+
+using executorch::aten::ScalarType;
+using executorch::aten::Tensor;
+using executorch::aten::TensorImpl;
+using executorch::extension::Module;
+using executorch::runtime::EValue;
+
+struct Args {
+  std::string model;
+  std::vector<int64_t> tokens;
+  int max_new = 16;
+  int threads = 0;
+};
+
+[[noreturn]] void usage(const char* msg) {
+  std::fprintf(stderr, "spinquant_runner: %s\nusage: spinquant_runner MODEL.pte --tokens 1,2,3 [--max-new N] "
+                       "[--threads N]\n", msg);
+  std::exit(2);
+}
+
+std::vector<int64_t> parse_ids(const char* s) {
+  std::vector<int64_t> ids;
+  for (const char* p = s; *p;) {
+    char* end = nullptr;
+    const long long v = std::strtoll(p, &end, 10);
+    if (end == p || v < 0) usage("--tokens takes comma-separated non-negative integers");
+    ids.push_back(v);
+    p = *end == ',' ? end + 1 : end;
+    if (*end && *end != ',') usage("--tokens takes comma-separated non-negative integers");
+  }
+  if (ids.empty()) usage("--tokens needs at least one id");
+  return ids;
+}
+
+Args parse(int argc, char** argv) {
+  Args a;
+  for (int i = 1; i < argc; ++i) {
+    const std::string arg = argv[i];
+    const bool has_value = i + 1 < argc;
+    if (arg == "--tokens" && has_value) a.tokens = parse_ids(argv[++i]);
+    else if (arg == "--max-new" && has_value) a.max_new = std::atoi(argv[++i]);
+    else if (arg == "--threads" && has_value) a.threads = std::atoi(argv[++i]);
+    else if (arg.rfind("--", 0) == 0) usage(("unknown or incomplete option " + arg).c_str());
+    else a.model = arg;
+  }
+  if (a.model.empty()) usage("missing MODEL.pte");
+  if (a.tokens.empty()) usage("missing --tokens");
+  if (a.max_new < 1) usage("--max-new must be >= 1");
+  return a;
+}
+
+double now_ms() {
+  return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+// Runs forward on ids at positions start.. and returns the argmax of the last position's logits.
+int64_t step(Module& module, std::vector<int64_t> ids, int64_t start) {
+  const auto T = static_cast<TensorImpl::SizesType>(ids.size());
+  std::vector<int64_t> pos(ids.size());
+  for (size_t i = 0; i < pos.size(); ++i) pos[i] = start + static_cast<int64_t>(i);
+  TensorImpl::SizesType tok_sizes[2] = {1, T}, pos_sizes[1] = {T};
+  TensorImpl::DimOrderType tok_order[2] = {0, 1}, pos_order[1] = {0};
+  TensorImpl::StridesType tok_strides[2] = {T, 1}, pos_strides[1] = {1};
+  TensorImpl tok_impl(ScalarType::Long, 2, tok_sizes, ids.data(), tok_order, tok_strides);
+  TensorImpl pos_impl(ScalarType::Long, 1, pos_sizes, pos.data(), pos_order, pos_strides);
+  auto result = module.forward({EValue(Tensor(&tok_impl)), EValue(Tensor(&pos_impl))});
+  if (!result.ok()) {
+    std::fprintf(stderr, "spinquant_runner: forward failed (error 0x%x); was the .pte exported by "
+                         "spinquant-export and is libspinquant_et_ops linked?\n", static_cast<int>(result.error()));
+    std::exit(1);
+  }
+  const Tensor logits = result->at(0).toTensor();
+  const int64_t V = logits.size(logits.dim() - 1);
+  const float* last = logits.const_data_ptr<float>() + (logits.numel() / V - 1) * V;
+  int64_t best = 0;
+  for (int64_t v = 1; v < V; ++v)
+    if (last[v] > last[best]) best = v;
+  return best;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const Args args = parse(argc, argv);
+  executorch::runtime::runtime_init();
+  spinquant_et_set_threads(args.threads);
+  Module module(args.model, Module::LoadMode::Mmap);
+  if (module.load_method("forward") != executorch::runtime::Error::Ok) {
+    std::fprintf(stderr, "spinquant_runner: cannot load method 'forward' of %s (missing file, not a .pte, or "
+                         "an operator this runner lacks)\n", args.model.c_str());
+    return 1;
+  }
+  std::vector<int64_t> out;
+  const double t0 = now_ms();
+  out.push_back(step(module, args.tokens, 0));
+  const double t1 = now_ms();
+  int64_t pos = static_cast<int64_t>(args.tokens.size());
+  for (int i = 1; i < args.max_new; ++i, ++pos) out.push_back(step(module, {out.back()}, pos));
+  const double t2 = now_ms();
+  std::printf("ids:");
+  for (int64_t id : out) std::printf(" %lld", static_cast<long long>(id));
+  std::printf("\nprefill_ms %.3f prefill_tok_per_s %.1f\n", t1 - t0, 1000.0 * args.tokens.size() / (t1 - t0));
+  if (args.max_new > 1) std::printf("decode_ms_per_token %.3f\n", (t2 - t1) / (args.max_new - 1));
+  return 0;
+}

@@ -1,0 +1,55 @@
+// NEON quantized-KV attention: 4 floats a vector (see attention_simd.h).
+#include <arm_neon.h>
+
+#include <cstring>
+
+#include "../attention_simd.h"
+
+namespace spinquant::detail {
+
+namespace {
+
+struct Neon {
+  using T = float32x4_t;
+  static constexpr int64_t W = 4;
+  static T load(const float* p) { return vld1q_f32(p); }
+  static void store(float* p, T v) { vst1q_f32(p, v); }
+  static T zero() { return vdupq_n_f32(0.0f); }
+  static T set1(float f) { return vdupq_n_f32(f); }
+  static T add(T a, T b) { return vaddq_f32(a, b); }
+  static T sub(T a, T b) { return vsubq_f32(a, b); }
+  static T mul(T a, T b) { return vmulq_f32(a, b); }
+  static T fma(T a, T b, T c) { return vfmaq_f32(c, a, b); }
+  static T max(T a, T b) { return vmaxq_f32(a, b); }
+  static T round(T x) { return vrndnq_f32(x); }
+  static T pow2(T n) {
+    const int32x4_t e = vaddq_s32(vcvtq_s32_f32(n), vdupq_n_s32(127));
+    return vreinterpretq_f32_s32(vshlq_n_s32(e, 23));
+  }
+  static float hsum(T v) { return vaddvq_f32(v); }
+  static float hmax(T v) { return vmaxvq_f32(v); }
+  // 4 codes from 2 bytes: low and high nibbles interleaved back into channel order.
+  static T codes4(const uint8_t* p) {
+    uint16_t w;
+    std::memcpy(&w, p, 2);
+    const uint8x8_t b = vreinterpret_u8_u16(vdup_n_u16(w));
+    const uint8x8_t z = vzip1_u8(vand_u8(b, vdup_n_u8(0xF)), vshr_n_u8(b, 4));
+    return vcvtq_f32_u32(vmovl_u16(vget_low_u16(vmovl_u8(z))));
+  }
+  static T codes8(const uint8_t* p) {
+    uint32_t w;
+    std::memcpy(&w, p, 4);
+    const uint8x8_t b = vreinterpret_u8_u32(vdup_n_u32(w));
+    return vcvtq_f32_u32(vmovl_u16(vget_low_u16(vmovl_u8(b))));
+  }
+};
+
+}  // namespace
+
+void attend_neon(const float* q, int64_t r, const KVHeadView& kv, int64_t len, float scale, float* out,
+                 float* scratch) {
+  if (!AttentionSimd<Neon>::supported(kv)) return attend_ref(q, r, kv, len, scale, out, scratch);
+  AttentionSimd<Neon>::attend(q, r, kv, len, scale, out, scratch);
+}
+
+}  // namespace spinquant::detail

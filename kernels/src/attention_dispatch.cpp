@@ -1,0 +1,173 @@
+// QuantKVCache (validation, quantization on append) and quant_kv_attention (R3 on q, the split of
+// (token, KV head) jobs over threads, the per-ISA kernel choice).
+#include <algorithm>
+#include <cmath>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "spinquant/attention.h"
+#include "spinquant/cpu.h"
+#include "spinquant/hadamard.h"
+#include "spinquant/parallel.h"
+
+namespace spinquant {
+
+namespace {
+
+constexpr int64_t kMinWorkPerThread = int64_t{1} << 16;  // multiply-adds below which a thread does not pay
+
+[[noreturn]] void fail(const std::string& msg) { throw std::invalid_argument("quant_kv: " + msg); }
+
+std::string str(int64_t v) { return std::to_string(v); }
+
+bool is_pow2(int64_t v) { return v > 0 && (v & (v - 1)) == 0; }
+
+}  // namespace
+
+void quantize_group_asym(const float* x, int64_t g, int bits, uint8_t* codes, float* scale, float* zero) {
+  const float qmax = static_cast<float>((1 << bits) - 1);
+  float xmax = 0.0f, xmin = 0.0f;
+  for (int64_t i = 0; i < g; ++i) {
+    if (!std::isfinite(x[i])) fail("cannot quantize NaN or infinity in k / v");
+    xmax = std::max(xmax, x[i]);
+    xmin = std::min(xmin, x[i]);
+  }
+  float s = (xmax - xmin) / qmax;
+  if (s == 0.0f) s = 1.0f;
+  const float z = std::nearbyint(-xmin / s);  // round half to even (default rounding mode)
+  for (int64_t i = 0; i < g; ++i)
+    codes[i] = static_cast<uint8_t>(std::clamp(std::nearbyint(x[i] / s) + z, 0.0f, qmax));
+  *scale = s;
+  *zero = z;
+}
+
+QuantKVCache::QuantKVCache(int64_t n_kv_heads, int64_t head_dim, int64_t max_seq_len, int bits, int64_t group,
+                           bool rotate_qk)
+    : n_kv_heads_(n_kv_heads), head_dim_(head_dim), max_seq_(max_seq_len), group_(group), bits_(bits),
+      rotate_(rotate_qk) {
+  if (n_kv_heads <= 0 || head_dim <= 0 || max_seq_len <= 0)
+    fail("n_kv_heads, head_dim and max_seq_len must be positive, got " + str(n_kv_heads) + ", " + str(head_dim) +
+         ", " + str(max_seq_len));
+  if (bits != 4 && bits != 8) fail("bits must be 4 or 8, got " + str(bits));
+  if (group <= 0 || head_dim % group != 0)
+    fail("group " + str(group) + " must divide head_dim " + str(head_dim) + " (use head_dim or a divisor)");
+  if (bits == 4 && head_dim % 2 != 0) fail("4-bit codes pack two a byte: head_dim must be even, got " + str(head_dim));
+  if (rotate_qk && !is_pow2(head_dim))
+    fail("rotate_qk needs head_dim a power of two, got " + str(head_dim));
+  const size_t rows = static_cast<size_t>(n_kv_heads * max_seq_len);
+  for (int w = 0; w < 2; ++w) {
+    codes_[w].assign(rows * static_cast<size_t>(row_bytes()), 0);
+    scales_[w].assign(rows * static_cast<size_t>(groups()), 0.0f);
+    zeros_[w].assign(rows * static_cast<size_t>(groups()), 0.0f);
+  }
+}
+
+void QuantKVCache::store_row(int which, int64_t head, int64_t pos, const float* x, uint8_t* codes) {
+  const int64_t row = head * max_seq_ + pos;
+  float* s = scales_[which].data() + row * groups();
+  float* z = zeros_[which].data() + row * groups();
+  for (int64_t g = 0; g < groups(); ++g)
+    quantize_group_asym(x + g * group_, group_, bits_, codes + g * group_, s + g, z + g);
+  uint8_t* dst = codes_[which].data() + row * row_bytes();
+  if (bits_ == 8) {
+    std::copy(codes, codes + head_dim_, dst);
+    return;
+  }
+  for (int64_t b = 0; b < row_bytes(); ++b) dst[b] = static_cast<uint8_t>(codes[2 * b] | (codes[2 * b + 1] << 4));
+}
+
+void QuantKVCache::append(const float* k, const float* v, int64_t T, int64_t start_pos) {
+  if (T < 0) fail("append: T must be >= 0, got " + str(T));
+  if (start_pos < 0 || start_pos > length_)
+    fail("append: start_pos " + str(start_pos) + " must be in [0, length=" + str(length_) +
+         "] (positions are written in order, without gaps)");
+  if (start_pos + T > max_seq_)
+    fail("append: positions up to " + str(start_pos + T - 1) + " exceed max_seq_len " + str(max_seq_) +
+         " (make a bigger cache)");
+  if (T == 0) return;
+  if (k == nullptr || v == nullptr) fail("append: null k or v");
+  const int64_t row_floats = n_kv_heads_ * head_dim_;
+  std::vector<float> rotated;
+  if (rotate_) {  // R3: keys Hadamard-transformed before quantization
+    rotated.assign(k, k + T * row_floats);
+    HadamardTransform(head_dim_, nullptr, 1).apply(rotated.data(), T * n_kv_heads_, 1);
+    k = rotated.data();
+  }
+  std::vector<uint8_t> codes(static_cast<size_t>(head_dim_));
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t h = 0; h < n_kv_heads_; ++h) {
+      store_row(0, h, start_pos + t, k + t * row_floats + h * head_dim_, codes.data());
+      store_row(1, h, start_pos + t, v + t * row_floats + h * head_dim_, codes.data());
+    }
+  length_ = start_pos + T;
+}
+
+detail::KVHeadView QuantKVCache::head_view(int64_t head) const {
+  detail::KVHeadView kv{};
+  for (int w = 0; w < 2; ++w) {
+    kv.codes[w] = codes_[w].data() + head * max_seq_ * row_bytes();
+    kv.scales[w] = scales_[w].data() + head * max_seq_ * groups();
+    kv.zeros[w] = zeros_[w].data() + head * max_seq_ * groups();
+  }
+  kv.head_dim = head_dim_;
+  kv.group = group_;
+  kv.groups = groups();
+  kv.row_bytes = row_bytes();
+  kv.bits = bits_;
+  return kv;
+}
+
+void quant_kv_attention(const QuantKVCache& cache, const float* q, int64_t T, int64_t n_heads, int64_t start_pos,
+                        float* out, float scale, int threads) {
+  const int64_t n_kv = cache.n_kv_heads(), hd = cache.head_dim();
+  if (T < 0) fail("attention: T must be >= 0, got " + str(T));
+  if (n_heads <= 0 || n_heads % n_kv != 0)
+    fail("attention: n_heads " + str(n_heads) + " must be a positive multiple of n_kv_heads " + str(n_kv));
+  if (start_pos < 0 || start_pos + T > cache.length())
+    fail("attention: queries at positions " + str(start_pos) + ".." + str(start_pos + T - 1) +
+         " need those keys in the cache, which holds " + str(cache.length()) + " (append k/v first)");
+  if (T == 0) return;
+  if (q == nullptr || out == nullptr) fail("attention: null q or out");
+  if (!(scale > 0.0f)) scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(hd)));
+  const int64_t r = n_heads / n_kv, row_floats = n_heads * hd;
+  std::vector<float> rotated;
+  if (cache.rotate_qk()) {
+    rotated.assign(q, q + T * row_floats);
+    HadamardTransform(hd, nullptr, 1).apply(rotated.data(), T * n_heads, 1);
+    q = rotated.data();
+  }
+  const detail::AttendFn attend = detail::attend_kernel();
+  const int64_t jobs = T * n_kv, max_len = start_pos + T;
+  const int64_t work = T * max_len * (r + 1) * hd;
+  const int nt = threads > 0 ? threads
+                             : static_cast<int>(std::clamp<int64_t>(work / kMinWorkPerThread, 1, hardware_threads()));
+  parallel_for(jobs, nt, [&](int64_t j0, int64_t j1) {
+    std::vector<float> scratch(static_cast<size_t>(r * (max_len + hd)));
+    for (int64_t job = j0; job < j1; ++job) {
+      const int64_t t = job / n_kv, h = job % n_kv;
+      const int64_t off = t * row_floats + h * r * hd;
+      attend(q + off, r, cache.head_view(h), start_pos + t + 1, scale, out + off, scratch.data());
+    }
+  });
+}
+
+namespace detail {
+
+AttendFn attend_kernel() {
+  switch (active_isa()) {
+#if defined(__x86_64__)
+    case Isa::Avx512: return attend_avx512;
+    case Isa::Avx2: return attend_avx2;
+#elif defined(__aarch64__)
+    case Isa::I8mm:
+    case Isa::Dotprod:
+    case Isa::Neon: return attend_neon;
+#endif
+    default: return attend_ref;
+  }
+}
+
+}  // namespace detail
+
+}  // namespace spinquant

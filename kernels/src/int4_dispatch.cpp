@@ -1,0 +1,133 @@
+// The int4 dispatch table and the driver shared by every ISA: validate, quantize or pad the
+// activations per token, then split (tokens x row blocks) over the thread pool.
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "int4_kernels.h"
+#include "spinquant/parallel.h"
+
+namespace spinquant::int4 {
+namespace {
+
+const detail::Kernels& select(Isa isa) {
+  switch (isa) {
+#if defined(__x86_64__)
+    case Isa::Avx2: return detail::kernels_avx2();
+    case Isa::Avx512: return detail::kernels_avx512();
+#elif defined(__aarch64__)
+    case Isa::Neon: return detail::kernels_neon();
+    case Isa::Dotprod:
+    case Isa::I8mm: return detail::kernels_dotprod();  // i8mm CPUs run the dotprod kernels
+#endif
+    default: return detail::kernels_ref();
+  }
+}
+
+void check_bits(int bits) {
+  if (bits < 2 || bits > 8)
+    throw std::invalid_argument("int4: activation bits must be in 2..8 (got " + std::to_string(bits) + ")");
+}
+
+void check_clip(float clip) {
+  if (!(clip > 0.0f && clip <= 1.0f))
+    throw std::invalid_argument("int4: act_clip must be in (0, 1] (got " + std::to_string(clip) + ")");
+}
+
+// Quantizes token m into the packed K layout and its per-group code sums.
+void quantize_token(const detail::Kernels& kern, const PackedInt4& w, const float* x, int bits, float clip,
+                    uint8_t* row, uint8_t* dst, float* scale, int32_t* zero, int32_t* gsum) {
+  kern.quantize(x, w.K, bits, clip, row, scale, zero);
+  for (int64_t g = 0; g < w.G; ++g) {
+    const uint8_t* src = row + g * w.group;
+    uint8_t* out = dst + w.goff[g];
+    int32_t sum = 0;
+    for (int32_t i = 0; i < w.glen[g]; ++i) {
+      out[i] = src[i];
+      sum += src[i];
+    }
+    for (int64_t p = w.glen[g]; p < w.goff[g + 1] - w.goff[g]; ++p) out[p] = 0;
+    gsum[g] = sum;
+  }
+}
+
+// Copies token m into the packed K layout (zeros in padding) and its per-group sums.
+void pad_token(const PackedInt4& w, const float* x, float* dst, float* gsum) {
+  for (int64_t g = 0; g < w.G; ++g) {
+    const float* src = x + g * w.group;
+    float* out = dst + w.goff[g];
+    float sum = 0.0f;
+    for (int32_t i = 0; i < w.glen[g]; ++i) {
+      out[i] = src[i];
+      sum += src[i];
+    }
+    for (int64_t p = w.glen[g]; p < w.goff[g + 1] - w.goff[g]; ++p) out[p] = 0.0f;
+    gsum[g] = sum;
+  }
+}
+
+}  // namespace
+
+void quantize_activations(const float* x, int64_t K, int bits, float clip, uint8_t* codes, float* scale,
+                          int32_t* zero) {
+  check_bits(bits);
+  check_clip(clip);
+  if (K < 1) throw std::invalid_argument("int4: quantize_activations needs K >= 1");
+  select(active_isa()).quantize(x, K, bits, clip, codes, scale, zero);
+}
+
+void linear(const PackedInt4& w, const float* x, int64_t M, float* y, const LinearParams& params) {
+  const int bits = params.act_bits;
+  if (bits != 16) check_bits(bits);
+  check_clip(params.act_clip);
+  if (M < 0) throw std::invalid_argument("int4 linear: M must be >= 0");
+  if (M == 0) return;
+  const detail::Kernels& kern = select(active_isa());
+
+  detail::Job job{};
+  job.w = &w;
+  job.act_bits = bits;
+  job.bias = params.bias;
+  job.y = y;
+  std::vector<uint8_t> codes, rows;
+  std::vector<float> scale, xpad, fsum;
+  std::vector<int32_t> zero, gsum;
+  if (bits == 16) {
+    xpad.resize(M * w.Kp);
+    fsum.resize(M * w.G);
+    parallel_for(M, params.threads, [&](int64_t m0, int64_t m1) {
+      for (int64_t m = m0; m < m1; ++m) pad_token(w, x + m * w.K, &xpad[m * w.Kp], &fsum[m * w.G]);
+    });
+    job.xpad = xpad.data();
+    job.x_gsum = fsum.data();
+  } else {
+    codes.resize(M * w.Kp);
+    rows.resize(M * w.K);
+    scale.resize(M);
+    zero.resize(M);
+    gsum.resize(M * w.G);
+    parallel_for(M, params.threads, [&](int64_t m0, int64_t m1) {
+      for (int64_t m = m0; m < m1; ++m)
+        quantize_token(kern, w, x + m * w.K, bits, params.act_clip, &rows[m * w.K], &codes[m * w.Kp],
+                       &scale[m], &zero[m], &gsum[m * w.G]);
+    });
+    job.codes = codes.data();
+    job.a_scale = scale.data();
+    job.a_zero = zero.data();
+    job.a_gsum = gsum.data();
+  }
+
+  // Tasks: row blocks split over the threads; when there are too few blocks, tokens are split too.
+  const int threads = plan_threads(w.NB * M, params.threads);
+  const int64_t n_parts = std::min<int64_t>(w.NB, threads);
+  const int64_t m_parts = std::min<int64_t>(M, (threads + n_parts - 1) / n_parts);
+  const detail::BlockFn fn = bits == 16 ? kern.gemm_f32 : kern.gemm_codes;
+  parallel_for(n_parts * m_parts, threads, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t pm = t / n_parts, pn = t % n_parts;
+      fn(job, M * pm / m_parts, M * (pm + 1) / m_parts, w.NB * pn / n_parts, w.NB * (pn + 1) / n_parts);
+    }
+  });
+}
+
+}  // namespace spinquant::int4

@@ -1,0 +1,67 @@
+// Internal interface between the int4 driver (int4_dispatch.cpp) and its per-ISA kernels.
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+
+#include "spinquant/cpu.h"
+#include "spinquant/int4.h"
+
+namespace spinquant::int4::detail {
+
+// One forward pass: activations already quantized (or padded) in the packed K layout.
+struct Job {
+  const PackedInt4* w;
+  int act_bits;           // 4, 8 (codes) or 16 (fp32)
+  const uint8_t* codes;   // [M, Kp] activation codes, 0 in padding (act_bits 4 / 8)
+  const float* a_scale;   // [M]
+  const int32_t* a_zero;  // [M]
+  const int32_t* a_gsum;  // [M, G] sum of codes per group
+  const float* xpad;      // [M, Kp] fp32 activations, 0 in padding (act_bits 16)
+  const float* x_gsum;    // [M, G] sum of activations per group, in input order
+  const float* bias;      // [N] or null
+  float* y;               // [M, N]
+};
+
+// Computes y for tokens [m0, m1) and row blocks [b0, b1).
+using BlockFn = void (*)(const Job& job, int64_t m0, int64_t m1, int64_t b0, int64_t b1);
+// Quantizes one row (see quantize_activations in int4.h).
+using QuantFn = void (*)(const float* x, int64_t K, int bits, float clip, uint8_t* codes, float* scale,
+                         int32_t* zero);
+
+struct Kernels {
+  QuantFn quantize;
+  BlockFn gemm_codes;  // act_bits 4 / 8
+  BlockFn gemm_f32;    // act_bits 16
+};
+
+const Kernels& kernels_ref();
+#if defined(__x86_64__)
+const Kernels& kernels_avx2();
+const Kernels& kernels_avx512();
+#elif defined(__aarch64__)
+const Kernels& kernels_neon();
+const Kernels& kernels_dotprod();
+#endif
+
+// Shared scalar helpers.
+float half_to_float(uint16_t h);
+uint16_t float_to_half(float f);  // round to nearest even (used by tests and unpack)
+
+// Scale and zero point of one row from its min and max: the part of quantize_activations every
+// ISA shares (compiled once, so all paths round identically).
+void act_params(float lo, float hi, int bits, float clip, float* scale, int32_t* zero, float* fzero);
+
+// Number of valid rows in block b.
+inline int block_rows(const PackedInt4& w, int64_t b) {
+  int64_t left = w.N - b * kRows;
+  return left < kRows ? static_cast<int>(left) : kRows;
+}
+
+inline uint32_t load_u32(const uint8_t* p) {
+  uint32_t v;
+  std::memcpy(&v, p, 4);
+  return v;
+}
+
+}  // namespace spinquant::int4::detail

@@ -1,0 +1,61 @@
+// AVX2 quantized-KV attention: 8 floats a vector (see attention_simd.h).
+#include <immintrin.h>
+
+#include <cstring>
+
+#include "../attention_simd.h"
+
+namespace spinquant::detail {
+
+namespace {
+
+struct Avx2 {
+  using T = __m256;
+  static constexpr int64_t W = 8;
+  static T load(const float* p) { return _mm256_loadu_ps(p); }
+  static void store(float* p, T v) { _mm256_storeu_ps(p, v); }
+  static T zero() { return _mm256_setzero_ps(); }
+  static T set1(float f) { return _mm256_set1_ps(f); }
+  static T add(T a, T b) { return _mm256_add_ps(a, b); }
+  static T sub(T a, T b) { return _mm256_sub_ps(a, b); }
+  static T mul(T a, T b) { return _mm256_mul_ps(a, b); }
+  static T fma(T a, T b, T c) { return _mm256_fmadd_ps(a, b, c); }
+  static T max(T a, T b) { return _mm256_max_ps(a, b); }
+  static T round(T x) { return _mm256_round_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+  static T pow2(T n) {
+    const __m256i e = _mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(e, 23));
+  }
+  static float hsum(T v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
+  }
+  static float hmax(T v) {
+    __m128 s = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_max_ps(s, _mm_movehl_ps(s, s));
+    return _mm_cvtss_f32(_mm_max_ss(s, _mm_movehdup_ps(s)));
+  }
+  // 8 codes from 4 bytes: duplicate each byte, then shift odd lanes by 4 to reach the high nibble.
+  static T codes4(const uint8_t* p) {
+    int32_t w;
+    std::memcpy(&w, p, 4);
+    __m128i b = _mm_cvtsi32_si128(w);
+    b = _mm_unpacklo_epi8(b, b);
+    __m256i x = _mm256_srlv_epi32(_mm256_cvtepu8_epi32(b), _mm256_setr_epi32(0, 4, 0, 4, 0, 4, 0, 4));
+    return _mm256_cvtepi32_ps(_mm256_and_si256(x, _mm256_set1_epi32(0xF)));
+  }
+  static T codes8(const uint8_t* p) {
+    return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
+  }
+};
+
+}  // namespace
+
+void attend_avx2(const float* q, int64_t r, const KVHeadView& kv, int64_t len, float scale, float* out,
+                 float* scratch) {
+  if (!AttentionSimd<Avx2>::supported(kv)) return attend_ref(q, r, kv, len, scale, out, scratch);
+  AttentionSimd<Avx2>::attend(q, r, kv, len, scale, out, scratch);
+}
+
+}  // namespace spinquant::detail

@@ -1,0 +1,209 @@
+// AVX-512 VNNI int4 kernels. One 64-byte load holds a 16-row x 8-input tile; masking its nibbles
+// gives two 16-row x 4-input s8 tiles, each multiplied by 4 broadcast u8 activation codes with
+// vpdpbusd (one int32 lane per row).
+// GCC 12 reports false "may be used uninitialized" warnings inside avx512fintrin.h's helpers.
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#include <immintrin.h>
+
+#include <cmath>
+
+#include "../int4_kernels.h"
+
+namespace spinquant::int4::detail {
+namespace {
+
+void quantize_avx512(const float* x, int64_t K, int bits, float clip, uint8_t* codes, float* scale,
+                     int32_t* zero) {
+  __m512 vlo = _mm512_set1_ps(x[0]), vhi = vlo;
+  int64_t k = 0;
+  for (; k + 16 <= K; k += 16) {
+    const __m512 v = _mm512_loadu_ps(x + k);
+    vlo = _mm512_min_ps(vlo, v);
+    vhi = _mm512_max_ps(vhi, v);
+  }
+  float lo = _mm512_reduce_min_ps(vlo), hi = _mm512_reduce_max_ps(vhi);
+  for (int64_t t = k; t < K; ++t) {
+    lo = x[t] < lo ? x[t] : lo;
+    hi = x[t] > hi ? x[t] : hi;
+  }
+  float s, fz;
+  act_params(lo, hi, bits, clip, &s, zero, &fz);
+  *scale = s;
+  const float qmax = static_cast<float>((1 << bits) - 1);
+  const __m512 vs = _mm512_set1_ps(s), vz = _mm512_set1_ps(fz), vmax = _mm512_set1_ps(qmax);
+  for (k = 0; k + 16 <= K; k += 16) {
+    __m512 q = _mm512_roundscale_ps(_mm512_div_ps(_mm512_loadu_ps(x + k), vs),
+                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    q = _mm512_min_ps(_mm512_max_ps(_mm512_add_ps(q, vz), _mm512_setzero_ps()), vmax);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(codes + k), _mm512_cvtepi32_epi8(_mm512_cvttps_epi32(q)));
+  }
+  for (; k < K; ++k) {
+    float q = std::nearbyint(x[k] / s) + fz;
+    q = q < 0.0f ? 0.0f : (q > qmax ? qmax : q);
+    codes[k] = static_cast<uint8_t>(q);
+  }
+}
+
+inline __m512 load_scales(const PackedInt4& w, int64_t meta) {
+  return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(w.scales.data() + meta)));
+}
+
+// Final step for one token: y = acc, or fma(shift, corr, acc) with shift = -(sa * za) on the
+// quantized path; then + bias, stored for the block's valid rows.
+template <bool Corr>
+inline void store_rows(const Job& job, int64_t m, int64_t b, __m512 acc, float shift) {
+  const PackedInt4& w = *job.w;
+  const __mmask16 mask = static_cast<__mmask16>((1u << block_rows(w, b)) - 1);
+  __m512 y = acc;
+  if (Corr) y = _mm512_fmadd_ps(_mm512_set1_ps(shift), _mm512_loadu_ps(w.corr.data() + b * kRows), acc);
+  if (job.bias != nullptr) y = _mm512_add_ps(y, _mm512_maskz_loadu_ps(mask, job.bias + b * kRows));
+  _mm512_mask_storeu_ps(job.y + m * w.N + b * kRows, mask, y);
+}
+
+// Tokens [m0, m0 + MT) x one row block, activation codes.
+template <int MT, bool Asym>
+void tile_codes(const Job& job, int64_t m0, int64_t b) {
+  const PackedInt4& w = *job.w;
+  const uint8_t* block = w.codes.data() + b * w.Kp * 8;
+  const __m512i nib = _mm512_set1_epi8(0x0f);
+  __m512 yacc[MT], sa[MT];
+  for (int i = 0; i < MT; ++i) {
+    yacc[i] = _mm512_setzero_ps();
+    sa[i] = _mm512_set1_ps(job.a_scale[m0 + i]);
+  }
+  for (int64_t g = 0; g < w.G; ++g) {
+    __m512i acc[MT][4];
+    for (int i = 0; i < MT; ++i)
+      for (int j = 0; j < 4; ++j) acc[i][j] = _mm512_setzero_si512();
+    const uint8_t* wp = block + w.goff[g] * 8;
+    const uint8_t* ap = job.codes + m0 * w.Kp + w.goff[g];
+    const int64_t chunks = (w.goff[g + 1] - w.goff[g]) / 8;
+    auto step = [&](int64_t c, int parity) {
+      const __m512i v = _mm512_load_si512(wp + c * 64);
+      const __m512i lo = _mm512_and_si512(v, nib), hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), nib);
+      for (int i = 0; i < MT; ++i) {
+        const uint8_t* a = ap + i * w.Kp + c * 8;
+        acc[i][parity] = _mm512_dpbusd_epi32(acc[i][parity], _mm512_set1_epi32(load_u32(a)), lo);
+        acc[i][parity + 2] = _mm512_dpbusd_epi32(acc[i][parity + 2], _mm512_set1_epi32(load_u32(a + 4)), hi);
+      }
+    };
+    int64_t c = 0;
+    for (; c + 2 <= chunks; c += 2) {
+      step(c, 0);
+      step(c + 1, 1);
+    }
+    if (c < chunks) step(c, 0);
+    const int64_t meta = (b * w.G + g) * kRows;
+    const __m512 s = load_scales(w, meta);
+    __m512i z = _mm512_set1_epi32(8);
+    if (Asym) z = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w.zeros.data() + meta)));
+    for (int i = 0; i < MT; ++i) {
+      const __m512i d = _mm512_add_epi32(_mm512_add_epi32(acc[i][0], acc[i][1]), _mm512_add_epi32(acc[i][2], acc[i][3]));
+      const __m512i isum = _mm512_sub_epi32(d, _mm512_mullo_epi32(z, _mm512_set1_epi32(job.a_gsum[(m0 + i) * w.G + g])));
+      yacc[i] = _mm512_fmadd_ps(_mm512_mul_ps(sa[i], s), _mm512_cvtepi32_ps(isum), yacc[i]);
+    }
+  }
+  for (int i = 0; i < MT; ++i) {
+    const float shift = -(job.a_scale[m0 + i] * static_cast<float>(job.a_zero[m0 + i]));
+    store_rows<true>(job, m0 + i, b, yacc[i], shift);
+  }
+}
+
+// q[r][p + j] of a 16-row x 4-input tile as floats, J-th input.
+template <int J>
+inline __m512 lane_codes(__m512i tile) {
+  const __m512i v = J == 0 ? tile : _mm512_srli_epi32(tile, 8 * J);
+  return _mm512_cvtepi32_ps(J == 3 ? v : _mm512_and_si512(v, _mm512_set1_epi32(0xff)));
+}
+
+template <int MT, int J>
+inline void fma_inputs(__m512 (&acc)[MT][2], __m512i lo, __m512i hi, const float* x, int64_t stride) {
+  const __m512 ql = lane_codes<J>(lo), qh = lane_codes<J>(hi);
+  for (int i = 0; i < MT; ++i) {
+    acc[i][0] = _mm512_fmadd_ps(ql, _mm512_set1_ps(x[i * stride + J]), acc[i][0]);
+    acc[i][1] = _mm512_fmadd_ps(qh, _mm512_set1_ps(x[i * stride + 4 + J]), acc[i][1]);
+  }
+}
+
+// Tokens [m0, m0 + MT) x one row block, fp32 activations.
+template <int MT, bool Asym>
+void tile_f32(const Job& job, int64_t m0, int64_t b) {
+  const PackedInt4& w = *job.w;
+  const uint8_t* block = w.codes.data() + b * w.Kp * 8;
+  const __m512i nib = _mm512_set1_epi8(0x0f);
+  __m512 yacc[MT];
+  for (int i = 0; i < MT; ++i) yacc[i] = _mm512_setzero_ps();
+  for (int64_t g = 0; g < w.G; ++g) {
+    __m512 acc[MT][2];
+    for (int i = 0; i < MT; ++i) acc[i][0] = acc[i][1] = _mm512_setzero_ps();
+    const uint8_t* wp = block + w.goff[g] * 8;
+    const float* xp = job.xpad + m0 * w.Kp + w.goff[g];
+    const int64_t chunks = (w.goff[g + 1] - w.goff[g]) / 8;
+    for (int64_t c = 0; c < chunks; ++c) {
+      const __m512i v = _mm512_load_si512(wp + c * 64);
+      const __m512i lo = _mm512_and_si512(v, nib), hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), nib);
+      fma_inputs<MT, 0>(acc, lo, hi, xp + c * 8, w.Kp);
+      fma_inputs<MT, 1>(acc, lo, hi, xp + c * 8, w.Kp);
+      fma_inputs<MT, 2>(acc, lo, hi, xp + c * 8, w.Kp);
+      fma_inputs<MT, 3>(acc, lo, hi, xp + c * 8, w.Kp);
+    }
+    const int64_t meta = (b * w.G + g) * kRows;
+    const __m512 s = load_scales(w, meta);
+    __m512 z = _mm512_set1_ps(8.0f);
+    if (Asym)
+      z = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w.zeros.data() + meta))));
+    for (int i = 0; i < MT; ++i) {
+      const __m512 dot = _mm512_add_ps(acc[i][0], acc[i][1]);
+      const __m512 t = _mm512_fnmadd_ps(z, _mm512_set1_ps(job.x_gsum[(m0 + i) * w.G + g]), dot);
+      yacc[i] = _mm512_fmadd_ps(s, t, yacc[i]);
+    }
+  }
+  for (int i = 0; i < MT; ++i) store_rows<false>(job, m0 + i, b, yacc[i], 0.0f);
+}
+
+// Loops blocks outside (a block's weights stay in cache) and token tiles of 4 inside.
+template <bool Asym>
+void gemm_codes_impl(const Job& job, int64_t m0, int64_t m1, int64_t b0, int64_t b1) {
+  for (int64_t b = b0; b < b1; ++b) {
+    int64_t m = m0;
+    for (; m + 4 <= m1; m += 4) tile_codes<4, Asym>(job, m, b);
+    switch (m1 - m) {
+      case 3: tile_codes<3, Asym>(job, m, b); break;
+      case 2: tile_codes<2, Asym>(job, m, b); break;
+      case 1: tile_codes<1, Asym>(job, m, b); break;
+      default: break;
+    }
+  }
+}
+
+template <bool Asym>
+void gemm_f32_impl(const Job& job, int64_t m0, int64_t m1, int64_t b0, int64_t b1) {
+  for (int64_t b = b0; b < b1; ++b) {
+    int64_t m = m0;
+    for (; m + 4 <= m1; m += 4) tile_f32<4, Asym>(job, m, b);
+    switch (m1 - m) {
+      case 3: tile_f32<3, Asym>(job, m, b); break;
+      case 2: tile_f32<2, Asym>(job, m, b); break;
+      case 1: tile_f32<1, Asym>(job, m, b); break;
+      default: break;
+    }
+  }
+}
+
+void gemm_codes_avx512(const Job& job, int64_t m0, int64_t m1, int64_t b0, int64_t b1) {
+  (job.w->asymmetric ? gemm_codes_impl<true> : gemm_codes_impl<false>)(job, m0, m1, b0, b1);
+}
+
+void gemm_f32_avx512(const Job& job, int64_t m0, int64_t m1, int64_t b0, int64_t b1) {
+  (job.w->asymmetric ? gemm_f32_impl<true> : gemm_f32_impl<false>)(job, m0, m1, b0, b1);
+}
+
+}  // namespace
+
+const Kernels& kernels_avx512() {
+  static const Kernels k{quantize_avx512, gemm_codes_avx512, gemm_f32_avx512};
+  return k;
+}
+
+}  // namespace spinquant::int4::detail

@@ -1,0 +1,248 @@
+// Quantized-KV attention: cache codes / scales / zeros bit-identical to an independent implementation of the
+// quantization convention, outputs of every ISA path close to a double-precision reference computed here from
+// those codes, causal GQA over prefill chunks and decode steps, R3 rotation, clear errors on bad input.
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <random>
+#include <stdexcept>
+#include <vector>
+
+#include "spinquant/attention.h"
+#include "spinquant/cpu.h"
+#include "spinquant/hadamard.h"
+
+using namespace spinquant;
+
+namespace {
+
+int g_failures = 0;
+#define CHECK(cond, ...)                                                            \
+  do {                                                                              \
+    if (!(cond)) {                                                                  \
+      std::fprintf(stderr, "%s:%d: CHECK(%s) failed: ", __FILE__, __LINE__, #cond); \
+      std::fprintf(stderr, __VA_ARGS__);                                            \
+      std::fprintf(stderr, "\n");                                                   \
+      ++g_failures;                                                                 \
+    }                                                                               \
+  } while (0)
+
+struct Shape {
+  int64_t n_heads, n_kv, hd, group;
+  int bits;
+  bool rotate;
+};
+
+std::vector<Isa> isas() {
+  std::vector<Isa> out;
+  for (Isa isa : {Isa::Scalar, Isa::Avx2, Isa::Avx512, Isa::Neon, Isa::Dotprod, Isa::I8mm})
+    if (isa_supported(isa)) out.push_back(isa);
+  return out;
+}
+
+std::vector<float> randn(size_t n, std::mt19937& rng, float stddev = 1.0f) {
+  std::normal_distribution<float> d(0.0f, stddev);
+  std::vector<float> x(n);
+  for (auto& v : x) v = d(rng);
+  return x;
+}
+
+// The convention, written independently: codes (unpacked), scale, zero of one group.
+void quantize(const float* x, int64_t g, int bits, std::vector<int>& codes, float& scale, float& zero) {
+  const float qmax = static_cast<float>((1 << bits) - 1);
+  float hi = 0.0f, lo = 0.0f;
+  for (int64_t i = 0; i < g; ++i) {
+    if (x[i] > hi) hi = x[i];
+    if (x[i] < lo) lo = x[i];
+  }
+  scale = (hi - lo) / qmax;
+  if (scale == 0.0f) scale = 1.0f;
+  zero = std::nearbyint(-lo / scale);
+  codes.resize(g);
+  for (int64_t i = 0; i < g; ++i) codes[i] = static_cast<int>(std::fmin(std::fmax(std::nearbyint(x[i] / scale) + zero, 0.0f), qmax));
+}
+
+// Host-side model of the cache: dequantized rows in double [n_kv][pos][hd], filled as the test appends.
+struct Model {
+  Shape s;
+  std::vector<std::vector<std::vector<double>>> k, v;  // [head][pos][d]
+};
+
+// Checks that the cache's stored row (head, pos) equals the convention applied to x; records the dequantized row.
+void check_row(const QuantKVCache& c, int which, int64_t head, int64_t pos, const float* x,
+               std::vector<double>& deq) {
+  const int64_t hd = c.head_dim(), g = c.group(), row = head * c.max_seq_len() + pos;
+  const uint8_t* bytes = c.codes(which) + row * c.row_bytes();
+  deq.assign(hd, 0.0);
+  for (int64_t gi = 0; gi < c.groups(); ++gi) {
+    std::vector<int> codes;
+    float scale, zero;
+    quantize(x + gi * g, g, c.bits(), codes, scale, zero);
+    const float got_s = c.scales(which)[row * c.groups() + gi], got_z = c.zeros(which)[row * c.groups() + gi];
+    CHECK(std::memcmp(&got_s, &scale, 4) == 0 && std::memcmp(&got_z, &zero, 4) == 0,
+          "scale/zero of head %lld pos %lld group %lld: %g/%g vs %g/%g", (long long)head, (long long)pos,
+          (long long)gi, got_s, got_z, scale, zero);
+    for (int64_t i = 0; i < g; ++i) {
+      const int64_t d = gi * g + i;
+      const int got = c.bits() == 8 ? bytes[d] : (bytes[d / 2] >> (4 * (d % 2))) & 0xF;
+      CHECK(got == codes[i], "code head %lld pos %lld d %lld: %d vs %d", (long long)head, (long long)pos,
+            (long long)d, got, codes[i]);
+      deq[d] = (static_cast<double>(codes[i]) - zero) * static_cast<double>(scale);
+    }
+  }
+}
+
+void append_checked(QuantKVCache& c, Model& m, const std::vector<float>& k, const std::vector<float>& v, int64_t T,
+                    int64_t start) {
+  c.append(k.data(), v.data(), T, start);
+  const int64_t hd = m.s.hd;
+  std::vector<float> kr = k;
+  if (m.s.rotate) HadamardTransform(hd, nullptr, 1).apply(kr.data(), T * m.s.n_kv, 1);
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t h = 0; h < m.s.n_kv; ++h) {
+      const int64_t off = (t * m.s.n_kv + h) * hd, pos = start + t;
+      m.k[h].resize(pos + 1);
+      m.v[h].resize(pos + 1);
+      check_row(c, 0, h, pos, kr.data() + off, m.k[h][pos]);
+      check_row(c, 1, h, pos, v.data() + off, m.v[h][pos]);
+    }
+}
+
+// Double reference: q rotated by the dense Sylvester matrix when rotate, causal softmax attention.
+std::vector<double> reference(const Model& m, const std::vector<float>& q, int64_t T, int64_t start) {
+  const Shape& s = m.s;
+  const int64_t hd = s.hd, r = s.n_heads / s.n_kv;
+  std::vector<double> out(T * s.n_heads * hd);
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t h = 0; h < s.n_heads; ++h) {
+      const float* qh = q.data() + (t * s.n_heads + h) * hd;
+      std::vector<double> qd(qh, qh + hd);
+      if (s.rotate)
+        for (int64_t i = 0; i < hd; ++i) {
+          double acc = 0;
+          for (int64_t j = 0; j < hd; ++j) acc += (__builtin_popcountll(i & j) & 1 ? -1.0 : 1.0) * qh[j];
+          qd[i] = acc / std::sqrt(static_cast<double>(hd));
+        }
+      const auto& K = m.k[h / r];
+      const auto& V = m.v[h / r];
+      const int64_t len = start + t + 1;
+      std::vector<double> sc(len);
+      for (int64_t j = 0; j < len; ++j) {
+        double dot = 0;
+        for (int64_t d = 0; d < hd; ++d) dot += qd[d] * K[j][d];
+        sc[j] = dot / std::sqrt(static_cast<double>(hd));
+      }
+      const double mx = *std::max_element(sc.begin(), sc.end());
+      double sum = 0;
+      for (auto& x : sc) sum += (x = std::exp(x - mx));
+      for (int64_t d = 0; d < hd; ++d) {
+        double acc = 0;
+        for (int64_t j = 0; j < len; ++j) acc += sc[j] * V[j][d];
+        out[(t * s.n_heads + h) * hd + d] = acc / sum;
+      }
+    }
+  return out;
+}
+
+void compare(const std::vector<float>& got, const std::vector<double>& want, const char* what, const Shape& s,
+             int64_t start, int64_t T, double tol) {
+  double err = 0, mag = 0;
+  for (size_t i = 0; i < got.size(); ++i) {
+    err = std::max(err, std::fabs(got[i] - want[i]));
+    mag = std::max(mag, std::fabs(want[i]));
+  }
+  CHECK(err <= tol * (mag + 1e-3), "%s: heads %lld/%lld hd %lld bits %d group %lld rotate %d start %lld T %lld: "
+        "max err %g (max |out| %g)", what, (long long)s.n_heads, (long long)s.n_kv, (long long)s.hd, s.bits,
+        (long long)s.group, s.rotate, (long long)start, (long long)T, err, mag);
+}
+
+void run_shape(const Shape& s, uint32_t seed) {
+  std::mt19937 rng(seed);
+  const int64_t max_seq = 48;
+  QuantKVCache cache(s.n_kv, s.hd, max_seq, s.bits, s.group, s.rotate);
+  Model m{s, std::vector<std::vector<std::vector<double>>>(s.n_kv), std::vector<std::vector<std::vector<double>>>(s.n_kv)};
+  // Steps (T): a single first token (context 1), a prefill chunk, decode steps, an odd chunk, more decode.
+  int64_t pos = 0;
+  for (int64_t T : {1, 6, 1, 1, 7, 1, 13, 1}) {
+    const auto k = randn(T * s.n_kv * s.hd, rng), v = randn(T * s.n_kv * s.hd, rng);
+    const auto q = randn(T * s.n_heads * s.hd, rng, 2.0f);
+    append_checked(cache, m, k, v, T, pos);
+    const std::vector<double> want = reference(m, q, T, pos);
+    std::vector<float> scalar;
+    for (Isa isa : isas()) {
+      force_isa(isa);
+      std::vector<float> out(q.size(), -1.0f);
+      quant_kv_attention(cache, q.data(), T, s.n_heads, pos, out.data(), 0.0f, 1);
+      compare(out, want, isa_name(isa), s, pos, T, 2e-5);
+      if (isa == Isa::Scalar) scalar = out;
+      std::vector<double> sd(scalar.begin(), scalar.end());
+      compare(out, sd, "vs scalar", s, pos, T, 2e-5);
+      if (T > 1) {  // a second thread split gives the same numbers
+        std::vector<float> out2(q.size());
+        quant_kv_attention(cache, q.data(), T, s.n_heads, pos, out2.data(), 0.0f, 2);
+        CHECK(out2 == out, "threads=2 differs from threads=1 (%s)", isa_name(isa));
+      }
+    }
+    reset_isa();
+    pos += T;
+  }
+  CHECK(cache.length() == pos, "length %lld, expected %lld", (long long)cache.length(), (long long)pos);
+}
+
+template <class F>
+void expect_invalid(F f, const char* what) {
+  bool thrown = false;
+  try {
+    f();
+  } catch (const std::invalid_argument& e) {
+    thrown = true;
+    CHECK(std::strstr(e.what(), "quant_kv") != nullptr, "%s: message lacks context: %s", what, e.what());
+  }
+  CHECK(thrown, "%s: no std::invalid_argument", what);
+}
+
+void check_errors() {
+  expect_invalid([] { QuantKVCache(2, 64, 16, 3, 64); }, "bits 3");
+  expect_invalid([] { QuantKVCache(2, 64, 16, 4, 24); }, "group 24 with head_dim 64");
+  expect_invalid([] { QuantKVCache(2, 63, 16, 4, 63); }, "odd head_dim at 4 bits");
+  expect_invalid([] { QuantKVCache(0, 64, 16, 4, 64); }, "no heads");
+  expect_invalid([] { QuantKVCache(2, 48, 16, 8, 48, true); }, "rotate with head_dim 48");
+  QuantKVCache c(1, 32, 4, 8, 32);
+  std::vector<float> kv(5 * 32, 0.5f), q(5 * 2 * 32, 0.1f), out(q.size());
+  expect_invalid([&] { c.append(kv.data(), kv.data(), 5, 0); }, "beyond max_seq_len");
+  expect_invalid([&] { c.append(kv.data(), kv.data(), 1, 1); }, "gap");
+  c.append(kv.data(), kv.data(), 2, 0);
+  expect_invalid([&] { quant_kv_attention(c, q.data(), 1, 2, 2, out.data()); }, "query beyond the cache");
+  expect_invalid([&] { quant_kv_attention(c, q.data(), 1, 0, 0, out.data()); }, "no query heads");
+  QuantKVCache c2(2, 32, 4, 8, 32);
+  expect_invalid([&] { quant_kv_attention(c2, q.data(), 0, 3, 0, out.data()); }, "3 heads over 2 kv heads");
+  kv[3] = std::nanf("");
+  expect_invalid([&] { c.append(kv.data(), kv.data(), 1, 2); }, "NaN");
+}
+
+}  // namespace
+
+int main() {
+  uint32_t seed = 11;
+  for (int64_t hd : {64, 128})
+    for (int bits : {4, 8})
+      for (int64_t ratio : {1, 3, 4})
+        for (int64_t group : {int64_t{32}, hd}) {
+          const bool rotate = (seed % 2) == 0;
+          run_shape({2 * ratio, 2, hd, group, bits, rotate}, seed++);
+        }
+  run_shape({3, 1, 64, 64, 4, true}, seed++);
+  run_shape({8, 1, 64, 64, 8, false}, seed++);       // ratio 8 (two query blocks)
+  run_shape({6, 2, 40, 8, 4, false}, seed++);        // groups of 8: AVX-512 falls back to the reference
+  run_shape({4, 2, 20, 10, 8, false}, seed++);       // groups of 10: every SIMD path falls back
+  check_errors();
+  if (g_failures) {
+    std::fprintf(stderr, "%d failure(s)\n", g_failures);
+    return 1;
+  }
+  std::printf("test_attention: ok (ISAs:");
+  for (Isa isa : isas()) std::printf(" %s", isa_name(isa));
+  std::printf(")\n");
+  return 0;
+}

@@ -1,0 +1,3 @@
+from spinquant.cli import main
+
+main()

@@ -1,0 +1,214 @@
+"""An export-friendly decoder built from a (rotated, quantized) `spinquant.model.Transformer`.
+
+`forward(tokens [1, T] int64, input_pos [T] int64) -> logits [1, T, V]` runs T consecutive positions (prefill
+when T > 1, one decode step when T = 1) against a KV cache held as mutable buffers, updated in place. Weights
+of quantized linears are buffers in the int4 storage layout of docs/INT4_FORMAT.md and run through
+`spinquant::int4_linear` (activations quantized per token inside the op); online Hadamards (R3 on q/k, R4 on
+the down_proj input) run through `spinquant::hadamard`. The KV cache is float32 (no KV quantization) or the
+4/8-bit layout of `spinquant::kv_attention`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from spinquant.hadamard import base_hadamard
+from spinquant.model import QLinear, Transformer
+from spinquant.quant.packing import pack_int4
+from spinquant.quant.quantizer import ActQuantizer, KVQuantizer
+
+from . import ops as _ops  # noqa: F401  (registers torch.ops.spinquant)
+from .ops import kv_cache_layout
+
+sq = torch.ops.spinquant
+
+
+class ExportError(ValueError):
+    """The model holds something the exporter cannot express; the message names it and the fix."""
+
+
+def _act_params(name: str, quantizer) -> tuple[int, float]:
+    """(act_bits, act_clip) of a linear's input quantizer; the kernels do per-token asymmetric only."""
+    if quantizer is None:
+        return 16, 1.0
+    if not isinstance(quantizer, ActQuantizer) or quantizer.sym or quantizer.group > 0 or quantizer.bits > 8:
+        raise ExportError(
+            f"{name}: activation quantizer {quantizer!r} is not supported by the int4 kernels; "
+            "use per-token asymmetric activations (QuantConfig a_sym=False)"
+        )
+    return int(quantizer.bits), float(quantizer.clip)
+
+
+def _hadamard_base(n: int) -> Tensor:
+    k, hk = base_hadamard(n)
+    return hk.reshape(k, k).contiguous()
+
+
+class ExportLinear(nn.Module):
+    """A QLinear for export: int4 storage buffers + int4_linear, or a float32 weight; optional online Hadamard."""
+
+    def __init__(self, name: str, lin: QLinear):
+        super().__init__()
+        self.in_features = lin.in_features
+        self.act_bits, self.act_clip = _act_params(name, lin.act_quant)
+        self.online_had = bool(lin.online_had)
+        if self.online_had:
+            self.register_buffer("hk", _hadamard_base(lin.in_features))
+        self.bias = None if lin.bias is None else nn.Buffer(lin.bias.detach().float().clone())
+        wq = lin.wq
+        self.quantized = wq is not None
+        if wq is None:
+            if self.act_bits < 16:
+                raise ExportError(f"{name}: activations are quantized but the weight is not; quantize it too")
+            self.weight = nn.Buffer(lin.weight.detach().float().clone())
+            return
+        if wq.bits > 4:
+            raise ExportError(f"{name}: {wq.bits}-bit weights are not supported by the int4 kernels (use w_bits<=4)")
+        codes = wq.codes + (8 - 2 ** (wq.bits - 1)) if wq.sym else wq.codes
+        self.group = int(wq.group)
+        self.qweight = nn.Buffer(pack_int4(codes.contiguous()))
+        self.scales = nn.Buffer(wq.scales.contiguous())
+        self.zeros = None if wq.sym else nn.Buffer(wq.zeros.contiguous())
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.online_had:
+            x = sq.hadamard(x, self.hk)
+        if not self.quantized:
+            return F.linear(x, self.weight, self.bias)
+        return sq.int4_linear(
+            x, self.qweight, self.scales, self.zeros, self.bias, self.group, self.act_bits, self.act_clip
+        )
+
+
+def _rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
+    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * weight
+
+
+def _rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """x [T, H, D]; cos/sin [T, D] (HF rotate-half layout)."""
+    half = x.shape[-1] // 2
+    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return x * cos[:, None] + rotated * sin[:, None]
+
+
+def _kv_bits(name: str, attn) -> tuple[int, int]:
+    """(bits, group) of the attention's KV quantizers (16 = float cache); K and V must agree."""
+    kq, vq = attn.k_quant, attn.v_quant
+    if kq is None and vq is None:
+        return 16, 0
+    for q in (kq, vq):
+        if not isinstance(q, KVQuantizer) or q.sym or q.clip != 1.0 or q.bits not in (4, 8):
+            raise ExportError(f"{name}: KV quantizer {q!r} is not supported; use asymmetric 4- or 8-bit KV (kv_sym=False)")
+    if (kq.bits, kq.group) != (vq.bits, vq.group):
+        raise ExportError(f"{name}: K and V caches must share bits and group")
+    return int(kq.bits), int(kq.group)
+
+
+class ExportAttention(nn.Module):
+    """GQA attention over a KV cache in buffers; float caches use standard ops, quantized ones kv_attention."""
+
+    def __init__(self, name: str, block, max_seq_len: int):
+        super().__init__()
+        attn = block.self_attn
+        self.n_heads, self.n_kv_heads, self.head_dim = attn.n_heads, attn.n_kv_heads, attn.head_dim
+        self.q_proj, self.k_proj, self.v_proj, self.o_proj = (
+            ExportLinear(f"{name}.{p}", getattr(attn, p)) for p in ("q_proj", "k_proj", "v_proj", "o_proj")
+        )
+        self.r3 = bool(attn.r3)
+        if self.r3:
+            self.register_buffer("hk", _hadamard_base(self.head_dim))
+        self.kv_bits, self.kv_group = _kv_bits(name, attn)
+        hkv, d = self.n_kv_heads, self.head_dim
+        if self.kv_bits == 16:
+            self.register_buffer("k_cache", torch.zeros(hkv, d, max_seq_len))  # keys transposed: q @ K^T is a bmm
+            self.register_buffer("v_cache", torch.zeros(hkv, max_seq_len, d))
+        else:
+            lay = kv_cache_layout(hkv, max_seq_len, d, self.kv_bits, self.kv_group)
+            self.register_buffer("kv_cache", torch.zeros(lay.nbytes, dtype=torch.uint8))
+
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, input_pos: Tensor, mask: Tensor) -> Tensor:
+        t = x.shape[0]
+        q = _rope(self.q_proj(x).view(t, self.n_heads, self.head_dim), cos, sin)
+        k = _rope(self.k_proj(x).view(t, self.n_kv_heads, self.head_dim), cos, sin)
+        v = self.v_proj(x).view(t, self.n_kv_heads, self.head_dim)
+        if self.r3:
+            q, k = sq.hadamard(q, self.hk), sq.hadamard(k, self.hk)
+        if self.kv_bits == 16:
+            out = self._float_attention(q, k, v, input_pos, mask)
+        else:
+            out = sq.kv_attention(q, k, v, self.kv_cache, input_pos, self.n_kv_heads, self.kv_bits, self.kv_group)
+        return self.o_proj(out.reshape(t, self.n_heads * self.head_dim))
+
+    def _float_attention(self, q: Tensor, k: Tensor, v: Tensor, input_pos: Tensor, mask: Tensor) -> Tensor:
+        t, hkv, d = k.shape
+        r = self.n_heads // hkv
+        self.k_cache[:, :, input_pos] = k.permute(1, 2, 0)
+        self.v_cache[:, input_pos] = v.transpose(0, 1)
+        qh = q.view(t, hkv, r, d).permute(1, 2, 0, 3).reshape(hkv, r * t, d)
+        scores = torch.bmm(qh, self.k_cache) * (1.0 / math.sqrt(d))  # [Hkv, r*T, S]
+        scores = scores.view(hkv, r, t, -1) + mask
+        probs = torch.softmax(scores, dim=-1).view(hkv, r * t, -1)
+        out = torch.bmm(probs, self.v_cache).view(hkv, r, t, d)
+        return out.permute(2, 0, 1, 3)
+
+
+class ExportBlock(nn.Module):
+    def __init__(self, name: str, block, max_seq_len: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.attn_norm = nn.Buffer(block.input_layernorm.weight.detach().float().clone())
+        self.mlp_norm = nn.Buffer(block.post_attention_layernorm.weight.detach().float().clone())
+        self.attn = ExportAttention(f"{name}.self_attn", block, max_seq_len)
+        mlp = block.mlp
+        self.gate_proj, self.up_proj, self.down_proj = (
+            ExportLinear(f"{name}.mlp.{p}", getattr(mlp, p)) for p in ("gate_proj", "up_proj", "down_proj")
+        )
+
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, input_pos: Tensor, mask: Tensor) -> Tensor:
+        x = x + self.attn(_rms_norm(x, self.attn_norm, self.eps), cos, sin, input_pos, mask)
+        h = _rms_norm(x, self.mlp_norm, self.eps)
+        return x + self.down_proj(F.silu(self.gate_proj(h)) * self.up_proj(h))
+
+
+class ExportableDecoder(nn.Module):
+    """forward(tokens [1, T], input_pos [T]) -> logits [1, T, V] with the KV cache as mutable buffers."""
+
+    def __init__(self, model: Transformer, max_seq_len: int = 512):
+        super().__init__()
+        args = model.args
+        if max_seq_len < 1 or max_seq_len % 4:
+            raise ExportError(f"max_seq_len={max_seq_len} must be a positive multiple of 4")
+        if args.sliding_window is not None and args.sliding_window < max_seq_len:
+            raise ExportError(f"sliding-window attention is not exported; use max_seq_len <= {args.sliding_window}")
+        self.args, self.max_seq_len = args, max_seq_len
+        self.embed = nn.Buffer(model.embed_tokens.weight.detach().float().clone())
+        cos, sin = model.rope(max_seq_len)
+        self.cos, self.sin = nn.Buffer(cos.float().contiguous()), nn.Buffer(sin.float().contiguous())
+        self.layers = nn.ModuleList(
+            ExportBlock(f"layers.{i}", b, max_seq_len, args.norm_eps) for i, b in enumerate(model.layers)
+        )
+        self.norm = nn.Buffer(model.norm.weight.detach().float().clone())
+        self.lm_head = ExportLinear("lm_head", model.lm_head)
+        self.register_buffer("positions", torch.arange(max_seq_len))
+
+    def forward(self, tokens: Tensor, input_pos: Tensor) -> Tensor:
+        x = F.embedding(tokens[0], self.embed)  # [T, dim]
+        cos, sin = self.cos[input_pos], self.sin[input_pos]
+        visible = self.positions[None, :] <= input_pos[:, None]  # [T, S]
+        mask = torch.where(visible, 0.0, float("-inf"))
+        for layer in self.layers:
+            x = layer(x, cos, sin, input_pos, mask)
+        return self.lm_head(_rms_norm(x, self.norm, self.args.norm_eps))[None]
+
+    def reset_cache(self) -> None:
+        """Zero every KV cache buffer (eager use)."""
+        for name, buf in self.named_buffers():
+            if name.endswith(("k_cache", "v_cache", "kv_cache")):
+                buf.zero_()
+
+    def cache_buffer_names(self) -> list[str]:
+        return [n for n, _ in self.named_buffers() if n.endswith(("k_cache", "v_cache", "kv_cache"))]

@@ -1,0 +1,73 @@
+"""`quantize_model`: quantize a model's weights in place and attach activation and KV-cache fake quantizers.
+
+Weights first (RTN, or GPTQ on calibration tokens with Hessians of the unquantized activations, as QuaRot
+and SpinQuant do), then an `ActQuantizer` on the input of every decoder linear (per token, all linears
+alike, matching the kernels' per-token activation quantization) and `KVQuantizer`s on every attention.
+lm_head is left alone unless `cfg.quantize_lm_head`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from torch import Tensor, nn
+
+from .config import QuantConfig
+from .gptq import gptq_quantize_model
+from .quantizer import ActQuantizer, KVQuantizer, quantize_weight_rtn, set_weight
+
+
+class AlreadyQuantizedError(ValueError):
+    """quantize_model was given a model that already carries quantized weights or quantizers."""
+
+
+def quant_targets(model: nn.Module, cfg: QuantConfig) -> Iterator[tuple[str, nn.Linear]]:
+    """The linears `cfg` quantizes: every decoder QLinear, plus lm_head iff cfg.quantize_lm_head."""
+    for name, module in model.linears():
+        if name != "lm_head" or cfg.quantize_lm_head:
+            yield name, module
+
+
+def _check_not_quantized(model: nn.Module) -> None:
+    for name, module in model.linears():
+        for attr in ("wq", "act_quant"):
+            if getattr(module, attr, None) is not None:
+                raise AlreadyQuantizedError(
+                    f"{name}.{attr} is already set: this model is already quantized; "
+                    "quantize a freshly loaded (or rotated, unquantized) model instead"
+                )
+    for i, layer in enumerate(model.layers):
+        for attr in ("k_quant", "v_quant"):
+            if getattr(layer.self_attn, attr, None) is not None:
+                raise AlreadyQuantizedError(
+                    f"layers.{i}.self_attn.{attr} is already set: this model is already quantized; "
+                    "quantize a freshly loaded (or rotated, unquantized) model instead"
+                )
+
+
+def quantize_model(
+    model: nn.Module, cfg: QuantConfig, calib_tokens: Tensor | None = None, progress: bool = True
+) -> nn.Module:
+    """Quantize `model` in place as `cfg` says (GPTQ needs calib_tokens [samples, seq_len]); returns it."""
+    _check_not_quantized(model)
+    if cfg.quantizes_weights:
+        if cfg.w_method == "gptq":
+            if calib_tokens is None:
+                raise ValueError(
+                    "w_method='gptq' needs calibration data: pass calib_tokens "
+                    "(a LongTensor [samples, seq_len], e.g. 128 x 512 tokens), or use w_method='rtn'"
+                )
+            gptq_quantize_model(model, cfg, calib_tokens, progress=progress)
+        else:
+            for _, module in quant_targets(model, cfg):
+                qw = quantize_weight_rtn(module.weight, cfg.w_bits, cfg.w_group, cfg.w_sym, cfg.w_clip_search)
+                set_weight(module, qw)
+    if cfg.quantizes_acts:
+        for _, module in quant_targets(model, cfg):
+            module.act_quant = ActQuantizer(cfg.a_bits, cfg.a_sym, cfg.act_clip)
+    if cfg.quantizes_kv:
+        for layer in model.layers:
+            layer.self_attn.k_quant = KVQuantizer(cfg.kv_bits, cfg.kv_group, cfg.kv_sym)
+            layer.self_attn.v_quant = KVQuantizer(cfg.kv_bits, cfg.kv_group, cfg.kv_sym)
+    model.quant_config = cfg
+    return model
