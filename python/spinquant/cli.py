@@ -167,7 +167,7 @@ def cmd_pipeline(a: argparse.Namespace) -> None:
 
     fields = {f.name for f in dataclasses.fields(Settings)}
     given = {k: v for k, v in vars(a).items() if k in fields and v is not None}
-    for key in ("precisions", "w_methods"):
+    for key in ("precisions", "w_methods", "zeroshot_tasks"):
         if key in given:
             given[key] = tuple(given[key].split(","))
     run(Settings.full(**given) if a.full else Settings(**given))
@@ -221,6 +221,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quarot-seeds", type=int, help="random Hadamard seeds (default 5)")
     p.add_argument("--precisions", help="comma-separated presets (default W4A16,W4A8KV8,W4A4KV4)")
     p.add_argument("--w-methods", help="comma-separated weight quantizers (default rtn,gptq)")
+    p.add_argument("--gptq-samples", type=int, help="GPTQ calibration samples (default 32; --full 128)")
+    p.add_argument("--gptq-seq-len", type=int, help="GPTQ calibration tokens per sample (default 512)")
+    p.add_argument("--zeroshot-tasks", help="comma-separated zero-shot tasks (default: all eight)")
     p.add_argument("--seed", type=int, help="seed (default 0)")
     p.set_defaults(func=cmd_pipeline)
     return parser

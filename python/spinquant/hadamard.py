@@ -113,7 +113,7 @@ def _has_base(k: int) -> bool:
     return k == 1 or _paley1_ok(k) or _paley2_ok(k) or k in _table_sizes()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _base_matrix(k: int) -> Tensor:
     """The K x K base matrix (int64 +-1), checked to satisfy H H^T = K I."""
     if k == 1:
@@ -155,6 +155,8 @@ def is_hadamard_size(n: int) -> bool:
 
 def hadamard_decomposition(n: int) -> tuple[int, int]:
     """(K, m): n = K * m, m = 2^k, H_n = kron(H_K, H_m). Raises ValueError for unsupported n."""
+    if n < 1:
+        raise ValueError(f"Hadamard size must be a positive integer, got {n}")
     dec = _decompose(n)
     if dec is None:
         hint = "" if _table_sizes() else " (the sign tables need `pip install --no-deps exllamav2==0.3.2`)"
@@ -192,36 +194,43 @@ def hadamard_matrix(n: int, dtype: torch.dtype = torch.float64, device: torch.de
     return _cached_matrix(n, dtype, torch.device(device)).clone()
 
 
+_RADIX_BITS = 6  # the power-of-two part is applied as radix-(<=64) butterflies: dense 2^r x 2^r matmuls
+
+
+def _factor_sizes(k: int, m: int) -> list[int]:
+    """Factors of n = K * m applied in turn: K (if > 1), then m split into balanced powers of two <= 64."""
+    bits = m.bit_length() - 1
+    parts = -(-bits // _RADIX_BITS)
+    split = [bits // parts + (i < bits % parts) for i in range(parts)] if parts else []
+    return ([k] if k > 1 else []) + [1 << b for b in split]
+
+
 @functools.lru_cache(maxsize=64)
-def _cached_base(k: int, dtype: torch.dtype, device: torch.device) -> Tensor:
-    return _base_matrix(k).to(dtype=dtype, device=device)
-
-
-def _fwht(x: Tensor) -> Tensor:
-    """Unnormalized Walsh-Hadamard transform (natural order) over the last dim, a power of two."""
-    m = x.shape[-1]
-    lead = x.shape[:-1]
-    y = x.reshape(-1, m)
-    h = 1
-    while h < m:
-        y = y.view(-1, m // (2 * h), 2, h)
-        a, b = y[:, :, 0], y[:, :, 1]
-        y = torch.stack((a + b, a - b), dim=2)
-        h *= 2
-    return y.reshape(*lead, m)
+def _factor_matrix(f: int, is_base: bool, dtype: torch.dtype, device: torch.device) -> Tensor:
+    h = _base_matrix(f) if is_base else _sylvester(f)
+    return h.to(dtype=dtype, device=device)
 
 
 def hadamard_transform(x: Tensor, dim: int = -1) -> Tensor:
-    """Orthonormal Hadamard transform over `dim`: y = x @ H_n^T / sqrt(n) (differentiable)."""
+    """Orthonormal Hadamard transform over `dim`: y = x @ H_n^T / sqrt(n) (differentiable).
+
+    H_n = kron(H_K, H_f1, H_f2, ...) with H_m = kron(H_f1, H_f2, ...) (Sylvester), so each factor is one
+    small matmul over its axis of x viewed as [..., K, f1, f2, ...]: O(n log n) for powers of two.
+    """
     if not x.is_floating_point():
         raise ValueError(f"hadamard_transform needs a floating-point tensor, got {x.dtype}")
     x = x.movedim(dim, -1)
     n = x.shape[-1]
     k, m = hadamard_decomposition(n)
-    y = _fwht(x) if m > 1 else x
-    if k > 1:
-        y = (_cached_base(k, x.dtype, x.device) @ y.reshape(*x.shape[:-1], k, m)).reshape(x.shape)
-    return (y * (1.0 / math.sqrt(n))).movedim(-1, dim)
+    rows = x.numel() // n
+    y = x.reshape(rows, n)
+    pre = 1
+    for i, f in enumerate(_factor_sizes(k, m)):
+        h = _factor_matrix(f, i == 0 and k > 1, x.dtype, x.device)
+        post = n // (pre * f)
+        y = y.reshape(-1, f) @ h.T if post == 1 else h @ y.reshape(rows * pre, f, post)
+        pre *= f
+    return (y.reshape(x.shape) * (1.0 / math.sqrt(n))).movedim(-1, dim)
 
 
 def random_hadamard(n: int, generator: torch.Generator | None = None) -> Tensor:

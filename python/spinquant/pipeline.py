@@ -26,6 +26,7 @@ from .data import calibration_samples, test_windows
 from .eval.perplexity import perplexity
 from .eval.zeroshot import DEFAULT_TASKS, zeroshot
 from .model import Transformer, load_model
+from .plots import channel_maxima, plot_outliers
 from .quant.apply import quantize_model
 from .quant.config import QuantConfig
 from .rotation import apply_rotations, fuse_norms, random_rotations, set_online_hadamards
@@ -171,6 +172,7 @@ def run(s: Settings) -> list[Row]:
 
     ppl, acc = evaluate(base, tokenizer, windows, s, True)
     rows = [Row("fp32", "FP32", "-", [ppl], [acc])]
+    plot_rotation_effect(base, learned[True][:2], windows[:1, :256], s.out_dir / "outliers.png")
     zs_precision = s.precisions[-1]
     zs_method = s.w_methods[-1]
     total = len(s.precisions) * len(s.w_methods) * (s.quarot_seeds + 3)
@@ -205,6 +207,17 @@ def run(s: Settings) -> list[Row]:
                 rows.append(row)
     write_results(rows, learned, s)
     return rows
+
+
+def plot_rotation_effect(base: Transformer, rotation, tokens: torch.Tensor, path: Path) -> None:
+    """outliers.png: per-channel max |x| of a middle layer's residual and down_proj input, before and after."""
+    layer = base.args.n_layers // 2
+    fused = fuse_norms(copy.deepcopy(base))
+    before = channel_maxima(fused, tokens, layer)
+    apply_rotations(fused, *rotation, had=True)
+    after = channel_maxima(fused, tokens, layer)
+    plot_outliers(before, after, path, f"layer {layer}: original vs SpinQuant (learned R1/R2, R4 Hadamard)")
+    console.print(f"wrote {path}")
 
 
 def table(rows: list[Row]) -> Table:

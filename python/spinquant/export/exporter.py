@@ -1,0 +1,151 @@
+"""Export a quantized `Transformer` to an ExecuTorch program (.pte) that calls the spinquant ops.
+
+torch.export (dynamic sequence length) -> to_edge (custom ops kept, out variants picked by EXIR) ->
+to_executorch (KV cache buffers updated in place). The program carries its metadata as constant methods:
+`get_max_seq_len`, `get_vocab_size`, `get_bos_id`, `get_eos_id` (ints) and `spinquant_metadata` (a uint8
+tensor holding JSON: format, target, had, quant config, model identity, tokenizer ids).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.export import Dim
+
+from .exportable import ExportableDecoder, ExportError
+
+FORMAT = "spinquant-pte-v1"
+TARGETS = ("arm64", "x86_64")
+METADATA_METHOD = "spinquant_metadata"
+
+
+def host_target() -> str:
+    """The --target name of this machine."""
+    machine = platform.machine().lower()
+    return "arm64" if machine in ("aarch64", "arm64") else "x86_64"
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    seconds: float
+    bytes: int
+    metadata: dict
+
+
+def build_metadata(model, target: str, had: bool, quant: dict | None, tokenizer=None, max_seq_len: int = 0) -> dict:
+    """The JSON metadata stored in the program."""
+    if target not in TARGETS:
+        raise ExportError(f"unknown target {target!r}: use one of {', '.join(TARGETS)}")
+    tok = {}
+    if tokenizer is not None:
+        tok = {"bos_id": tokenizer.bos_token_id, "eos_id": tokenizer.eos_token_id, "name": tokenizer.name_or_path}
+    return {
+        "format": FORMAT,
+        "target": target,
+        "had": bool(had),
+        "quant": quant or {},
+        "model": getattr(model, "identity", {}) or {},
+        "tokenizer": tok,
+        "max_seq_len": max_seq_len,
+        "vocab_size": model.args.vocab_size,
+    }
+
+
+def _constant_methods(meta: dict) -> dict:
+    blob = torch.tensor(list(json.dumps(meta, sort_keys=True).encode()), dtype=torch.uint8)
+    tok = meta.get("tokenizer", {})
+    return {
+        "get_max_seq_len": int(meta["max_seq_len"]),
+        "get_vocab_size": int(meta["vocab_size"]),
+        "get_bos_id": int(tok.get("bos_id") if tok.get("bos_id") is not None else -1),
+        "get_eos_id": int(tok.get("eos_id") if tok.get("eos_id") is not None else -1),
+        METADATA_METHOD: blob,
+    }
+
+
+def _check_had(model, had: bool | None) -> bool:
+    """The had flag in effect: the model's online Hadamards; an explicit --had/--no-had must agree with them."""
+    has = any(layer.mlp.down_proj.online_had or layer.self_attn.r3 for layer in model.layers)
+    if had is not None and had != has:
+        want, got = ("--had", "without") if had else ("--no-had", "with")
+        raise ExportError(
+            f"{want} was asked but the model was rotated {got} online Hadamards (their R4 is folded into the "
+            f"weights); export it with {'--no-had' if has is False else '--had'} or re-run the rotation step"
+        )
+    return has
+
+
+def to_program(decoder: ExportableDecoder, meta: dict, xnnpack: bool = False):
+    """ExecuTorch program manager of the decoder (not yet written)."""
+    from executorch.exir import EdgeCompileConfig, ExecutorchBackendConfig, to_edge_transform_and_lower
+    from executorch.exir.passes.init_mutable_pass import InitializedMutableBufferPass
+
+    example = (torch.zeros(1, 4, dtype=torch.long), torch.arange(4))
+    seq = Dim("seq", min=1, max=decoder.max_seq_len)
+    with torch.no_grad():
+        ep = torch.export.export(decoder, example, dynamic_shapes=({1: seq}, {0: seq}), strict=False)
+    partitioners = []
+    if xnnpack:
+        from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+
+        partitioners.append(XnnpackPartitioner())
+    edge = to_edge_transform_and_lower(
+        ep,
+        partitioner=partitioners,
+        constant_methods=_constant_methods(meta),
+        compile_config=EdgeCompileConfig(_check_ir_validity=False),
+    )
+    # Float KV caches start at zero (their masked rows enter q @ K^T, so garbage there could be NaN);
+    # the quantized caches are read only up to the current length.
+    zero_init = InitializedMutableBufferPass(["k_cache", "v_cache"])
+    return edge.to_executorch(ExecutorchBackendConfig(run_reinplace_pass=True, passes=[zero_init]))
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write to a temp file in the same folder, then rename (no half-written .pte)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def export_model(
+    model,
+    path: str | Path,
+    *,
+    target: str | None = None,
+    had: bool | None = None,
+    quant: dict | None = None,
+    tokenizer=None,
+    max_seq_len: int = 512,
+    xnnpack: bool = False,
+) -> ExportResult:
+    """Export a (rotated, quantized) Transformer to `path` (.pte); returns the path, seconds and metadata."""
+    path = Path(path)
+    if path.suffix != ".pte":
+        raise ExportError(f"output {path} should end in .pte")
+    start = time.perf_counter()
+    target = target or host_target()
+    had = _check_had(model, had)
+    if quant is None and getattr(model, "quant_config", None) is not None:
+        quant = model.quant_config.to_dict()
+    max_seq_len = min(max_seq_len, model.args.max_seq_len)
+    max_seq_len -= max_seq_len % 4
+    meta = build_metadata(model, target, had, quant, tokenizer, max_seq_len)
+    decoder = ExportableDecoder(model, max_seq_len).eval()
+    program = to_program(decoder, meta, xnnpack=xnnpack)
+    write_atomic(path, program.buffer)
+    return ExportResult(path, time.perf_counter() - start, path.stat().st_size, meta)

@@ -1,0 +1,205 @@
+"""Run a spinquant .pte through the ExecuTorch runtime from Python: load, forward, generate.
+
+The op library `libspinquant_et_ops.so` is loaded once, from one canonical path (beside this package's
+`__init__.py`), after the ExecuTorch runtime and before any program: loading it twice from different paths
+would abort the process ("Re-registering").
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+import spinquant
+
+from .exporter import FORMAT, METADATA_METHOD, host_target
+
+LIBRARY_NAME = "libspinquant_et_ops.so"
+OPS = ("spinquant::hadamard.out", "spinquant::int4_linear.out", "spinquant::kv_attention.out")
+
+_lock = threading.Lock()
+_library: ctypes.CDLL | None = None
+
+
+class RuntimeLoadError(RuntimeError):
+    """A .pte or the op library could not be loaded; the message says why and what to do."""
+
+
+def library_path() -> Path:
+    """The one place the op library is loaded from: spinquant/libspinquant_et_ops.so."""
+    return Path(spinquant.__file__).resolve().parent / LIBRARY_NAME
+
+
+def _runtime():
+    from executorch.runtime import Runtime
+
+    return Runtime.get()
+
+
+def load_library() -> ctypes.CDLL:
+    """Load the op library once (after the ExecuTorch runtime, so it binds to the same libexecutorch)."""
+    global _library
+    with _lock:
+        if _library is not None:
+            return _library
+        path = library_path()
+        if not path.is_file():
+            raise RuntimeLoadError(
+                f"spinquant's ExecuTorch op library is missing: {path} does not exist. Build and install it with "
+                "`pip install --no-build-isolation .` (executorch must be importable by the build), or configure "
+                "CMake with -DSPINQUANT_BUILD_EXECUTORCH_OPS=ON and copy libspinquant_et_ops.so there"
+            )
+        runtime = _runtime()
+        _library = ctypes.CDLL(str(path), mode=ctypes.RTLD_GLOBAL)
+        missing = [op for op in OPS if op not in runtime.operator_registry.operator_names]
+        if missing:
+            raise RuntimeLoadError(f"{path} loaded but did not register {missing}; rebuild it against executorch 1.5.1")
+        return _library
+
+
+def set_threads(threads: int) -> None:
+    """Threads the spinquant kernels use (0 = every core)."""
+    load_library().spinquant_et_set_threads(ctypes.c_int(int(threads)))
+
+
+def _decode_metadata(program) -> dict:
+    if METADATA_METHOD not in program.method_names:
+        raise RuntimeLoadError(
+            "this .pte has no spinquant metadata: it was not made by spinquant-export; export it with spinquant-export"
+        )
+    blob = program.load_method(METADATA_METHOD).execute([])[0]
+    meta = json.loads(bytes(blob.to(torch.uint8).tolist()).decode())
+    if meta.get("format") != FORMAT:
+        raise RuntimeLoadError(f"unsupported .pte format {meta.get('format')!r}; re-export it with this spinquant")
+    return meta
+
+
+@dataclass
+class Timing:
+    prefill_tokens: int = 0
+    prefill_s: float = 0.0
+    decode_tokens: int = 0
+    decode_s: float = 0.0
+
+    @property
+    def prefill_tok_per_s(self) -> float:
+        return self.prefill_tokens / self.prefill_s if self.prefill_s else 0.0
+
+    @property
+    def decode_ms_per_token(self) -> float:
+        return 1000.0 * self.decode_s / self.decode_tokens if self.decode_tokens else 0.0
+
+
+class PteModel:
+    """A loaded spinquant program: `forward(tokens, input_pos)` and `generate(...)`."""
+
+    def __init__(self, path: str | Path, check_target: bool = True):
+        path = Path(path)
+        if not path.is_file():
+            raise RuntimeLoadError(f"no such .pte file: {path}; create one with `spinquant-export`")
+        load_library()
+        try:
+            self.program = _runtime().load_program(path)
+        except Exception as e:  # the pybinding raises RuntimeError with an error code only
+            raise RuntimeLoadError(f"{path} is not a valid ExecuTorch program (corrupt or truncated?): {e}") from e
+        self.metadata = _decode_metadata(self.program)
+        if check_target and self.metadata["target"] != host_target():
+            raise RuntimeLoadError(
+                f"{path} was exported for {self.metadata['target']} but this machine is {host_target()}; "
+                f"re-export with --target {host_target()}"
+            )
+        try:
+            self.method = self.program.load_method("forward")
+        except Exception as e:
+            raise RuntimeLoadError(
+                f"cannot load method 'forward' of {path}: an operator is missing from this runtime "
+                f"(see the 'Missing operator' log line above) or the program is damaged: {e}"
+            ) from e
+        self.path = path
+        self.max_seq_len = int(self.metadata["max_seq_len"])
+        self.timing = Timing()
+
+    def forward(self, tokens: Tensor, input_pos: Tensor) -> Tensor:
+        """Logits [1, T, V] for tokens [1, T] at positions input_pos [T]."""
+        return self.method.execute([tokens.long().contiguous(), input_pos.long().contiguous()])[0]
+
+    def logits(self, ids: list[int] | Tensor) -> Tensor:
+        """Logits [T, V] of a whole sequence, one prefill from position 0."""
+        ids = torch.as_tensor(ids, dtype=torch.long).reshape(1, -1)
+        if ids.shape[1] > self.max_seq_len:
+            raise ValueError(f"{ids.shape[1]} tokens exceed this program's max_seq_len {self.max_seq_len}")
+        return self.forward(ids, torch.arange(ids.shape[1]))[0]
+
+    def generate_ids(
+        self,
+        prompt: list[int],
+        max_new_tokens: int = 32,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        seed: int = 0,
+        stop: set[int] | None = None,
+    ) -> Iterator[int]:
+        """Yield new token ids: prefill the prompt, then decode one token a step (greedy if temperature 0)."""
+        if not prompt:
+            raise ValueError("the prompt is empty: give at least one token")
+        if len(prompt) + max_new_tokens > self.max_seq_len:
+            raise ValueError(
+                f"prompt ({len(prompt)}) + max_new_tokens ({max_new_tokens}) exceed max_seq_len {self.max_seq_len}"
+            )
+        pick = _sampler(temperature, top_p, seed)
+        self.timing = Timing()
+        t0 = time.perf_counter()
+        logits = self.forward(torch.tensor([prompt]), torch.arange(len(prompt)))[0, -1]
+        self.timing.prefill_tokens, self.timing.prefill_s = len(prompt), time.perf_counter() - t0
+        pos = len(prompt)
+        for i in range(max_new_tokens):
+            token = pick(logits)
+            yield token
+            if (stop and token in stop) or i == max_new_tokens - 1:
+                return
+            t0 = time.perf_counter()
+            logits = self.forward(torch.tensor([[token]]), torch.tensor([pos]))[0, -1]
+            self.timing.decode_s += time.perf_counter() - t0
+            self.timing.decode_tokens += 1
+            pos += 1
+
+    def generate(self, tokenizer, prompt: str, max_new_tokens: int = 32, temperature: float = 0.0,
+                 top_p: float = 1.0, seed: int = 0) -> str:
+        """Generated text (the continuation only) for a text prompt."""
+        ids = tokenizer.encode(prompt)
+        eos = self.metadata.get("tokenizer", {}).get("eos_id")
+        stop = {eos} if eos is not None else None
+        out = list(self.generate_ids(ids, max_new_tokens, temperature, top_p, seed, stop))
+        return tokenizer.decode(out, skip_special_tokens=True)
+
+    def close(self) -> None:
+        """Release the program and the weights the op library prepacked from it."""
+        self.method = self.program = None
+        if _library is not None:
+            _library.spinquant_et_clear_cache()
+
+
+def _sampler(temperature: float, top_p: float, seed: int) -> Callable[[Tensor], int]:
+    """Greedy (temperature 0) or temperature + nucleus sampling with a seeded generator."""
+    if temperature < 0 or not 0 < top_p <= 1:
+        raise ValueError(f"temperature must be >= 0 and top_p in (0, 1], got {temperature}, {top_p}")
+    if temperature == 0:
+        return lambda logits: int(torch.argmax(logits))
+    gen = torch.Generator().manual_seed(seed)
+
+    def pick(logits: Tensor) -> int:
+        probs = torch.softmax(logits.double() / temperature, dim=-1)
+        sorted_p, order = torch.sort(probs, descending=True)
+        keep = torch.cumsum(sorted_p, 0) - sorted_p < top_p
+        sorted_p = torch.where(keep, sorted_p, torch.zeros_like(sorted_p))
+        return int(order[torch.multinomial(sorted_p / sorted_p.sum(), 1, generator=gen)])
+
+    return pick

@@ -1,0 +1,116 @@
+"""The command line end to end on a tiny random Llama that uses the real SmolLM2 tokenizer and wiki text."""
+
+import json
+
+import pytest
+import torch
+import transformers
+
+from spinquant import assets
+from spinquant.cli import main
+
+
+@pytest.fixture(scope="module")
+def tiny_folder(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    tokenizer = transformers.AutoTokenizer.from_pretrained(str(assets.default_model_dir()))
+    config = transformers.LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        tie_word_embeddings=True,
+    )
+    torch.manual_seed(0)
+    transformers.LlamaForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def test_optimize_eval_quantize(tiny_folder, tmp_path, capsys):
+    rot = tmp_path / "rot.safetensors"
+    main(["optimize", "--model", str(tiny_folder), "--steps", "3", "--seq-len", "32", "--out", str(rot)])
+    assert rot.is_file()
+    common = ["--model", str(tiny_folder), "--ppl-windows", "2", "--ppl-seq-len", "32"]
+    capsys.readouterr()
+    main(["eval", *common, "--rotation", str(rot), "--zeroshot-limit", "3", "--tasks", "arc_easy,piqa"])
+    result = json.loads(capsys.readouterr().out)
+    assert result["perplexity"] > 1 and set(result["zeroshot"]) >= {"arc_easy", "piqa", "average"}
+    ckpt = tmp_path / "q.safetensors"
+    main(
+        [
+            "quantize",
+            "--model",
+            str(tiny_folder),
+            "--rotation",
+            str(rot),
+            "--w-method",
+            "gptq",
+            "--gptq-samples",
+            "4",
+            "--gptq-seq-len",
+            "32",
+            "--out",
+            str(ckpt),
+        ]
+    )
+    capsys.readouterr()
+    main(["eval", *common, "--checkpoint", str(ckpt)])
+    assert json.loads(capsys.readouterr().out)["perplexity"] > 1
+
+
+def test_clear_errors(tiny_folder, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["eval", "--model", str(tmp_path), "--ppl-windows", "1"])
+    assert exit_info.value.code == 2
+    assert "no config.json" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["eval", "--model", str(tiny_folder), "--w-bits", "9"])
+    assert "w_bits=9" in capsys.readouterr().err
+
+
+def test_pipeline_writes_the_table(tiny_folder, tmp_path):
+    out = tmp_path / "run"
+    main(
+        [
+            "pipeline",
+            "--model",
+            str(tiny_folder),
+            "--out-dir",
+            str(out),
+            "--steps",
+            "2",
+            "--train-seq-len",
+            "32",
+            "--ppl-windows",
+            "2",
+            "--ppl-seq-len",
+            "32",
+            "--zeroshot-limit",
+            "2",
+            "--zeroshot-tasks",
+            "arc_easy",
+            "--quarot-seeds",
+            "2",
+            "--precisions",
+            "W4A4KV4",
+            "--w-methods",
+            "rtn,gptq",
+            "--gptq-samples",
+            "4",
+            "--gptq-seq-len",
+            "32",
+        ]
+    )
+    table = (out / "results.md").read_text()
+    for method in ("fp32", "RTN", "QuaRot", "SpinQuant no_had", "SpinQuant had"):
+        assert f"| {method} |" in table
+    assert "±" in table  # QuaRot over two seeds: mean ± std
+    assert (out / "outliers.png").stat().st_size > 0
+    assert sorted(p.name for p in out.glob("rotations-*")) == [
+        "rotations-W4A4KV4-had.safetensors",
+        "rotations-W4A4KV4-no_had.safetensors",
+    ]
