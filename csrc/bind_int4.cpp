@@ -23,9 +23,17 @@ std::string shape_str(const py::array& a) {
   return s + (a.ndim() == 1 ? ",)" : ")");
 }
 
+// numpy type numbers (NPY_UBYTE, NPY_HALF, NPY_FLOAT), fixed by numpy's C API; comparing them is
+// much cheaper than building dtype objects from strings on every call.
+int dtype_num(const std::string& name) {
+  if (name == "uint8") return py::dtype::of<uint8_t>().num();
+  if (name == "float32") return py::dtype::of<float>().num();
+  return 23;  // float16
+}
+
 // Checks dtype and shape of `a` (a negative expected size matches anything) and returns it C-contiguous.
 py::array checked(const py::array& a, const char* name, const char* dtype, std::vector<py::ssize_t> shape) {
-  if (!a.dtype().equal(py::dtype(dtype)))
+  if (a.dtype().num() != dtype_num(dtype))
     throw py::value_error(std::string(name) + " must have dtype " + dtype + ", got " +
                           std::string(py::str(a.dtype())) + "; convert it with .astype(np." + dtype + ")");
   bool ok = a.ndim() == static_cast<py::ssize_t>(shape.size());
@@ -51,8 +59,10 @@ class Int4Linear {
   Int4Linear(const py::array& qweight, const py::array& scales, const std::optional<py::array>& zeros, int64_t K,
              int64_t group) {
     if (K < 1) throw py::value_error("K must be >= 1 (the number of input features), got " + std::to_string(K));
-    if (group < 1)
-      throw py::value_error("group must be >= 1 (use group=K for per-channel scales), got " + std::to_string(group));
+    if (group < -1)
+      throw py::value_error("group must be a group size >= 1, or 0 / -1 for per-channel scales; got " +
+                            std::to_string(group));
+    if (group <= 0) group = K;  // spinquant.quant's convention for per-channel
     if (qweight.ndim() != 2)
       throw py::value_error("qweight must be 2-D [N, ceil(K/2)] uint8, got shape " + shape_str(qweight));
     const py::ssize_t N = qweight.shape(0), G = (K + group - 1) / group;
@@ -92,7 +102,7 @@ class Int4Linear {
 
   py::tuple unpack() const {
     py::array_t<uint8_t> q({packed_.N, (packed_.K + 1) / 2});
-    py::array s(py::dtype("float16"), {packed_.N, packed_.G});
+    py::array s(py::dtype(dtype_num("float16")), {packed_.N, packed_.G});
     py::object z = py::none();
     uint8_t* zp = nullptr;
     if (packed_.asymmetric) {
@@ -138,7 +148,8 @@ void bind_int4(py::module_& m) {
                          "int4-weight linear layer, prepacked once from the storage format of docs/INT4_FORMAT.md.")
       .def(py::init<const py::array&, const py::array&, const std::optional<py::array>&, int64_t, int64_t>(),
            py::arg("qweight"), py::arg("scales"), py::arg("zeros"), py::arg("K"), py::arg("group"),
-           "qweight uint8 [N, ceil(K/2)], scales float16 [N, G], zeros uint8 [N, G] or None (symmetric).")
+           "qweight uint8 [N, ceil(K/2)], scales float16 [N, G], zeros uint8 [N, G] or None (symmetric); "
+           "group 0 or -1 means per-channel (G = 1).")
       .def("forward", &Int4Linear::forward, py::arg("x"), py::arg("act_bits") = 8, py::arg("act_clip") = 1.0f,
            py::arg("bias") = py::none(), py::arg("threads") = 0,
            "x float32 [M, K] -> float32 [M, N]; act_bits 4 / 8 quantize activations per token, 16 keeps fp32.")

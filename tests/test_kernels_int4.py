@@ -84,13 +84,12 @@ def check_close(y: torch.Tensor, ref: torch.Tensor, budget: torch.Tensor) -> Non
     seed=st.integers(0, 2**16),
 )
 def test_matches_reference(m, n, k, group, asym, with_bias, act_bits, seed):
-    group = group or k  # 0 = per-channel
-    w = make_weight(n, k, group, asym, seed)
+    w = make_weight(n, k, group or k, asym, seed)
     x = torch.randn(m, k, generator=torch.Generator().manual_seed(seed + 1)) * 2
     bias = torch.randn(n) if with_bias else None
     clip = 0.9 if act_bits == 4 else 1.0
-    y = make_layer(w, k, group, bias, act_bits, clip)(x)
-    check_close(y, *linear_ref(x, w, k, group, act_bits, clip, bias))
+    y = make_layer(w, k, group, bias, act_bits, clip)(x)  # group 0 = per-channel, as in spinquant.quant
+    check_close(y, *linear_ref(x, w, k, group or k, act_bits, clip, bias))
 
 
 @pytest.mark.parametrize("bits", [4, 8])
@@ -171,12 +170,13 @@ def test_bad_inputs_raise_value_error():
         "shape": lambda: layer.forward(x[:, :10]),
         "act_bits": lambda: layer.forward(x, 12),
         "act_clip": lambda: layer.forward(x, 8, 1.5),
+        "inf or nan": lambda: layer.forward(np.full((2, k), np.inf, np.float32), 8),
         "bias": lambda: layer.forward(x, 8, 1.0, np.zeros(3, np.float32)),
         "dtype float16": lambda: _kernels.Int4Linear(q, s.astype(np.float32), None, k, group),
         "scales has shape": lambda: _kernels.Int4Linear(q, s[:, :1], None, k, 16),
         "qweight has shape": lambda: _kernels.Int4Linear(q, s, None, 2 * k, group),
         "zero point": lambda: _kernels.Int4Linear(q, s, np.full((8, 2), 16, np.uint8), k, group),
-        "group": lambda: _kernels.Int4Linear(q, s, None, k, 0),
+        "group": lambda: _kernels.Int4Linear(q, s, None, k, -3),
     }
     for expected, call in bad.items():
         with pytest.raises(ValueError, match=expected):

@@ -1,13 +1,15 @@
 // The SIMD quantized-KV attention kernel, written once over a vector-traits type V and instantiated by
 // each ISA file (attention_avx2.cpp, attention_avx512.cpp, attention_neon.cpp) with its own flags.
-// V provides: T, W, load, store, zero, set1, add, sub, mul, fma(a, b, c) = a * b + c, max, hsum, hmax,
-// round (to nearest even), pow2 (2^n for integral n in [-126, 127]) and codes4 / codes8 (W codes from a
-// row pointer as floats).
+// V provides: T, W, kScoreHeads x kScoreTokens (query heads x tokens per scoring pass) and kValueHeads
+// (query heads per V pass) within the register budget, load, store, zero, set1, add, sub, mul,
+// fma(a, b, c) = a * b + c, max, hsum, hsum4 (four vectors' sums at once), hmax, round (to nearest even),
+// pow2 (2^n for integral n in [-126, 127]) and codes4 / codes8 (W codes from a row pointer as floats).
 // Dequantized values are computed as in the reference, (code - zero) * scale; only the summation order
 // of dot products and the exp differ, so results match the reference to float rounding.
 #pragma once
 
 #include <algorithm>
+#include <type_traits>
 
 #include "spinquant/attention.h"
 
@@ -17,7 +19,6 @@ template <class V>
 struct AttentionSimd {
   using T = typename V::T;
   static constexpr int64_t W = V::W;
-  static constexpr int kQueryBlock = 4;  // query heads scored together per dequantized K row
 
   // e^x for x <= 0 (Cephes-style: x = n ln2 + r, |r| <= ln2 / 2, degree-5 polynomial; ~2 ulp).
   static T exp(T x) {
@@ -38,28 +39,79 @@ struct AttentionSimd {
   // True if the vector code paths apply (groups and head_dim whole vectors).
   static bool supported(const KVHeadView& kv) { return kv.group % W == 0 && kv.head_dim % W == 0; }
 
-  static T codes(const KVHeadView& kv, const uint8_t* row, int64_t d) {
-    return kv.bits == 8 ? V::codes8(row + d) : V::codes4(row + d / 2);
+  template <int Bits>
+  static T codes(const uint8_t* row, int64_t d) {
+    if constexpr (Bits == 8)
+      return V::codes8(row + d);
+    else
+      return V::codes4(row + d / 2);
   }
 
-  // scores[i * len + j] = scale * q_i . k_j for RB query heads.
-  template <int RB>
-  static void score_block(const float* q, const KVHeadView& kv, int64_t len, float scale, float* scores) {
+  // Row j of cache tensor `which` (0 K, 1 V): its codes, scales and zeros.
+  struct Row {
+    const uint8_t* codes;
+    const float* scales;
+    const float* zeros;
+  };
+  static Row row(const KVHeadView& kv, int which, int64_t j) {
+    return {kv.codes[which] + j * kv.row_bytes, kv.scales[which] + j * kv.groups, kv.zeros[which] + j * kv.groups};
+  }
+
+  // W channels from d of a row, in group g: (code - zero) * scale, exactly as the reference.
+  template <int Bits>
+  static T dequant(const Row& r, int64_t d, int64_t g) {
+    return V::mul(V::sub(codes<Bits>(r.codes, d), V::set1(r.zeros[g])), V::set1(r.scales[g]));
+  }
+
+  // scores[i * len + j] = scale * q_i . k_j for RB query heads and TB <= 4 tokens from j0: RB x TB
+  // accumulators, each head's TB sums reduced together (one reduction per 4 scores).
+  template <int Bits, int RB, int TB>
+  static void score_tokens(const float* q, const KVHeadView& kv, int64_t j0, int64_t len, float scale,
+                           float* scores) {
     const int64_t hd = kv.head_dim;
-    for (int64_t j = 0; j < len; ++j) {
-      const uint8_t* row = kv.codes[0] + j * kv.row_bytes;
-      const float* s = kv.scales[0] + j * kv.groups;
-      const float* z = kv.zeros[0] + j * kv.groups;
-      T acc[RB];
-      for (int i = 0; i < RB; ++i) acc[i] = V::zero();
-      for (int64_t g = 0; g < kv.groups; ++g) {
-        const T sg = V::set1(s[g]), zg = V::set1(z[g]);
-        for (int64_t d = g * kv.group; d < (g + 1) * kv.group; d += W) {
-          const T k = V::mul(V::sub(codes(kv, row, d), zg), sg);
-          for (int i = 0; i < RB; ++i) acc[i] = V::fma(V::load(q + i * hd + d), k, acc[i]);
+    T acc[RB][4];
+#pragma GCC unroll 4
+    for (int i = 0; i < RB; ++i)
+#pragma GCC unroll 4
+      for (int t = 0; t < 4; ++t) acc[i][t] = V::zero();
+#pragma GCC unroll 4
+    for (int t = 0; t < TB; ++t) {
+      const Row r = row(kv, 0, j0 + t);
+      for (int64_t g = 0, d = 0; g < kv.groups; ++g)
+        for (const int64_t end = d + kv.group; d < end; d += W) {
+          const T k = dequant<Bits>(r, d, g);
+#pragma GCC unroll 4
+          for (int i = 0; i < RB; ++i) acc[i][t] = V::fma(V::load(q + i * hd + d), k, acc[i][t]);
         }
+    }
+#pragma GCC unroll 4
+    for (int i = 0; i < RB; ++i) {
+      float sums[4];
+      V::hsum4(acc[i], sums);
+#pragma GCC unroll 4
+      for (int t = 0; t < TB; ++t) scores[i * len + j0 + t] = sums[t] * scale;
+    }
+  }
+
+  template <int Bits, int RB>
+  static void score_heads(const float* q, const KVHeadView& kv, int64_t len, float scale, float* scores) {
+    constexpr int TB = V::kScoreTokens;
+    int64_t j = 0;
+    for (; j + TB <= len; j += TB) score_tokens<Bits, RB, TB>(q, kv, j, len, scale, scores);
+    for (; j < len; ++j) score_tokens<Bits, RB, 1>(q, kv, j, len, scale, scores);
+  }
+
+  // fn(i0, integral_constant<RB>) over blocks of at most Block (2 or 4) query heads: the register budget.
+  template <int Block, class F>
+  static void by_head_block(int64_t r, F&& fn) {
+    static_assert(Block == 2 || Block == 4, "query heads per block: 2 or 4");
+    for (int64_t i0 = 0; i0 < r; i0 += Block) {
+      switch (std::min<int64_t>(Block, r - i0)) {
+        case 1: fn(i0, std::integral_constant<int, 1>{}); break;
+        case 2: fn(i0, std::integral_constant<int, 2>{}); break;
+        case 3: fn(i0, std::integral_constant<int, (Block > 2 ? 3 : 1)>{}); break;  // reached with Block 4 only
+        default: fn(i0, std::integral_constant<int, Block>{}); break;
       }
-      for (int i = 0; i < RB; ++i) scores[i * len + j] = V::hsum(acc[i]) * scale;
     }
   }
 
@@ -91,41 +143,61 @@ struct AttentionSimd {
     for (; j < len; ++j) s[j] *= inv;
   }
 
-  // out_i += sum_j p[i * len + j] * v_j for r query heads.
-  static void accumulate_v(const float* p, int64_t r, const KVHeadView& kv, int64_t len, float* out) {
-    const int64_t hd = kv.head_dim;
-    for (int64_t i = 0; i < r * hd; i += W) V::store(out + i, V::zero());
+  // out_i[d0 .. d0 + NV * W) = sum_j p[i * len + j] * v_j for RB query heads, accumulated in registers.
+  template <int Bits, int RB, int NV>
+  static void v_block(const float* p, const KVHeadView& kv, int64_t len, int64_t d0, float* out) {
+    int64_t g[NV];
+    for (int u = 0; u < NV; ++u) g[u] = (d0 + u * W) / kv.group;
+    T acc[RB][NV];
+#pragma GCC unroll 4
+    for (int i = 0; i < RB; ++i)
+#pragma GCC unroll 4
+      for (int u = 0; u < NV; ++u) acc[i][u] = V::zero();
     for (int64_t j = 0; j < len; ++j) {
-      const uint8_t* row = kv.codes[1] + j * kv.row_bytes;
-      const float* s = kv.scales[1] + j * kv.groups;
-      const float* z = kv.zeros[1] + j * kv.groups;
-      for (int64_t g = 0; g < kv.groups; ++g) {
-        const T sg = V::set1(s[g]), zg = V::set1(z[g]);
-        for (int64_t d = g * kv.group; d < (g + 1) * kv.group; d += W) {
-          const T v = V::mul(V::sub(codes(kv, row, d), zg), sg);
-          for (int64_t i = 0; i < r; ++i) {
-            float* o = out + i * hd + d;
-            V::store(o, V::fma(V::set1(p[i * len + j]), v, V::load(o)));
-          }
-        }
+      const Row r = row(kv, 1, j);
+      T pj[RB];
+#pragma GCC unroll 4
+      for (int i = 0; i < RB; ++i) pj[i] = V::set1(p[i * len + j]);
+#pragma GCC unroll 4
+      for (int u = 0; u < NV; ++u) {
+        const T v = dequant<Bits>(r, d0 + u * W, g[u]);
+#pragma GCC unroll 4
+        for (int i = 0; i < RB; ++i) acc[i][u] = V::fma(pj[i], v, acc[i][u]);
       }
     }
+#pragma GCC unroll 4
+    for (int i = 0; i < RB; ++i)
+#pragma GCC unroll 4
+      for (int u = 0; u < NV; ++u) V::store(out + i * kv.head_dim + d0 + u * W, acc[i][u]);
+  }
+
+  template <int Bits, int RB>
+  static void v_heads(const float* p, const KVHeadView& kv, int64_t len, float* out) {
+    constexpr int NV = 4;  // vectors of channels per pass: RB * NV accumulators stay in registers
+    int64_t d = 0;
+    for (; d + NV * W <= kv.head_dim; d += NV * W) v_block<Bits, RB, NV>(p, kv, len, d, out);
+    for (; d < kv.head_dim; d += W) v_block<Bits, RB, 1>(p, kv, len, d, out);
+  }
+
+  template <int Bits>
+  static void attend_bits(const float* q, int64_t r, const KVHeadView& kv, int64_t len, float scale, float* out,
+                          float* scratch) {
+    const int64_t hd = kv.head_dim;
+    by_head_block<V::kScoreHeads>(r, [&](int64_t i0, auto rb) {
+      score_heads<Bits, decltype(rb)::value>(q + i0 * hd, kv, len, scale, scratch + i0 * len);
+    });
+    for (int64_t i = 0; i < r; ++i) softmax(scratch + i * len, len);
+    by_head_block<V::kValueHeads>(r, [&](int64_t i0, auto rb) {
+      v_heads<Bits, decltype(rb)::value>(scratch + i0 * len, kv, len, out + i0 * hd);
+    });
   }
 
   static void attend(const float* q, int64_t r, const KVHeadView& kv, int64_t len, float scale, float* out,
                      float* scratch) {
-    for (int64_t i0 = 0; i0 < r; i0 += kQueryBlock) {
-      const float* qb = q + i0 * kv.head_dim;
-      float* sb = scratch + i0 * len;
-      switch (std::min<int64_t>(kQueryBlock, r - i0)) {
-        case 1: score_block<1>(qb, kv, len, scale, sb); break;
-        case 2: score_block<2>(qb, kv, len, scale, sb); break;
-        case 3: score_block<3>(qb, kv, len, scale, sb); break;
-        default: score_block<4>(qb, kv, len, scale, sb); break;
-      }
-    }
-    for (int64_t i = 0; i < r; ++i) softmax(scratch + i * len, len);
-    accumulate_v(scratch, r, kv, len, out);
+    if (kv.bits == 8)
+      attend_bits<8>(q, r, kv, len, scale, out, scratch);
+    else
+      attend_bits<4>(q, r, kv, len, scale, out, scratch);
   }
 };
 

@@ -53,8 +53,8 @@ HadamardTransform::HadamardTransform(int64_t n, const int8_t* hk, int64_t K) : n
     throw std::invalid_argument("hadamard: the given " + std::to_string(K) + "x" + std::to_string(K) +
                                 " matrix is not Hadamard (entries must be +-1 and H H^T = K I)");
   scale_ = static_cast<float>(1.0 / std::sqrt(static_cast<double>(n)));
-  signs_.resize(static_cast<size_t>(K * K));
-  for (int64_t i = 0; i < K * K; ++i) signs_[i] = (hk != nullptr && hk[i] < 0) ? 0x80000000u : 0u;
+  hk_.resize(static_cast<size_t>(K * K));
+  for (int64_t i = 0; i < K * K; ++i) hk_[i] = (hk != nullptr && hk[i] < 0) ? -1.0f : 1.0f;
 }
 
 void HadamardTransform::apply(float* x, int64_t rows, int threads) const {

@@ -17,8 +17,8 @@ const detail::Kernels& select(Isa isa) {
     case Isa::Avx512: return detail::kernels_avx512();
 #elif defined(__aarch64__)
     case Isa::Neon: return detail::kernels_neon();
-    case Isa::Dotprod:
-    case Isa::I8mm: return detail::kernels_dotprod();  // i8mm CPUs run the dotprod kernels
+    case Isa::Dotprod: return detail::kernels_dotprod();
+    case Isa::I8mm: return detail::kernels_i8mm();
 #endif
     default: return detail::kernels_ref();
   }

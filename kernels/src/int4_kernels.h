@@ -42,6 +42,7 @@ const Kernels& kernels_avx512();
 #elif defined(__aarch64__)
 const Kernels& kernels_neon();
 const Kernels& kernels_dotprod();
+const Kernels& kernels_i8mm();
 #endif
 
 // Shared scalar helpers.

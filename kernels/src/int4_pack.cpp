@@ -66,6 +66,8 @@ void act_params(float lo, float hi, int bits, float clip, float* scale, int32_t*
   float s = (xmax - xmin) / static_cast<float>((1 << bits) - 1);
   if (s == 0.0f) s = 1.0f;
   const float z = std::nearbyint(-xmin / s);
+  if (!std::isfinite(s) || !std::isfinite(z))
+    throw std::invalid_argument("int4: activations contain inf or nan; the kernels need finite inputs");
   *scale = s;
   *zero = static_cast<int32_t>(z);
   *fzero = z;

@@ -213,6 +213,14 @@ void test_errors() {
     }
     expect(threw, "bad act_bits is rejected", bits);
   }
+  x[2] = INFINITY;
+  threw = false;
+  try {
+    int4::linear(p, x, 1, y, int4::LinearParams{});
+  } catch (const std::invalid_argument&) {
+    threw = true;
+  }
+  expect(threw, "inf activations are rejected");
 }
 
 }  // namespace
@@ -227,7 +235,7 @@ int main() {
   };
   for (const Case& c : cases) run_case(c, rng);
   test_errors();
-  std::printf("isas:");
+  std::printf("automatic choice: %s; tested:", isa_name(active_isa()));
   for (Isa isa : supported_isas()) std::printf(" %s", isa_name(isa));
   std::printf("\n%s\n", g_failures == 0 ? "test_int4: all passed" : "test_int4: FAILED");
   return g_failures == 0 ? 0 : 1;

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Iterator
 
 import torch
 from torch import Tensor, nn
 
 from . import _kernels
+from .hadamard import base_hadamard
 
 # --- ISA selection ------------------------------------------------------------------------------------------
 
@@ -46,6 +48,7 @@ class Int4Linear(nn.Module):
     """y = x @ W.T (+ bias) with W int4 (docs/INT4_FORMAT.md), prepacked once; activations per `act_bits`.
 
     act_bits 4 or 8 quantize each token's activations on the fly (asymmetric, clip `act_clip`); 16 keeps fp32.
+    `group` 0 or -1 means per-channel scales; `threads` 0 uses all cores.
     """
 
     def __init__(
@@ -102,8 +105,10 @@ def _inplace_numpy(x: Tensor, name: str):
     if not isinstance(x, Tensor):
         raise ValueError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
     if x.device.type != "cpu" or x.dtype != torch.float32 or not x.is_contiguous():
-        raise ValueError(f"{name} must be a contiguous float32 CPU tensor for an in-place transform, got "
-                         f"{x.dtype} on {x.device} (contiguous={x.is_contiguous()}); use .float().contiguous()")
+        raise ValueError(
+            f"{name} must be a contiguous float32 CPU tensor for an in-place transform, got "
+            f"{x.dtype} on {x.device} (contiguous={x.is_contiguous()}); use .float().contiguous()"
+        )
     return x.detach().numpy()
 
 
@@ -118,8 +123,6 @@ class FastHadamard:
     """Native `spinquant.hadamard.hadamard_transform` of one size n (H_K from `base_hadamard`), validated once."""
 
     def __init__(self, n: int, threads: int = 0) -> None:
-        from .hadamard import base_hadamard
-
         k, hk = base_hadamard(n)
         self.n, self.K, self.threads = n, k, threads
         self.native = _kernels.HadamardTransform(n, None if k == 1 else hk.numpy())
@@ -144,10 +147,18 @@ class QuantKVCache:
     (R3) keys are Hadamard-transformed before quantization and queries before the dot product.
     """
 
-    def __init__(self, n_kv_heads: int, head_dim: int, max_seq_len: int, bits: int = 4,
-                 group: int | None = None, rotate_qk: bool = False) -> None:
-        self.native = _kernels.QuantKVCache(n_kv_heads, head_dim, max_seq_len, bits,
-                                            head_dim if group is None else group, rotate_qk)
+    def __init__(
+        self,
+        n_kv_heads: int,
+        head_dim: int,
+        max_seq_len: int,
+        bits: int = 4,
+        group: int | None = None,
+        rotate_qk: bool = False,
+    ) -> None:
+        self.native = _kernels.QuantKVCache(
+            n_kv_heads, head_dim, max_seq_len, bits, head_dim if group is None else group, rotate_qk
+        )
 
     def append(self, k: Tensor, v: Tensor, start_pos: int) -> None:
         """Store k, v float32 [T, n_kv_heads, head_dim] at positions start_pos .. start_pos + T - 1."""

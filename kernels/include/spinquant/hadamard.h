@@ -27,13 +27,13 @@ class HadamardTransform {
   int64_t K() const { return K_; }
   int64_t m() const { return m_; }
   float scale() const { return scale_; }
-  // Sign masks of H_K (0 for +1, 0x80000000 for -1), row-major [K * K], used by the kernels.
-  const uint32_t* sign_masks() const { return signs_.data(); }
+  // H_K as floats (+1.0f / -1.0f), row-major [K * K], used by the kernels.
+  const float* hk() const { return hk_.data(); }
 
  private:
   int64_t n_, K_, m_;
   float scale_;
-  std::vector<uint32_t> signs_;
+  std::vector<float> hk_;
 };
 
 // One-shot convenience: validates and applies (prefer HadamardTransform for repeated calls).

@@ -86,7 +86,8 @@ void dequantize(const PackedInt4& w, float* out);
 // Per-token asymmetric activation quantization of one row of K values to `bits` (2..8):
 //   xmax = max(max(x), 0) * clip; xmin = min(min(x), 0) * clip; scale = (xmax - xmin) / (2^bits - 1)
 //   (1 if that is 0); zero = round(-xmin / scale); q = clamp(round(x / scale) + zero, 0, 2^bits - 1)
-// with round-half-to-even; the value is (q - zero) * scale. Writes K codes.
+// with round-half-to-even; the value is (q - zero) * scale. Writes K codes. x must be finite
+// (inf or nan in the row's range throws std::invalid_argument).
 void quantize_activations(const float* x, int64_t K, int bits, float clip, uint8_t* codes, float* scale,
                           int32_t* zero);
 

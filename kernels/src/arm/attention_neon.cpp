@@ -12,6 +12,8 @@ namespace {
 struct Neon {
   using T = float32x4_t;
   static constexpr int64_t W = 4;
+  static constexpr int kScoreHeads = 4, kScoreTokens = 4;  // accumulators: 16 of 32 registers
+  static constexpr int kValueHeads = 4;  // x 4 vectors of accumulators
   static T load(const float* p) { return vld1q_f32(p); }
   static void store(float* p, T v) { vst1q_f32(p, v); }
   static T zero() { return vdupq_n_f32(0.0f); }
@@ -28,6 +30,7 @@ struct Neon {
   }
   static float hsum(T v) { return vaddvq_f32(v); }
   static float hmax(T v) { return vmaxvq_f32(v); }
+  static void hsum4(const T* a, float* out) { vst1q_f32(out, vpaddq_f32(vpaddq_f32(a[0], a[1]), vpaddq_f32(a[2], a[3]))); }
   // 4 codes from 2 bytes: low and high nibbles interleaved back into channel order.
   static T codes4(const uint8_t* p) {
     uint16_t w;

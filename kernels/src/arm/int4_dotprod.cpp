@@ -69,6 +69,8 @@ void gemm_codes_impl(const Job& job, int64_t m0, int64_t m1, int64_t b0, int64_t
   }
 }
 
+}  // namespace
+
 void gemm_codes_dotprod(const Job& job, int64_t m0, int64_t m1, int64_t b0, int64_t b1) {
   const bool asym = job.w->asymmetric, shift = job.act_bits == 8;
   if (asym)
@@ -76,8 +78,6 @@ void gemm_codes_dotprod(const Job& job, int64_t m0, int64_t m1, int64_t b0, int6
   else
     (shift ? gemm_codes_impl<false, true> : gemm_codes_impl<false, false>)(job, m0, m1, b0, b1);
 }
-
-}  // namespace
 
 const Kernels& kernels_dotprod() {
   static const Kernels k{quantize_neon, gemm_codes_dotprod, gemm_f32_neon};

@@ -10,6 +10,7 @@ namespace spinquant::int4::detail {
 
 void quantize_neon(const float* x, int64_t K, int bits, float clip, uint8_t* codes, float* scale, int32_t* zero);
 void gemm_f32_neon(const Job& job, int64_t m0, int64_t m1, int64_t b0, int64_t b1);
+void gemm_codes_dotprod(const Job& job, int64_t m0, int64_t m1, int64_t b0, int64_t b1);
 
 namespace {
 

@@ -28,11 +28,11 @@ void hadamard_row_ref(float* x, const HadamardTransform& t, float* scratch) {
     for (int64_t b = 0; b < m; ++b) x[b] *= scale;
     return;
   }
-  const uint32_t* signs = t.sign_masks();
+  const float* hk = t.hk();
   for (int64_t ao = 0; ao < K; ++ao)
     for (int64_t b = 0; b < m; ++b) {
       float acc = 0.0f;  // 0 + (+-x0) is exact, then additions in the order a = 0..K-1
-      for (int64_t a = 0; a < K; ++a) acc += signs[ao * K + a] ? -x[a * m + b] : x[a * m + b];
+      for (int64_t a = 0; a < K; ++a) acc += hk[ao * K + a] < 0 ? -x[a * m + b] : x[a * m + b];
       scratch[ao * m + b] = acc * scale;
     }
   std::memcpy(x, scratch, sizeof(float) * static_cast<size_t>(K * m));

@@ -20,7 +20,7 @@ void quantize_ref(const float* x, int64_t K, int bits, float clip, uint8_t* code
   const float qmax = static_cast<float>((1 << bits) - 1);
   for (int64_t k = 0; k < K; ++k) {
     float q = std::nearbyint(x[k] / s) + fz;
-    q = q < 0.0f ? 0.0f : (q > qmax ? qmax : q);
+    q = q > 0.0f ? (q < qmax ? q : qmax) : 0.0f;  // nan -> 0, as the SIMD paths do
     codes[k] = static_cast<uint8_t>(q);
   }
 }

@@ -12,6 +12,8 @@ namespace {
 struct Avx2 {
   using T = __m256;
   static constexpr int64_t W = 8;
+  static constexpr int kScoreHeads = 4, kScoreTokens = 2;  // accumulators: 8 of 16 registers
+  static constexpr int kValueHeads = 2;  // x 4 vectors of accumulators
   static T load(const float* p) { return _mm256_loadu_ps(p); }
   static void store(float* p, T v) { _mm256_storeu_ps(p, v); }
   static T zero() { return _mm256_setzero_ps(); }
@@ -30,6 +32,11 @@ struct Avx2 {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     s = _mm_add_ps(s, _mm_movehl_ps(s, s));
     return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
+  }
+  // Four vectors' sums: two rounds of pairwise adds, then the two 128-bit halves.
+  static void hsum4(const T* a, float* out) {
+    const __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(a[0], a[1]), _mm256_hadd_ps(a[2], a[3]));
+    _mm_storeu_ps(out, _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1)));
   }
   static float hmax(T v) {
     __m128 s = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));

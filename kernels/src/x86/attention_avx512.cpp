@@ -15,6 +15,8 @@ namespace {
 struct Avx512 {
   using T = __m512;
   static constexpr int64_t W = 16;
+  static constexpr int kScoreHeads = 4, kScoreTokens = 4;  // accumulators: 16 of 32 registers
+  static constexpr int kValueHeads = 4;  // x 4 vectors of accumulators
   static T load(const float* p) { return _mm512_loadu_ps(p); }
   static void store(float* p, T v) { _mm512_storeu_ps(p, v); }
   static T zero() { return _mm512_setzero_ps(); }
@@ -38,6 +40,13 @@ struct Avx512 {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
     s = _mm_add_ps(s, _mm_movehl_ps(s, s));
     return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
+  }
+  // Four vectors' sums: halves added, then two rounds of pairwise adds and the two 128-bit halves.
+  static void hsum4(const T* a, float* out) {
+    __m256 h[4];
+    for (int i = 0; i < 4; ++i) h[i] = _mm256_add_ps(_mm512_castps512_ps256(a[i]), high(a[i]));
+    const __m256 s = _mm256_hadd_ps(_mm256_hadd_ps(h[0], h[1]), _mm256_hadd_ps(h[2], h[3]));
+    _mm_storeu_ps(out, _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1)));
   }
   static float hmax(T v) {
     const __m256 h = _mm256_max_ps(_mm512_castps512_ps256(v), high(v));

@@ -10,18 +10,20 @@ namespace {
 struct Avx512 {
   using T = __m512;
   static constexpr int64_t W = 16;
+  static constexpr int kMixRows = 4;
+  static constexpr int kRadix = 16;
   static T load(const float* p) { return _mm512_loadu_ps(p); }
   static void store(float* p, T v) { _mm512_storeu_ps(p, v); }
   static T add(T a, T b) { return _mm512_add_ps(a, b); }
   static T sub(T a, T b) { return _mm512_sub_ps(a, b); }
   static T mul(T a, T b) { return _mm512_mul_ps(a, b); }
-  static T xor_bits(T a, T b) { return _mm512_xor_ps(a, b); }
+  static T fma(T a, T b, T c) { return _mm512_fmadd_ps(a, b, c); }
   static T set1(float f) { return _mm512_set1_ps(f); }
-  static T set1_bits(uint32_t u) { return _mm512_castsi512_ps(_mm512_set1_epi32(static_cast<int>(u))); }
   static T zero() { return _mm512_setzero_ps(); }
-  // y_i = x_partner(i) + (+-x_i): +x_i in the lower element of each pair (a + b), -x_i in the upper (a - b).
+  // y_i = x_i * sign_i + x_partner(i), sign +1 in the lower element of each pair (a + b) and -1 in the upper
+  // (b * -1 + a = a - b): the product is exact, so the single rounding matches the reference's add / sub.
   static T stage(T x, T partner, __mmask16 upper) {
-    return _mm512_mask_sub_ps(_mm512_add_ps(partner, x), upper, partner, x);
+    return _mm512_fmadd_ps(x, _mm512_mask_blend_ps(upper, _mm512_set1_ps(1.0f), _mm512_set1_ps(-1.0f)), partner);
   }
   // Full-mask forms of the permutes: GCC 12 warns about the undefined source of the plain ones.
   static T inreg(T x) {

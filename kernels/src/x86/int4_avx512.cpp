@@ -40,7 +40,7 @@ void quantize_avx512(const float* x, int64_t K, int bits, float clip, uint8_t* c
   }
   for (; k < K; ++k) {
     float q = std::nearbyint(x[k] / s) + fz;
-    q = q < 0.0f ? 0.0f : (q > qmax ? qmax : q);
+    q = q > 0.0f ? (q < qmax ? q : qmax) : 0.0f;  // nan -> 0, as the SIMD paths do
     codes[k] = static_cast<uint8_t>(q);
   }
 }
@@ -110,19 +110,17 @@ void tile_codes(const Job& job, int64_t m0, int64_t b) {
   }
 }
 
-// q[r][p + j] of a 16-row x 4-input tile as floats, J-th input.
-template <int J>
-inline __m512 lane_codes(__m512i tile) {
-  const __m512i v = J == 0 ? tile : _mm512_srli_epi32(tile, 8 * J);
-  return _mm512_cvtepi32_ps(J == 3 ? v : _mm512_and_si512(v, _mm512_set1_epi32(0xff)));
-}
-
-template <int MT, int J>
-inline void fma_inputs(__m512 (&acc)[MT][2], __m512i lo, __m512i hi, const float* x, int64_t stride) {
-  const __m512 ql = lane_codes<J>(lo), qh = lane_codes<J>(hi);
+// Input J of a raw 64-byte tile as floats, lane r = row r: vpermps reads only the low 4 bits of each
+// index lane, so shifting the nibble down and looking it up in {0, 1, ..., 15} both masks and converts.
+// A accumulators a token (8 for one token: independent FMA chains; 2 when tokens supply the parallelism).
+template <int MT, int A, int J>
+inline void fma_inputs(__m512 (&acc)[MT][A], __m512i v, __m512 lut, const float* x, int64_t stride) {
+  const __m512 ql = _mm512_permutexvar_ps(J == 0 ? v : _mm512_srli_epi32(v, 8 * J), lut);
+  const __m512 qh = _mm512_permutexvar_ps(_mm512_srli_epi32(v, 8 * J + 4), lut);
+  constexpr int slot = (J % (A / 2)) * 2;
   for (int i = 0; i < MT; ++i) {
-    acc[i][0] = _mm512_fmadd_ps(ql, _mm512_set1_ps(x[i * stride + J]), acc[i][0]);
-    acc[i][1] = _mm512_fmadd_ps(qh, _mm512_set1_ps(x[i * stride + 4 + J]), acc[i][1]);
+    acc[i][slot] = _mm512_fmadd_ps(ql, _mm512_set1_ps(x[i * stride + J]), acc[i][slot]);
+    acc[i][slot + 1] = _mm512_fmadd_ps(qh, _mm512_set1_ps(x[i * stride + 4 + J]), acc[i][slot + 1]);
   }
 }
 
@@ -131,22 +129,23 @@ template <int MT, bool Asym>
 void tile_f32(const Job& job, int64_t m0, int64_t b) {
   const PackedInt4& w = *job.w;
   const uint8_t* block = w.codes.data() + b * w.Kp * 8;
-  const __m512i nib = _mm512_set1_epi8(0x0f);
+  const __m512 lut = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
   __m512 yacc[MT];
   for (int i = 0; i < MT; ++i) yacc[i] = _mm512_setzero_ps();
   for (int64_t g = 0; g < w.G; ++g) {
-    __m512 acc[MT][2];
-    for (int i = 0; i < MT; ++i) acc[i][0] = acc[i][1] = _mm512_setzero_ps();
+    constexpr int A = MT == 1 ? 8 : 2;
+    __m512 acc[MT][A];
+    for (int i = 0; i < MT; ++i)
+      for (int j = 0; j < A; ++j) acc[i][j] = _mm512_setzero_ps();
     const uint8_t* wp = block + w.goff[g] * 8;
     const float* xp = job.xpad + m0 * w.Kp + w.goff[g];
     const int64_t chunks = (w.goff[g + 1] - w.goff[g]) / 8;
     for (int64_t c = 0; c < chunks; ++c) {
       const __m512i v = _mm512_load_si512(wp + c * 64);
-      const __m512i lo = _mm512_and_si512(v, nib), hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), nib);
-      fma_inputs<MT, 0>(acc, lo, hi, xp + c * 8, w.Kp);
-      fma_inputs<MT, 1>(acc, lo, hi, xp + c * 8, w.Kp);
-      fma_inputs<MT, 2>(acc, lo, hi, xp + c * 8, w.Kp);
-      fma_inputs<MT, 3>(acc, lo, hi, xp + c * 8, w.Kp);
+      fma_inputs<MT, A, 0>(acc, v, lut, xp + c * 8, w.Kp);
+      fma_inputs<MT, A, 1>(acc, v, lut, xp + c * 8, w.Kp);
+      fma_inputs<MT, A, 2>(acc, v, lut, xp + c * 8, w.Kp);
+      fma_inputs<MT, A, 3>(acc, v, lut, xp + c * 8, w.Kp);
     }
     const int64_t meta = (b * w.G + g) * kRows;
     const __m512 s = load_scales(w, meta);
@@ -154,7 +153,8 @@ void tile_f32(const Job& job, int64_t m0, int64_t b) {
     if (Asym)
       z = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w.zeros.data() + meta))));
     for (int i = 0; i < MT; ++i) {
-      const __m512 dot = _mm512_add_ps(acc[i][0], acc[i][1]);
+      __m512 dot = acc[i][0];
+      for (int j = 1; j < A; ++j) dot = _mm512_add_ps(dot, acc[i][j]);
       const __m512 t = _mm512_fnmadd_ps(z, _mm512_set1_ps(job.x_gsum[(m0 + i) * w.G + g]), dot);
       yacc[i] = _mm512_fmadd_ps(s, t, yacc[i]);
     }

@@ -26,9 +26,7 @@ def window_nll(model: LanguageModel, windows: torch.Tensor) -> torch.Tensor:
     return nll.view(targets.shape).double().sum(dim=1)
 
 
-def perplexity(
-    model: LanguageModel, windows: torch.Tensor, batch_size: int = 1, progress: bool = True
-) -> float:
+def perplexity(model: LanguageModel, windows: torch.Tensor, batch_size: int = 1, progress: bool = True) -> float:
     """exp(mean next-token NLL) over every predicted token of `windows` (LongTensor [n, T], T >= 2)."""
     if windows.dim() != 2 or windows.shape[1] < 2 or windows.shape[0] < 1:
         raise ValueError(f"windows must be a non-empty [n, T>=2] token tensor, got shape {tuple(windows.shape)}")

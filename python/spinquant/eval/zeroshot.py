@@ -70,9 +70,7 @@ def _arc(doc: dict) -> Example:
 
 def _openbookqa(doc: dict) -> Example:
     choices = _parse(doc["choices"])
-    return _shared_context(
-        doc["question_stem"], choices["text"], choices["label"].index(doc["answerKey"].lstrip())
-    )
+    return _shared_context(doc["question_stem"], choices["text"], choices["label"].index(doc["answerKey"].lstrip()))
 
 
 def _piqa(doc: dict) -> Example:
@@ -194,6 +192,8 @@ def score_requests(
     for ctx, cont in requests:
         if not cont:
             raise ValueError("a continuation encoded to zero tokens")
+        if len(cont) >= max_len:
+            raise ValueError(f"a continuation of {len(cont)} tokens does not fit max_len={max_len}; raise max_len")
         seqs.append((ctx + cont)[-(max_len + 1) :])
     order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i]))
     scores = [0.0] * len(seqs)

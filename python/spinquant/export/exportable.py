@@ -58,14 +58,16 @@ class ExportLinear(nn.Module):
         self.online_had = bool(lin.online_had)
         if self.online_had:
             self.register_buffer("hk", _hadamard_base(lin.in_features))
-        self.bias = None if lin.bias is None else nn.Buffer(lin.bias.detach().float().clone())
         wq = lin.wq
         self.quantized = wq is not None
-        if wq is None:
+        if wq is None:  # a plain float linear (e.g. lm_head kept in full precision), open to other quantizers
             if self.act_bits < 16:
                 raise ExportError(f"{name}: activations are quantized but the weight is not; quantize it too")
-            self.weight = nn.Buffer(lin.weight.detach().float().clone())
+            self.fp = nn.Linear(lin.in_features, lin.out_features, bias=lin.bias is not None)
+            self.fp.load_state_dict({k: v.detach().float() for k, v in lin.state_dict().items()})
+            self.fp.requires_grad_(False)
             return
+        self.bias = None if lin.bias is None else nn.Buffer(lin.bias.detach().float().clone())
         if wq.bits > 4:
             raise ExportError(f"{name}: {wq.bits}-bit weights are not supported by the int4 kernels (use w_bits<=4)")
         codes = wq.codes + (8 - 2 ** (wq.bits - 1)) if wq.sym else wq.codes
@@ -78,7 +80,7 @@ class ExportLinear(nn.Module):
         if self.online_had:
             x = sq.hadamard(x, self.hk)
         if not self.quantized:
-            return F.linear(x, self.weight, self.bias)
+            return self.fp(x)
         return sq.int4_linear(
             x, self.qweight, self.scales, self.zeros, self.bias, self.group, self.act_bits, self.act_clip
         )
@@ -102,7 +104,9 @@ def _kv_bits(name: str, attn) -> tuple[int, int]:
         return 16, 0
     for q in (kq, vq):
         if not isinstance(q, KVQuantizer) or q.sym or q.clip != 1.0 or q.bits not in (4, 8):
-            raise ExportError(f"{name}: KV quantizer {q!r} is not supported; use asymmetric 4- or 8-bit KV (kv_sym=False)")
+            raise ExportError(
+                f"{name}: KV quantizer {q!r} is not supported; use asymmetric 4- or 8-bit KV (kv_sym=False)"
+            )
     if (kq.bits, kq.group) != (vq.bits, vq.group):
         raise ExportError(f"{name}: K and V caches must share bits and group")
     return int(kq.bits), int(kq.group)

@@ -31,7 +31,9 @@ NAMESPACE = "spinquant"
 _lib = torch.library.Library(NAMESPACE, "DEF")
 _lib.define("hadamard(Tensor x, Tensor hk) -> Tensor")
 _lib.define("hadamard.out(Tensor x, Tensor hk, *, Tensor(a!) out) -> Tensor(a!)")
-_LINEAR_ARGS = "Tensor x, Tensor qweight, Tensor scales, Tensor? zeros, Tensor? bias, int group, int act_bits, float act_clip"
+_LINEAR_ARGS = (
+    "Tensor x, Tensor qweight, Tensor scales, Tensor? zeros, Tensor? bias, int group, int act_bits, float act_clip"
+)
 _lib.define(f"int4_linear({_LINEAR_ARGS}) -> Tensor")
 _lib.define(f"int4_linear.out({_LINEAR_ARGS}, *, Tensor(a!) out) -> Tensor(a!)")
 _ATTN_ARGS = "Tensor q, Tensor k, Tensor v, Tensor(a!) cache, Tensor input_pos, int n_kv_heads, int bits, int group"
@@ -211,9 +213,7 @@ def _kv_attention_ref(q, k, v, cache, input_pos, n_kv_heads, bits, group) -> Ten
     t, h, d = q.shape
     mask = torch.arange(length)[None, :] <= pos[:, None]  # [T, S]
     qh = q.transpose(0, 1)[None]  # [1, H, T, D]
-    out = F.scaled_dot_product_attention(
-        qh, kf[None], vf[None], attn_mask=mask, enable_gqa=h != n_kv_heads
-    )
+    out = F.scaled_dot_product_attention(qh, kf[None], vf[None], attn_mask=mask, enable_gqa=h != n_kv_heads)
     return out[0].transpose(0, 1).contiguous()
 
 

@@ -171,8 +171,15 @@ class PteModel:
             self.timing.decode_tokens += 1
             pos += 1
 
-    def generate(self, tokenizer, prompt: str, max_new_tokens: int = 32, temperature: float = 0.0,
-                 top_p: float = 1.0, seed: int = 0) -> str:
+    def generate(
+        self,
+        tokenizer,
+        prompt: str,
+        max_new_tokens: int = 32,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        seed: int = 0,
+    ) -> str:
         """Generated text (the continuation only) for a text prompt."""
         ids = tokenizer.encode(prompt)
         eos = self.metadata.get("tokenizer", {}).get("eos_id")

@@ -23,6 +23,7 @@ from .quantizer import (
     check_weight_args,
     dequantize_codes,
     make_quantized_weight,
+    one_thread,
     quant_params,
     quantize_codes,
     search_params,
@@ -117,20 +118,21 @@ def gptq_quantize(
         for i1 in range(0, k, block):
             i2 = min(i1 + block, k)
             w1, err1, hinv1 = w[:, i1:i2].clone(), torch.zeros(n, i2 - i1), hinv[i1:i2, i1:i2]
-            for i in range(i2 - i1):
-                g = groups[i1 + i]
-                if not static and (i1 + i) % group == 0:
-                    s, z = _group_params(w1[:, i : i + group], bits, sym, clip_search)
-                    scales[:, g] = s[:, 0]
-                    if zeros is not None:
-                        zeros[:, g] = z[:, 0]
-                col = w1[:, i]
-                s, z = scales[:, g], None if zeros is None else zeros[:, g]
-                qc = quantize_codes(col, s, z, bits)
-                q[:, i1 + i] = qc
-                e = (col - dequantize_codes(qc, s, z)) / hinv1[i, i]
-                w1[:, i + 1 :].addr_(e, hinv1[i, i + 1 :], alpha=-1.0)
-                err1[:, i] = e
+            with one_thread():  # column by column: many small ops
+                for i in range(i2 - i1):
+                    g = groups[i1 + i]
+                    if not static and (i1 + i) % group == 0:
+                        s, z = _group_params(w1[:, i : i + group], bits, sym, clip_search)
+                        scales[:, g] = s[:, 0]
+                        if zeros is not None:
+                            zeros[:, g] = z[:, 0]
+                    col = w1[:, i]
+                    s, z = scales[:, g], None if zeros is None else zeros[:, g]
+                    qc = quantize_codes(col, s, z, bits)
+                    q[:, i1 + i] = qc
+                    e = (col - dequantize_codes(qc, s, z)) / hinv1[i, i]
+                    w1[:, i + 1 :].addr_(e, hinv1[i, i + 1 :], alpha=-1.0)
+                    err1[:, i] = e
             w[:, i2:].addmm_(err1, hinv[i1:i2, i2:], alpha=-1.0)
         q = q[:, torch.argsort(perm)]
         return make_quantized_weight(q, scales, zeros, group, bits, sym)

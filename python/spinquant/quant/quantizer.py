@@ -15,8 +15,9 @@ the last dim; a shorter last group is allowed (zero padding changes neither the 
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -28,7 +29,7 @@ FP16_MAX = 65504.0
 # MSE clip search per row and group: clip ratios 1.0, 0.95, ..., 0.2, then steps of 0.01 within +-0.04 of
 # the best of those; the ratio with the smallest squared error wins (1.0 included: never worse than none).
 CLIP_MIN, CLIP_COARSE, CLIP_FINE = 0.2, 0.05, 0.01
-_SEARCH_CHUNK = 1 << 18  # elements per clip-search chunk (stays in cache)
+_SEARCH_CHUNK = 1 << 16  # elements per clip-search chunk (stays in cache)
 
 
 @dataclass
@@ -123,6 +124,18 @@ def _fake(x: Tensor, bits: int, sym: bool, clip: float | Tensor, fp16_scale: boo
     return dequantize_codes(quantize_codes(x, scale, zero, bits), scale, zero)
 
 
+@contextlib.contextmanager
+def one_thread() -> Iterator[None]:
+    """Run many small ops on one intra-op thread: thread wake-ups cost more than they save (and far more
+    when the cores are shared)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def _clip_candidates(best: Tensor, coarse: bool) -> list[Tensor]:
     if coarse:
         steps = round((1.0 - CLIP_MIN) / CLIP_COARSE)
@@ -149,7 +162,8 @@ def search_params(x: Tensor, bits: int, sym: bool, fp16_scale: bool = True) -> t
     """(scale, zero) over the last dim, with the clip ratio of least squared error per row (see CLIP_*)."""
     rows = x.reshape(-1, x.shape[-1])
     chunk = max(1, _SEARCH_CHUNK // max(1, rows.shape[1]))
-    clip = torch.cat([_search_rows(part, bits, sym, fp16_scale) for part in rows.split(chunk)])
+    with one_thread():
+        clip = torch.cat([_search_rows(part, bits, sym, fp16_scale) for part in rows.split(chunk)])
     scale, zero = quant_params(rows, bits, sym, clip, fp16_scale)
     shape = (*x.shape[:-1], 1)
     return scale.reshape(shape), None if zero is None else zero.reshape(shape)

@@ -1,0 +1,274 @@
+"""`spinquant bench`: decode ms/token and prefill tokens/s of fp32 eager, ExecuTorch XNNPACK 8da4w and our
+programs (W4A8 no_had, W4A8 had, W4A4KV4 had), built from the same model, timed on the same prompt in one run.
+
+Every setting runs `runs` times (prefill the prompt, then greedy-decode `new_tokens`); medians are reported
+in a markdown table, a JSON file and a bar chart. A warning is printed (and recorded) when the machine is
+already loaded, because other work on these cores halves the speed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+VARIANTS = ("fp32_eager", "xnnpack_8da4w", "w4a8_no_had", "w4a8_had", "w4a4kv4_had")
+PROMPT = (
+    "The history of the city begins with a small settlement on the river, where traders met to exchange salt, "
+    "grain and wool. Over the following centuries it grew into a market town with a cathedral and a university."
+)
+# Memory bandwidth of this machine (docs: FACTS "Performance anchors"): ~26-31 GB/s on one core, ~45-50 on two.
+BANDWIDTH_GBS = {1: 28.0, 2: 47.0}
+LOAD_LIMIT = 0.5
+
+
+@dataclass
+class Result:
+    variant: str
+    threads: int
+    decode_ms_per_token: float
+    prefill_tok_per_s: float
+    decode_runs: list[float]
+    load_before: float
+
+
+def machine_load() -> float:
+    """1-minute load average."""
+    return os.getloadavg()[0]
+
+
+def warn_if_loaded(limit: float = LOAD_LIMIT) -> float:
+    """Print a warning if the machine is busy (timings would be unreliable); return the load."""
+    load = machine_load()
+    if load > limit:
+        print(
+            f"WARNING: load average {load:.2f} > {limit} on {os.cpu_count()} cores: other work is running, "
+            "timings will be slow and noisy"
+        )
+    return load
+
+
+def prompt_ids(tokenizer, n: int) -> list[int]:
+    ids = tokenizer.encode(PROMPT)
+    if len(ids) < n:
+        raise ValueError(f"--prompt-len {n} is longer than the benchmark prompt ({len(ids)} tokens)")
+    return ids[:n]
+
+
+# ---- runners: (prefill(ids) -> seconds, decode_step(token, pos) -> next token) -------------------------
+
+
+class EagerRunner:
+    """The fp32 model in PyTorch eager mode with a float KV cache (ExportableDecoder run eagerly)."""
+
+    def __init__(self, model, max_seq_len: int):
+        from .exportable import ExportableDecoder
+
+        self.decoder = ExportableDecoder(model, max_seq_len).eval()
+
+    def set_threads(self, n: int) -> None:
+        torch.set_num_threads(n)
+
+    @torch.no_grad()
+    def forward(self, ids: list[int], start: int) -> int:
+        pos = torch.arange(start, start + len(ids))
+        return int(self.decoder(torch.tensor([ids]), pos)[0, -1].argmax())
+
+
+class PteRunner:
+    """A .pte through the ExecuTorch runtime (our kernels and ExecuTorch's thread pool sized alike)."""
+
+    def __init__(self, path: Path):
+        from .runtime import PteModel
+
+        self.model = PteModel(path)
+
+    def set_threads(self, n: int) -> None:
+        from executorch.extension.pybindings import portable_lib
+
+        from .runtime import set_threads
+
+        set_threads(n)
+        portable_lib._unsafe_reset_threadpool(n)
+
+    def forward(self, ids: list[int], start: int) -> int:
+        pos = torch.arange(start, start + len(ids))
+        return int(self.model.forward(torch.tensor([ids]), pos)[0, -1].argmax())
+
+    def close(self) -> None:
+        self.model.close()
+
+
+def time_run(runner, ids: list[int], new_tokens: int) -> tuple[float, float]:
+    """(prefill tokens/s, decode ms/token) of one prefill + greedy decode."""
+    t0 = time.perf_counter()
+    token = runner.forward(ids, 0)
+    prefill = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for i in range(new_tokens):
+        token = runner.forward([token], len(ids) + i)
+    decode = time.perf_counter() - t0
+    return len(ids) / prefill, 1000.0 * decode / new_tokens
+
+
+# ---- building the variants from one model --------------------------------------------------------------
+
+
+def _xnnpack_8da4w(model, path: Path, max_seq_len: int, meta: dict) -> None:
+    """ExecuTorch's standard path: torchao 8da4w (int8 dynamic activations, int4 weights g32), XNNPACK."""
+    from torchao.quantization import Int8DynamicActivationIntxWeightConfig, quantize_
+    from torchao.quantization.granularity import PerGroup
+
+    from .exportable import ExportableDecoder
+    from .exporter import to_program, write_atomic
+
+    decoder = ExportableDecoder(model, max_seq_len).eval()
+    cfg = Int8DynamicActivationIntxWeightConfig(weight_dtype=torch.int4, weight_granularity=PerGroup(32))
+    quantize_(decoder, cfg, filter_fn=lambda m, fqn: isinstance(m, torch.nn.Linear))
+    write_atomic(path, to_program(decoder, meta, xnnpack=True).buffer)
+
+
+def build_variant(name: str, model_path: str | None, out: Path, max_seq_len: int, seed: int) -> tuple:
+    """(runner, export seconds, model bytes streamed a token or None) of one variant; .pte files are reused."""
+    from spinquant.model import load_model
+
+    from .cli import mode_config, prepare_model
+    from .exporter import build_metadata, export_model, host_target
+
+    model, tokenizer = load_model(model_path)
+    if name == "fp32_eager":
+        return EagerRunner(model, max_seq_len), 0.0, None
+    path = out / f"{name}.pte"
+    start = time.perf_counter()
+    if name == "xnnpack_8da4w":
+        if not path.exists():
+            meta = build_metadata(model, host_target(), False, {"name": "8da4w"}, tokenizer, max_seq_len)
+            _xnnpack_8da4w(model, path, max_seq_len, meta)
+        return PteRunner(path), time.perf_counter() - start, None
+    mode, had = name.split("_", 1)
+    cfg = mode_config(mode.upper())
+    prepare_model(model, cfg, had == "had", seed=seed)
+    if not path.exists():
+        export_model(model, path, had=had == "had", tokenizer=tokenizer, max_seq_len=max_seq_len)
+    return PteRunner(path), time.perf_counter() - start, streamed_bytes(model)
+
+
+def streamed_bytes(model) -> int:
+    """Bytes of weights one decode step must read: packed int4 (+ fp16 scales) or fp32, one embedding row."""
+    total = model.args.dim * 4
+    for _, lin in model.linears():
+        n, k = lin.weight.shape
+        if lin.wq is None:
+            total += n * k * 4
+        else:
+            total += n * ((k + 1) // 2) + lin.wq.scales.numel() * 2
+    return total
+
+
+# ---- the run -------------------------------------------------------------------------------------------
+
+
+def measure(runner, ids: list[int], threads: int, new_tokens: int, runs: int, name: str) -> Result:
+    runner.set_threads(threads)
+    time_run(runner, ids, 4)  # warm-up: prepacking, caches, thread pools
+    load = warn_if_loaded()
+    prefill, decode = zip(*(time_run(runner, ids, new_tokens) for _ in range(runs)), strict=True)
+    return Result(name, threads, statistics.median(decode), statistics.median(prefill), list(decode), load)
+
+
+def markdown(results: list[Result], floors: dict[int, float]) -> str:
+    lines = [
+        "| variant | threads | decode ms/token (median) | prefill tok/s (median) | load before |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for r in results:
+        lines.append(
+            f"| {r.variant} | {r.threads} | {r.decode_ms_per_token:.2f} | {r.prefill_tok_per_s:.0f} | "
+            f"{r.load_before:.2f} |"
+        )
+    for t, ms in sorted(floors.items()):
+        lines.append(
+            f"\nBandwidth floor of w4a8_no_had at {t} thread(s) ({BANDWIDTH_GBS[t]:.0f} GB/s): {ms:.2f} ms/token"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def plot(results: list[Result], path: Path) -> None:
+    """Grouped bar chart of decode ms/token (one bar per thread count)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    variants = list(dict.fromkeys(r.variant for r in results))
+    threads = sorted({r.threads for r in results})
+    width = 0.8 / len(threads)
+    fig, ax = plt.subplots(figsize=(8, 4))
+    for j, t in enumerate(threads):
+        vals = [
+            next((r.decode_ms_per_token for r in results if r.variant == v and r.threads == t), 0) for v in variants
+        ]
+        bars = ax.bar([i + j * width for i in range(len(variants))], vals, width, label=f"{t} thread(s)")
+        ax.bar_label(bars, fmt="%.1f", fontsize=7)
+    ax.set_xticks([i + width * (len(threads) - 1) / 2 for i in range(len(variants))], variants, fontsize=8)
+    ax.set_ylabel("decode ms/token (lower is better)")
+    ax.set_title("SmolLM2-135M decode on this CPU")
+    ax.legend()
+    fig.tight_layout()
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def run_bench(
+    model_path: str | None,
+    out: Path,
+    variants: list[str],
+    threads: list[int],
+    prompt_len: int = 16,
+    new_tokens: int = 32,
+    runs: int = 5,
+    max_seq_len: int = 256,
+    seed: int = 0,
+    log: Callable[[str], None] = print,
+) -> list[Result]:
+    """Build every variant, time it at each thread count, write results.{json,md} and decode.png to `out`."""
+    from transformers import AutoTokenizer
+
+    from spinquant import assets
+
+    unknown = sorted(set(variants) - set(VARIANTS))
+    if unknown:
+        raise ValueError(f"unknown variants {unknown}: choose from {', '.join(VARIANTS)}")
+    if prompt_len + new_tokens + 4 > max_seq_len:
+        raise ValueError("prompt_len + new_tokens exceed max_seq_len")
+    out.mkdir(parents=True, exist_ok=True)
+    folder = model_path or str(assets.default_model_dir())
+    ids = prompt_ids(AutoTokenizer.from_pretrained(folder), prompt_len)
+    results, floors = [], {}
+    for name in variants:
+        runner, seconds, nbytes = build_variant(name, model_path, out, max_seq_len, seed)
+        log(f"{name}: ready in {seconds:.0f} s")
+        if name == "w4a8_no_had" and nbytes:
+            floors = {t: nbytes / (BANDWIDTH_GBS[t] * 1e9) * 1e3 for t in threads if t in BANDWIDTH_GBS}
+        for t in threads:
+            r = measure(runner, ids, t, new_tokens, runs, name)
+            log(
+                f"  {t} thread(s): decode {r.decode_ms_per_token:.2f} ms/token, prefill {r.prefill_tok_per_s:.0f} tok/s"
+            )
+            results.append(r)
+        if isinstance(runner, PteRunner):
+            runner.close()
+    table = markdown(results, floors)
+    (out / "results.md").write_text(table)
+    (out / "results.json").write_text(json.dumps([asdict(r) for r in results], indent=1))
+    plot(results, out / "decode.png")
+    log(table)
+    return results

@@ -1,0 +1,164 @@
+"""Command-line entry points of the export package, as `add_arguments(parser)` + `main(args)` pairs:
+`spinquant-export` (export_*), `spinquant run` (run_*), `spinquant bench` (bench_*)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+MODES = ("W4A8", "W4A4KV4")
+
+
+def mode_config(mode: str, quantize_lm_head: bool = True):
+    """QuantConfig of an export mode: W4A8 (float KV cache) or W4A4KV4; weights 4-bit g32 symmetric RTN."""
+    from spinquant.quant.config import QuantConfig
+
+    mode = mode.upper()
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}: use one of {', '.join(MODES)}")
+    a_bits, kv_bits = (8, 16) if mode == "W4A8" else (4, 4)
+    return QuantConfig(w_bits=4, w_group=32, a_bits=a_bits, kv_bits=kv_bits, quantize_lm_head=quantize_lm_head)
+
+
+def prepare_model(model, cfg, had: bool, rotation: str | None = None, seed: int = 0):
+    """Fuse norms, merge R1/R2 (a rotation file, else seeded random Hadamards) and R4, quantize with RTN."""
+    from spinquant.checkpoint import load_rotations
+    from spinquant.quant import quantize_model
+    from spinquant.rotation import apply_rotations, fuse_norms, random_rotations
+
+    fuse_norms(model)
+    R1, R2 = load_rotations(rotation, model)[:2] if rotation else random_rotations(model.args, seed)
+    apply_rotations(model, R1, R2, had)
+    return quantize_model(model, cfg, progress=False)
+
+
+# ---- spinquant-export ----------------------------------------------------------------------------------
+
+
+def export_add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-o", "--output", required=True, help="output .pte path")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--checkpoint", help="quantized checkpoint written by `spinquant quantize` (safetensors)")
+    src.add_argument("--model", help="HF model folder to rotate and quantize here (default: SmolLM2-135M offline)")
+    p.add_argument(
+        "--rotation",
+        help="with --model: rotation file (R1/R2) from `spinquant optimize`; default: seeded random Hadamard rotations",
+    )
+    p.add_argument("--mode", default="W4A8", type=str.upper, choices=MODES, help="with --model: bit widths")
+    p.add_argument("--no-quantize-lm-head", action="store_true", help="with --model: keep lm_head in fp32")
+    p.add_argument(
+        "--had",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="online Hadamards R3/R4 (with --model default on; with --checkpoint it must match the file)",
+    )
+    p.add_argument("--target", choices=("arm64", "x86_64"), help="kernel set recorded in the program (default: host)")
+    p.add_argument("--max-seq-len", type=int, default=512, help="KV cache length (prompt + generated tokens)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random rotations")
+
+
+def export_main(a: argparse.Namespace) -> int:
+    from spinquant.export.exporter import export_model
+    from spinquant.model import load_model
+
+    tokenizer = None
+    if a.checkpoint:
+        from spinquant.checkpoint import load_quantized
+
+        model, cfg, had, _ = load_quantized(a.checkpoint)
+        if a.had is not None and a.had != had:
+            sys.exit(
+                f"spinquant-export: {a.checkpoint} was made with had={had}; drop --{'no-' if had else ''}had "
+                f"or re-quantize with the other setting"
+            )
+    else:
+        model, tokenizer = load_model(a.model)
+        cfg = mode_config(a.mode, not a.no_quantize_lm_head)
+        had = True if a.had is None else a.had
+        prepare_model(model, cfg, had, a.rotation, a.seed)
+    res = export_model(
+        model, a.output, target=a.target, had=had, quant=cfg.to_dict(), tokenizer=tokenizer, max_seq_len=a.max_seq_len
+    )
+    print(
+        f"wrote {res.path} ({res.bytes / 1e6:.1f} MB, {cfg.name}, had={had}, target={res.metadata['target']}) "
+        f"in {res.seconds:.0f} s"
+    )
+    return 0
+
+
+# ---- spinquant run -------------------------------------------------------------------------------------
+
+
+def run_add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("pte", help="program written by spinquant-export")
+    p.add_argument("--prompt", required=True, help="text prompt")
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (with --temperature > 0)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=0, help="kernel threads (0 = all cores)")
+    p.add_argument("--tokenizer", help="tokenizer folder (default: the one recorded in the program, else SmolLM2)")
+
+
+def _tokenizer(path: str | None):
+    from transformers import AutoTokenizer
+
+    from spinquant import assets
+
+    folder = path if path and Path(path).is_dir() else str(assets.default_model_dir())
+    return AutoTokenizer.from_pretrained(folder)
+
+
+def run_main(a: argparse.Namespace) -> int:
+    from spinquant.export.runtime import PteModel, RuntimeLoadError, set_threads
+
+    try:
+        model = PteModel(a.pte)
+    except RuntimeLoadError as e:
+        sys.exit(f"spinquant run: {e}")
+    set_threads(a.threads)
+    tok = _tokenizer(a.tokenizer or model.metadata.get("tokenizer", {}).get("name"))
+    text = model.generate(tok, a.prompt, a.max_new_tokens, a.temperature, a.top_p, a.seed)
+    print(a.prompt + text)
+    t = model.timing
+    print(
+        f"[prefill {t.prefill_tokens} tokens at {t.prefill_tok_per_s:.1f} tok/s; decode {t.decode_tokens} tokens "
+        f"at {t.decode_ms_per_token:.2f} ms/token]",
+        file=sys.stderr,
+    )
+    return 0
+
+
+# ---- spinquant bench -----------------------------------------------------------------------------------
+
+
+def bench_add_arguments(p: argparse.ArgumentParser) -> None:
+    from spinquant.export.bench import VARIANTS
+
+    p.add_argument("--model", help="HF model folder (default: SmolLM2-135M offline)")
+    p.add_argument("--out", default="benchmarks/results", help="folder for the .pte files, table and chart")
+    p.add_argument("--variants", default=",".join(VARIANTS), help=f"comma list of {', '.join(VARIANTS)}")
+    p.add_argument("--threads", default="1,2", help="comma list of thread counts")
+    p.add_argument("--prompt-len", type=int, default=16)
+    p.add_argument("--new-tokens", type=int, default=32)
+    p.add_argument("--runs", type=int, default=5, help="runs per setting (the median is reported)")
+    p.add_argument("--max-seq-len", type=int, default=256)
+    p.add_argument("--seed", type=int, default=0)
+
+
+def bench_main(a: argparse.Namespace) -> int:
+    from spinquant.export.bench import run_bench
+
+    run_bench(
+        model_path=a.model,
+        out=Path(a.out),
+        variants=[v.strip() for v in a.variants.split(",") if v.strip()],
+        threads=[int(t) for t in a.threads.split(",")],
+        prompt_len=a.prompt_len,
+        new_tokens=a.new_tokens,
+        runs=a.runs,
+        max_seq_len=a.max_seq_len,
+        seed=a.seed,
+    )
+    return 0

@@ -1,0 +1,264 @@
+"""Rotation learning (SpinQuant): R1 and per-layer R2 minimising the fake-quantized model's cross-entropy.
+
+Each step rotates the frozen fused weights with `rotation.rotate_weights` (float32, differentiable),
+fake-quantizes every quantized linear's weight (RTN, straight-through), runs the model with the
+activation and KV fake quantizers of `cfg` attached (and R3/R4 online Hadamards iff `had`), and takes a
+Cayley SGD step on R1 and R2 (kept in float64) with a cosine learning-rate schedule.
+
+Two exact shortcuts keep a step cheap: the embedding is rotated only on the rows the batch uses, and an
+unquantized lm_head reads the un-rotated final hidden state (norms are fused, so the final RMSNorm
+commutes with R1 and lm_head(norm(x R1)) with W R1 equals lm_head(norm(x R1) R1^T) with W).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import os
+import tempfile
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from tqdm import tqdm
+
+from .cayley import CayleySGD, orthogonality_error, qr_retraction
+from .model import Transformer
+from .quant.apply import quant_targets, quantize_model
+from .quant.config import QuantConfig
+from .quant.quantizer import fake_quant_weight
+from .rotation import random_rotations, rotate_weights, set_online_hadamards
+
+__all__ = ["ORTHOGONALITY_TOL", "held_out_loss", "learn_rotations", "quantized_for_training", "rotation_loss"]
+
+ORTHOGONALITY_TOL = 1e-4  # ||R^T R - I||_F allowed for a learned rotation
+CHECKPOINT_FORMAT = "spinquant-train-state-v1"
+
+
+def _check_inputs(model: Transformer, calib: Tensor, steps: int, batch_size: int, lr: float) -> None:
+    if not getattr(model, "norms_fused", False):
+        raise ValueError("learn_rotations needs fused norms: call spinquant.rotation.fuse_norms(model) first")
+    if getattr(model, "rotated", False):
+        raise ValueError("this model already has rotations merged; learn on a freshly fused model")
+    if calib.dim() != 2 or calib.dtype != torch.long or calib.shape[1] < 2:
+        raise ValueError(f"calib must be a LongTensor [samples, seq_len >= 2], got {calib.dtype} {tuple(calib.shape)}")
+    if steps < 1 or batch_size < 1 or lr <= 0:
+        raise ValueError(f"steps, batch_size and lr must be positive, got {steps}, {batch_size}, {lr}")
+    if batch_size > calib.shape[0]:
+        raise ValueError(f"batch_size {batch_size} exceeds the {calib.shape[0]} calibration samples")
+
+
+def _batch_indices(n_samples: int, batch_size: int, step: int, seed: int) -> Tensor:
+    """Sample indices of one step: consecutive slices of seeded permutations (a new one every epoch)."""
+    start = step * batch_size
+    idx = []
+    for pos in range(start, start + batch_size):
+        epoch, offset = divmod(pos, n_samples)
+        perm = torch.randperm(n_samples, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+        idx.append(perm[offset])
+    return torch.stack(idx)
+
+
+def _cosine_lr(lr: float, step: int, steps: int) -> float:
+    """lr * (1 + cos(pi * step / steps)) / 2: lr at step 0, 0 after the last step."""
+    return lr * 0.5 * (1.0 + math.cos(math.pi * step / steps))
+
+
+@contextlib.contextmanager
+def quantized_for_training(model: Transformer, cfg: QuantConfig, had: bool) -> Iterator[Transformer]:
+    """Within: weights frozen, R3/R4 set to `had`, activation and KV fake quantizers of `cfg` attached.
+
+    Weights stay float (they are fake-quantized per step); on exit the quantizers are removed and the
+    weights' requires_grad restored (R3/R4 stay as set).
+    """
+    frozen = {n: p.requires_grad for n, p in model.named_parameters()}
+    model.requires_grad_(False)
+    set_online_hadamards(model, had)
+    quantize_model(model, dataclasses.replace(cfg, w_bits=16, w_method="rtn"), progress=False)
+    try:
+        yield model
+    finally:
+        for _, module in model.linears():
+            module.act_quant = None
+        for layer in model.layers:
+            layer.self_attn.k_quant = layer.self_attn.v_quant = None
+        if hasattr(model, "quant_config"):
+            del model.quant_config
+        for n, p in model.named_parameters():
+            p.requires_grad_(frozen[n])
+
+
+def _block_names(model: Transformer) -> list[list[str]]:
+    return [[n for n, _ in layer.named_parameters()] for layer in model.layers]
+
+
+def rotation_loss(model: Transformer, cfg: QuantConfig, tokens: Tensor, R1: Tensor, R2: Tensor, had: bool) -> Tensor:
+    """Next-token cross-entropy of the model rotated by R1/R2 with weights fake-quantized per `cfg`.
+
+    The model must have fused norms and its activation/KV quantizers attached (`quantized_for_training`).
+    """
+    params = dict(model.named_parameters())
+    uniq, inverse = torch.unique(tokens, return_inverse=True)
+    head_quantized = cfg.quantizes_weights and cfg.quantize_lm_head
+    lm_head_fast = model.lm_head.act_quant is None and not model.lm_head.online_had and not head_quantized
+    base = {k: v.detach() for k, v in params.items()}
+    base["embed_tokens.weight"] = base["embed_tokens.weight"][uniq]
+    if lm_head_fast:
+        base["lm_head.weight"] = base["lm_head.weight"][:0]  # not needed: see the module docstring
+    R1f, R2f = R1.float(), R2.float()
+    w = rotate_weights(base, model.args, R1f, R2f, had)
+    if cfg.quantizes_weights:
+        for name, _ in quant_targets(model, cfg):
+            key = f"{name}.weight"
+            w[key] = fake_quant_weight(w[key], cfg.w_bits, cfg.w_group, cfg.w_sym)
+    x = F.embedding(inverse, w["embed_tokens.weight"])
+    rope = model.rope(tokens.shape[1])
+    for i, (layer, names) in enumerate(zip(model.layers, _block_names(model), strict=True)):
+        layer_w = {n: w[f"layers.{i}.{n}"] for n in names}
+        x = torch.func.functional_call(layer, layer_w, (x, rope))
+    h = model.norm(x)
+    if lm_head_fast:
+        logits = F.linear(h @ R1f.T, model.lm_head.weight.detach(), model.lm_head.bias)
+    else:
+        head_w = {n: w[f"lm_head.{n}"] for n, _ in model.lm_head.named_parameters()}
+        logits = torch.func.functional_call(model.lm_head, head_w, (h,))
+    return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), tokens[:, 1:].flatten())
+
+
+@torch.no_grad()
+def held_out_loss(model: Transformer, cfg: QuantConfig, windows: Tensor, R1: Tensor, R2: Tensor, had: bool) -> float:
+    """Mean `rotation_loss` over `windows` [n, seq_len] (one window at a time), e.g. before vs after learning."""
+    with quantized_for_training(model, cfg, had):
+        losses = [rotation_loss(model, cfg, w[None], R1, R2, had).item() for w in windows]
+    return sum(losses) / len(losses)
+
+
+def _run_config(
+    model: Transformer, cfg: QuantConfig, calib: Tensor, steps: int, lr: float, batch_size: int, seed: int, **kw
+) -> dict:
+    """What a resumable state must match to be continued."""
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "model": getattr(model, "identity", {}).get("fingerprint"),
+        "quant": cfg.to_dict(),
+        "calib_shape": list(calib.shape),
+        "calib_sum": int(calib.sum().item()),
+        "steps": steps,
+        "lr": lr,
+        "batch_size": batch_size,
+        "seed": seed,
+        **kw,
+    }
+
+
+def _save_state(path: Path, state: dict) -> None:
+    """torch.save through a temp file and a rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _load_state(path: Path | None, config: dict) -> dict | None:
+    """A saved state for this exact run, or None (missing, unreadable, or made by another run: warned)."""
+    if path is None or not path.exists():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # a corrupt or foreign file: start over rather than fail the job
+        warnings.warn(f"ignoring unreadable resume file {path} ({exc}); starting from step 0", stacklevel=3)
+        return None
+    if state.get("config") != config:
+        old = state.get("config") or {}
+        diff = sorted(k for k in set(old) | set(config) if old.get(k) != config.get(k))
+        warnings.warn(f"resume file {path} is from another run (differs in {diff}); starting from step 0", stacklevel=3)
+        return None
+    return state
+
+
+def _check_orthogonal(params: list[torch.nn.Parameter], names: list[str]) -> None:
+    """Re-orthonormalize (with a warning) any rotation that drifted beyond ORTHOGONALITY_TOL."""
+    with torch.no_grad():
+        for p, name in zip(params, names, strict=True):
+            err = orthogonality_error(p)
+            if not err < ORTHOGONALITY_TOL:
+                warnings.warn(
+                    f"{name} drifted off the orthogonal group (error {err:.2e}); re-orthonormalized", stacklevel=3
+                )
+                p.copy_(qr_retraction(p.detach().double()).to(p.dtype))
+
+
+def learn_rotations(
+    model: Transformer,
+    cfg: QuantConfig,
+    calib: Tensor,
+    steps: int = 60,
+    lr: float = 1.5,
+    batch_size: int = 1,
+    seed: int = 0,
+    had: bool = True,
+    init: str = "hadamard",
+    momentum: float = 0.0,
+    checkpoint_path: str | Path | None = None,
+    checkpoint_every: int = 10,
+    resume: bool = True,
+    progress: bool = True,
+) -> tuple[Tensor, Tensor, list[float]]:
+    """Learn (R1 [dim, dim], R2 [n_layers, head_dim, head_dim]) in float64; returns them and the step losses.
+
+    `model` has fused norms (spinquant.rotation.fuse_norms) and is left with its weights untouched, R3/R4
+    switched to `had` and no quantizers attached. Step i trains on calib samples chosen by a seeded
+    permutation; the state is saved every `checkpoint_every` steps and at the end to `checkpoint_path`, and
+    `resume` continues from it when it belongs to the same run.
+    """
+    _check_inputs(model, calib, steps, batch_size, lr)
+    path = None if checkpoint_path is None else Path(checkpoint_path)
+    config = _run_config(model, cfg, calib, steps, lr, batch_size, seed, had=had, init=init, momentum=momentum)
+    R1_init, R2_init = random_rotations(model.args, seed, init)
+    R1 = torch.nn.Parameter(R1_init)
+    R2 = [torch.nn.Parameter(r) for r in R2_init]
+    params = [R1, *R2]
+    names = ["R1", *(f"R2[{i}]" for i in range(len(R2)))]
+    opt = CayleySGD(params, lr=lr, momentum=momentum)
+    history: list[float] = []
+    start = 0
+    state = _load_state(path, config) if resume else None
+    if state is not None:
+        with torch.no_grad():
+            for p, saved in zip(params, [state["R1"], *state["R2"]], strict=True):
+                p.copy_(saved)
+        opt.load_state_dict(state["optimizer"])
+        history, start = list(state["history"]), state["step"]
+        torch.set_rng_state(state["rng"])
+
+    def save(step: int) -> None:
+        if path is not None:
+            R2_now = torch.stack([p.detach() for p in R2])
+            snapshot = {"R1": R1.detach().clone(), "R2": R2_now, "optimizer": opt.state_dict(), "step": step}
+            _save_state(path, {**snapshot, "history": history, "rng": torch.get_rng_state(), "config": config})
+
+    with quantized_for_training(model, cfg, had):
+        bar = tqdm(range(start, steps), initial=start, total=steps, disable=not progress, desc="rotations")
+        for step in bar:
+            tokens = calib[_batch_indices(calib.shape[0], batch_size, step, seed)]
+            for group in opt.param_groups:
+                group["lr"] = _cosine_lr(lr, step, steps)
+            opt.zero_grad(set_to_none=True)
+            loss = rotation_loss(model, cfg, tokens, R1, torch.stack(R2), had)
+            loss.backward()
+            opt.step()
+            _check_orthogonal(params, names)
+            history.append(loss.item())
+            bar.set_postfix(loss=f"{history[-1]:.4f}")
+            if (step + 1) % checkpoint_every == 0 or step + 1 == steps:
+                save(step + 1)
+    return R1.detach().clone(), torch.stack([p.detach() for p in R2]), history

@@ -1,0 +1,142 @@
+"""End to end on a tiny random model: rotate, quantize, export to .pte, run through the ExecuTorch runtime;
+compare with the eager quantized model (logits, incremental decode, greedy tokens, perplexity); errors."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+pytest.importorskip("executorch")
+
+from spinquant.export import runtime  # noqa: E402
+from spinquant.export.cli import prepare_model  # noqa: E402
+from spinquant.export.exportable import ExportError  # noqa: E402
+from spinquant.export.exporter import export_model, host_target  # noqa: E402
+from spinquant.export.runtime import PteModel, RuntimeLoadError  # noqa: E402
+from spinquant.model import tiny_model  # noqa: E402
+from spinquant.quant.config import QuantConfig  # noqa: E402
+
+SEQ = 32
+CASES = {
+    "w4a8_no_had": (QuantConfig(w_bits=4, w_group=32, a_bits=8), False),
+    "w4a4kv4_had": (QuantConfig(w_bits=4, w_group=32, a_bits=4, kv_bits=4, quantize_lm_head=True), True),
+}
+
+
+@pytest.fixture(scope="module", params=sorted(CASES))
+def exported(request, tmp_path_factory):
+    cfg, had = CASES[request.param]
+    model = prepare_model(tiny_model(seed=1), cfg, had, seed=0)
+    path = tmp_path_factory.mktemp("pte") / f"{request.param}.pte"
+    export_model(model, path, had=had, max_seq_len=SEQ)
+    return model, PteModel(path), path
+
+
+def _tokens(n: int, seed: int = 0) -> torch.Tensor:
+    return torch.randint(0, 256, (n,), generator=torch.Generator().manual_seed(seed))
+
+
+def test_prefill_logits_match_eager(exported):
+    model, pte, _ = exported
+    ids = _tokens(12)
+    with torch.no_grad():
+        ref = model(ids[None])[0]
+    torch.testing.assert_close(pte.logits(ids), ref, atol=1e-4, rtol=1e-4)
+
+
+def test_incremental_decode_matches_eager(exported):
+    model, pte, _ = exported
+    ids = _tokens(10, seed=1)
+    with torch.no_grad():
+        ref = model(ids[None])[0]
+    steps = [pte.forward(ids[None, :6], torch.arange(6))[0]]
+    steps += [pte.forward(ids[None, i : i + 1], torch.tensor([i]))[0] for i in range(6, 10)]
+    torch.testing.assert_close(torch.cat(steps), ref, atol=1e-4, rtol=1e-4)
+
+
+def test_greedy_tokens_match_eager(exported):
+    model, pte, _ = exported
+    prompt = _tokens(5, seed=2).tolist()
+    got = list(pte.generate_ids(prompt, max_new_tokens=8))
+    seq = list(prompt)
+    with torch.no_grad():
+        for _ in range(8):
+            seq.append(int(model(torch.tensor([seq]))[0, -1].argmax()))
+    assert got == seq[len(prompt) :]
+    assert pte.timing.decode_tokens == 7 and pte.timing.prefill_tokens == 5
+
+
+def test_perplexity_matches_eager(exported):
+    model, pte, _ = exported
+    ids = _tokens(SEQ, seed=3)
+    with torch.no_grad():
+        ref = F.cross_entropy(model(ids[None])[0, :-1], ids[1:])
+    got = F.cross_entropy(pte.logits(ids)[:-1], ids[1:])
+    assert math.isclose(math.exp(got), math.exp(ref), rel_tol=1e-5)
+
+
+def test_sampling_is_seeded(exported):
+    _, pte, _ = exported
+    prompt = _tokens(4, seed=4).tolist()
+    a = list(pte.generate_ids(prompt, 6, temperature=1.0, top_p=0.9, seed=7))
+    b = list(pte.generate_ids(prompt, 6, temperature=1.0, top_p=0.9, seed=7))
+    assert a == b and all(0 <= t < 256 for t in a)
+
+
+def test_metadata(exported):
+    model, pte, _ = exported
+    meta = pte.metadata
+    assert meta["target"] == host_target() and meta["max_seq_len"] == SEQ
+    assert meta["had"] == any(layer.mlp.down_proj.online_had for layer in model.layers)
+    assert meta["quant"]["w_bits"] == 4 and meta["model"]["fingerprint"] == model.identity["fingerprint"]
+    assert int(pte.program.load_method("get_max_seq_len").execute([])[0]) == SEQ
+
+
+def test_too_long_prompt_is_refused(exported):
+    _, pte, _ = exported
+    with pytest.raises(ValueError, match="max_seq_len"):
+        list(pte.generate_ids(list(range(30)), max_new_tokens=8))
+
+
+def test_bad_paths_and_files(tmp_path, exported):
+    with pytest.raises(RuntimeLoadError, match="no such .pte file"):
+        PteModel(tmp_path / "missing.pte")
+    junk = tmp_path / "junk.pte"
+    junk.write_bytes(b"not a flatbuffer at all" * 10)
+    with pytest.raises(RuntimeLoadError, match="not a valid ExecuTorch program"):
+        PteModel(junk)
+    truncated = tmp_path / "truncated.pte"
+    truncated.write_bytes(exported[2].read_bytes()[:4096])
+    with pytest.raises(RuntimeLoadError):
+        PteModel(truncated)
+
+
+def test_program_without_spinquant_metadata(tmp_path):
+    from executorch.exir import to_edge
+
+    from spinquant.export.exporter import write_atomic
+
+    ep = torch.export.export(torch.nn.Linear(4, 4), (torch.randn(1, 4),))
+    path = tmp_path / "plain.pte"
+    write_atomic(path, to_edge(ep).to_executorch().buffer)
+    with pytest.raises(RuntimeLoadError, match="not made by spinquant-export"):
+        PteModel(path)
+
+
+def test_missing_op_library(monkeypatch, tmp_path):
+    monkeypatch.setattr(runtime, "_library", None)
+    monkeypatch.setattr(runtime, "library_path", lambda: tmp_path / "libspinquant_et_ops.so")
+    with pytest.raises(RuntimeLoadError, match="op library is missing"):
+        runtime.load_library()
+
+
+def test_had_flag_must_match_the_model(tmp_path):
+    model = prepare_model(tiny_model(), QuantConfig(w_bits=4, w_group=32, a_bits=8), had=False)
+    with pytest.raises(ExportError, match="--had"):
+        export_model(model, tmp_path / "x.pte", had=True, max_seq_len=SEQ)
+    with pytest.raises(ExportError, match=r"\.pte"):
+        export_model(model, tmp_path / "x.bin", max_seq_len=SEQ)
+    assert not list(tmp_path.iterdir())

@@ -1,0 +1,169 @@
+"""The spinquant custom ops: eager references against independent ones, and the ExecuTorch kernels
+(libspinquant_et_ops.so, calling kernels/) against the eager references, through exported programs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+pytest.importorskip("executorch")
+
+from spinquant.export import ops  # noqa: E402
+from spinquant.export.exporter import write_atomic  # noqa: E402
+from spinquant.hadamard import base_hadamard, hadamard_transform  # noqa: E402
+from spinquant.quant.packing import pack_weight  # noqa: E402
+from spinquant.quant.quantizer import fake_quant, quantize_weight_rtn  # noqa: E402
+
+sq = torch.ops.spinquant
+GEN = torch.Generator().manual_seed(0)
+
+# (N, K, group, sym, bias, act_bits, act_clip): odd K, a short last group, per-channel, asymmetric, W4A16/A8/A4.
+LINEARS = [
+    (40, 70, 32, True, False, 8, 1.0),
+    (33, 64, 16, False, True, 4, 0.9),
+    (48, 96, 96, True, True, 16, 1.0),
+]
+HADAMARD_SIZES = [64, 96]  # 2^6 and 12 * 2^3
+
+
+def _storage(n: int, k: int, group: int, sym: bool) -> dict:
+    qw = quantize_weight_rtn(torch.randn(n, k, generator=GEN), 4, group, sym, clip_search=False)
+    return {"packed": pack_weight(qw), "dequant": qw.dequantize()}
+
+
+class OpsProgram(nn.Module):
+    """Every hadamard size and linear case in one program (one export)."""
+
+    def __init__(self):
+        super().__init__()
+        for i, n in enumerate(HADAMARD_SIZES):
+            self.register_buffer(f"hk{i}", base_hadamard(n)[1])
+        self.cases = []
+        for i, (n, k, group, sym, bias, act_bits, clip) in enumerate(LINEARS):
+            st = _storage(n, k, group, sym)
+            for name, t in st["packed"].items():
+                self.register_buffer(f"l{i}_{name}", t)
+            self.register_buffer(f"l{i}_bias", torch.randn(n, generator=GEN) if bias else None)
+            self.cases.append((st["dequant"], group, act_bits, clip, sym))
+
+    def forward(self, *xs: torch.Tensor) -> tuple:
+        outs = [sq.hadamard(xs[i], getattr(self, f"hk{i}")) for i in range(len(HADAMARD_SIZES))]
+        for i, (_, group, act_bits, clip, sym) in enumerate(self.cases):
+            zeros = None if sym else getattr(self, f"l{i}_zeros")
+            outs.append(
+                sq.int4_linear(
+                    xs[len(HADAMARD_SIZES) + i],
+                    getattr(self, f"l{i}_qweight"),
+                    getattr(self, f"l{i}_scales"),
+                    zeros,
+                    getattr(self, f"l{i}_bias"),
+                    group,
+                    act_bits,
+                    clip,
+                )
+            )
+        return tuple(outs)
+
+
+def _inputs() -> list[torch.Tensor]:
+    xs = [torch.randn(3, n, generator=GEN) for n in HADAMARD_SIZES]
+    return xs + [torch.randn(5, k, generator=GEN) for _, k, *_ in LINEARS]
+
+
+def _run_program(module: nn.Module, inputs: tuple, tmp_path) -> list:
+    from executorch.exir import EdgeCompileConfig, to_edge
+
+    from spinquant.export.runtime import _runtime, load_library
+
+    ep = torch.export.export(module, inputs, strict=False)
+    program = to_edge(ep, compile_config=EdgeCompileConfig(_check_ir_validity=False)).to_executorch()
+    load_library()
+    path = tmp_path / "ops.pte"
+    write_atomic(path, program.buffer)
+    return _runtime().load_program(path).load_method("forward")
+
+
+def test_eager_hadamard_matches_reference():
+    for n in HADAMARD_SIZES + [1536]:
+        x = torch.randn(4, n, generator=GEN)
+        torch.testing.assert_close(sq.hadamard(x, base_hadamard(n)[1]), hadamard_transform(x), atol=1e-5, rtol=0)
+
+
+def test_eager_int4_linear_matches_dequantized_weight():
+    for n, k, group, sym, _, act_bits, clip in LINEARS:
+        st = _storage(n, k, group, sym)
+        x = torch.randn(5, k, generator=GEN)
+        p = st["packed"]
+        y = sq.int4_linear(x, p["qweight"], p["scales"], p.get("zeros"), None, min(group, k), act_bits, clip)
+        xq = fake_quant(x, act_bits, sym=False, clip=clip) if act_bits < 16 else x
+        torch.testing.assert_close(y, F.linear(xq, st["dequant"]), atol=1e-4, rtol=1e-5)
+
+
+def test_runtime_kernels_match_eager(tmp_path):
+    module = OpsProgram()
+    xs = _inputs()
+    method = _run_program(module, tuple(xs), tmp_path)
+    got = method.execute(xs)
+    want = module(*xs)
+    assert len(got) == len(want)
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w, atol=2e-5, rtol=1e-5)
+
+
+class KVProgram(nn.Module):
+    """One quantized-KV attention layer with its cache as a mutable buffer."""
+
+    def __init__(self, hkv: int, d: int, seq: int, bits: int, group: int):
+        super().__init__()
+        self.hkv, self.bits, self.group = hkv, bits, group
+        self.register_buffer(
+            "cache", torch.zeros(ops.kv_cache_layout(hkv, seq, d, bits, group).nbytes, dtype=torch.uint8)
+        )
+
+    def forward(self, q, k, v, pos):
+        return sq.kv_attention(q, k, v, self.cache, pos, self.hkv, self.bits, self.group)
+
+
+@pytest.mark.parametrize("bits,group", [(4, 0), (8, 8)])
+def test_kv_attention_prefill_then_decode(tmp_path, bits, group):
+    from executorch.exir import EdgeCompileConfig, ExecutorchBackendConfig, to_edge
+    from torch.export import Dim
+
+    from spinquant.export.runtime import _runtime, load_library
+
+    h, hkv, d, seq = 4, 2, 16, 16
+    qkv = [torch.randn(7, n, d, generator=GEN) for n in (h, hkv, hkv)]
+    eager = KVProgram(hkv, d, seq, bits, group)
+    t = Dim("t", min=1, max=seq)
+    ep = torch.export.export(
+        KVProgram(hkv, d, seq, bits, group),
+        (*[x[:4] for x in qkv], torch.arange(4)),
+        dynamic_shapes=({0: t}, {0: t}, {0: t}, {0: t}),
+        strict=False,
+    )
+    prog = to_edge(ep, compile_config=EdgeCompileConfig(_check_ir_validity=False))
+    prog = prog.to_executorch(ExecutorchBackendConfig(run_reinplace_pass=True))
+    load_library()
+    write_atomic(tmp_path / "kv.pte", prog.buffer)
+    method = _runtime().load_program(tmp_path / "kv.pte").load_method("forward")
+    steps = [(0, 5), (5, 6), (6, 7)]  # prefill 5 positions, then two decode steps
+    for a, b in steps:
+        args = [x[a:b] for x in qkv] + [torch.arange(a, b)]
+        torch.testing.assert_close(method.execute(args)[0], eager(*args), atol=2e-5, rtol=1e-5)
+    # independent check of the last step: fake-quantized K/V of all 7 positions, causal GQA attention
+    kf, vf = (fake_quant(x.transpose(0, 1), bits, sym=False, group=group or d) for x in qkv[1:])
+    ref = F.scaled_dot_product_attention(
+        qkv[0].transpose(0, 1)[None], kf[None], vf[None], is_causal=True, enable_gqa=True
+    )[0].transpose(0, 1)
+    torch.testing.assert_close(eager(*[x[6:7] for x in qkv], torch.tensor([6])), ref[6:7], atol=1e-5, rtol=1e-5)
+
+
+def test_kv_cache_layout_rejects_bad_sizes():
+    with pytest.raises(ValueError, match="kv_bits 4 or 8"):
+        ops.kv_cache_layout(2, 16, 16, 3, 0)
+    with pytest.raises(ValueError, match="must divide head_dim"):
+        ops.kv_cache_layout(2, 16, 16, 4, 5)
+    with pytest.raises(ValueError, match="multiple of 4"):
+        ops.kv_cache_layout(2, 18, 16, 4, 0)
