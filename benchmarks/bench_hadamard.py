@@ -4,13 +4,16 @@
 
 Two regimes, each against a memcpy (torch copy_) of the same bytes measured in the same run:
 hot = a batch of rows that stays in L2 (--hot-kib), stream = a batch far larger than the L3 cache
-(--stream-mib). Prints a markdown table.
+(--stream-mib). Times are the fastest single call over ~0.3 s (robust to other load on a shared
+machine); prints a markdown table.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import math
+import os
 import platform
 import time
 from collections.abc import Callable
@@ -23,42 +26,45 @@ from spinquant.hadamard import hadamard_decomposition, hadamard_matrix, hadamard
 DENSE_MAX = 4096  # the dense x @ H^T reference needs an n x n matrix
 
 
-def best_time(fn: Callable[[], object], min_seconds: float = 0.3, repeats: int = 5) -> float:
-    """Best over `repeats` of the mean time of a loop lasting about min_seconds (seconds per call)."""
+def best_time(fn: Callable[[], object], seconds: float = 0.3) -> float:
+    """Fastest single call (seconds) over about `seconds` of calls: the least disturbed by other load."""
     fn()
-    t0, n = time.perf_counter(), 0
-    while time.perf_counter() - t0 < min_seconds / repeats:
-        fn()
-        n += 1
-    best = float("inf")
-    for _ in range(repeats):
+    best, end = float("inf"), time.perf_counter() + seconds
+    while time.perf_counter() < end:
         t0 = time.perf_counter()
-        for _ in range(n):
-            fn()
-        best = min(best, (time.perf_counter() - t0) / n)
+        fn()
+        best = min(best, time.perf_counter() - t0)
     return best
 
 
-def bench_size(n: int, hot_bytes: int, stream_bytes: int, threads: int) -> dict[str, float]:
-    """Timings for one size: ns per vector (hot) and GB/s (hot and streaming) for the kernel and memcpy."""
-    t = kernels.FastHadamard(n, threads=threads)
-    out: dict[str, float] = {}
-    for regime, nbytes in (("hot", hot_bytes), ("stream", stream_bytes)):
-        rows = max(1, nbytes // (4 * n))
-        x = torch.randn(rows, n)
-        y = torch.empty_like(x)
-        fwht = best_time(lambda: t.apply_(x))
-        copy = best_time(lambda: y.copy_(x))
-        gb = x.numel() * 4 / 1e9
-        out[f"{regime}_ns"] = fwht / rows * 1e9
-        out[f"{regime}_gbs"] = gb / fwht
-        out[f"{regime}_memcpy_gbs"] = gb / copy
-        if regime == "hot":
-            out["torch_fact_ns"] = best_time(lambda: hadamard_transform(x)) / rows * 1e9
-            if n <= DENSE_MAX:
-                h = hadamard_matrix(n, dtype=torch.float32) / math.sqrt(n)
-                out["torch_dense_ns"] = best_time(lambda: x @ h.T) / rows * 1e9
+def bench_batch(t: kernels.FastHadamard, n: int, nbytes: int, regime: str) -> dict[str, float]:
+    """ns per vector and GB/s of the kernel and of memcpy (torch copy_) on a batch of about nbytes."""
+    rows = max(1, nbytes // (4 * n))
+    x = torch.randn(rows, n)
+    y = torch.empty_like(x)
+    fwht = best_time(lambda: t.apply_(x))
+    copy = best_time(lambda: y.copy_(x))
+    gb = x.numel() * 4 / 1e9
+    out = {f"{regime}_ns": fwht / rows * 1e9, f"{regime}_gbs": gb / fwht, f"{regime}_memcpy_gbs": gb / copy}
+    if regime == "hot":
+        out["torch_fact_ns"] = best_time(lambda: hadamard_transform(x)) / rows * 1e9
+        if n <= DENSE_MAX:
+            h = hadamard_matrix(n, dtype=torch.float32) / math.sqrt(n)
+            out["torch_dense_ns"] = best_time(lambda: x @ h.T) / rows * 1e9
     return out
+
+
+def bench_size(n: int, hot_bytes: int, stream_bytes: int, threads: int) -> dict[str, float]:
+    """Both regimes for one size: hot (batch in L2) and streaming (batch far beyond L3)."""
+    t = kernels.FastHadamard(n, threads=threads)
+    return {**bench_batch(t, n, hot_bytes, "hot"), **bench_batch(t, n, stream_bytes, "stream")}
+
+
+def header(threads: int) -> str:
+    """Date, machine, ISA, threads and load average: the first line of every result table."""
+    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    return f"{now}; {platform.machine()}, isa {kernels.active_isa()}, threads {threads}, load average {load}\n"
 
 
 def main() -> None:
@@ -72,7 +78,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     if args.isa:
         kernels._kernels.force_isa(args.isa)
-    print(f"{platform.machine()}, isa={kernels.active_isa()}, threads={args.threads}, torch {torch.__version__}\n")
+    print(header(args.threads))
     print(
         "| n (K x 2^k) | ns/vector (hot) | GB/s hot / memcpy | % | GB/s stream / memcpy | % "
         "| torch factored ns/vec | torch dense x@H ns/vec |"

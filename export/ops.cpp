@@ -4,6 +4,7 @@
 //   spinquant::hadamard.out(x, hk, *, out)
 //   spinquant::int4_linear.out(x, qweight, scales, zeros?, bias?, group, act_bits, act_clip, *, out)
 //   spinquant::kv_attention.out(q, k, v, cache(a!), input_pos, n_kv_heads, bits, group, *, out)
+//   spinquant::rms_norm.out / rope.out / silu_mul.out: fused element-wise steps (small loops, here)
 //
 // Weights arrive in the int4 storage layout (docs/INT4_FORMAT.md); they are prepacked once into the kernels'
 // layout and cached by the address of the program's constant data (plus a sampled fingerprint), so a decode
@@ -13,6 +14,7 @@
 #include <executorch/runtime/core/exec_aten/util/tensor_util.h>
 #include <executorch/runtime/kernel/kernel_includes.h>
 
+#include <array>
 #include <atomic>
 #include <cmath>
 #include <cstring>
@@ -98,8 +100,10 @@ struct PackKey {
   }
 };
 
+using Sample = std::array<uint8_t, 32>;
+
 struct PackEntry {
-  std::vector<uint8_t> sample;  // bytes sampled from the storage tensors when prepacked
+  Sample sample;  // bytes sampled from the storage tensors when prepacked
   std::shared_ptr<spinquant::int4::PackedInt4> packed;
 };
 
@@ -107,12 +111,13 @@ std::mutex g_pack_mu;
 std::map<PackKey, PackEntry> g_pack_cache;
 
 // A few bytes spread over the weight and its scales: catches a different program reusing the same addresses.
-std::vector<uint8_t> sample_bytes(const Tensor& qweight, const Tensor& scales) {
-  std::vector<uint8_t> s;
+Sample sample_bytes(const Tensor& qweight, const Tensor& scales) {
+  Sample s{};
+  size_t j = 0;
   for (const Tensor* t : {&qweight, &scales}) {
     const auto* p = static_cast<const uint8_t*>(t->const_data_ptr());
     const size_t n = t->nbytes();
-    for (size_t i = 0; i < 16 && n; ++i) s.push_back(p[(n - 1) * i / 15]);
+    for (size_t i = 0; i < 16; ++i, ++j) s[j] = n ? p[(n - 1) * i / 15] : 0;
   }
   return s;
 }
@@ -123,14 +128,14 @@ std::shared_ptr<spinquant::int4::PackedInt4> packed_for(const Tensor& qweight, c
   const int64_t N = qweight.size(0);
   const void* zp = zeros ? zeros->const_data_ptr() : nullptr;
   PackKey key{qweight.const_data_ptr(), scales.const_data_ptr(), zp, N, K, group};
-  std::vector<uint8_t> sample = sample_bytes(qweight, scales);
+  const Sample sample = sample_bytes(qweight, scales);
   std::lock_guard<std::mutex> lock(g_pack_mu);
   auto it = g_pack_cache.find(key);
   if (it != g_pack_cache.end() && it->second.sample == sample) return it->second.packed;
   auto packed = std::make_shared<spinquant::int4::PackedInt4>(spinquant::int4::prepack(
       qweight.const_data_ptr<uint8_t>(), scales.const_data_ptr<uint16_t>(),
       zeros ? zeros->const_data_ptr<uint8_t>() : nullptr, N, K, group));
-  g_pack_cache[key] = PackEntry{std::move(sample), packed};
+  g_pack_cache[key] = PackEntry{sample, packed};
   return packed;
 }
 
@@ -284,8 +289,78 @@ Tensor& kv_attention_out(KernelRuntimeContext& ctx, const Tensor& q, const Tenso
   return out;
 }
 
+// ---- fused element-wise ops ----------------------------------------------------------------------------
+
+bool check_float(KernelRuntimeContext& ctx, const Tensor& x, Tensor& out, const char* what) {
+  return check(ctx, x.scalar_type() == ScalarType::Float && out.scalar_type() == ScalarType::Float && x.dim() >= 1,
+               what);
+}
+
+Tensor& rms_norm_out(KernelRuntimeContext& ctx, const Tensor& x, const Tensor& weight, double eps, Tensor& out) {
+  if (!check_float(ctx, x, out, "rms_norm: x must be float32") ||
+      !check(ctx, weight.scalar_type() == ScalarType::Float && weight.numel() == x.size(x.dim() - 1),
+             "rms_norm: weight must be float32 [dim]") ||
+      !resize(ctx, out, sizes_of(x)))
+    return out;
+  const int64_t n = x.size(x.dim() - 1), rows = n ? x.numel() / n : 0;
+  const float* w = weight.const_data_ptr<float>();
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* xr = x.const_data_ptr<float>() + r * n;
+    float* yr = out.mutable_data_ptr<float>() + r * n;
+    double ss = 0.0;
+    for (int64_t i = 0; i < n; ++i) ss += static_cast<double>(xr[i]) * xr[i];
+    const float inv = 1.0f / std::sqrt(static_cast<float>(ss / n) + static_cast<float>(eps));
+    for (int64_t i = 0; i < n; ++i) yr[i] = xr[i] * inv * w[i];
+  }
+  return out;
+}
+
+Tensor& rope_out(KernelRuntimeContext& ctx, const Tensor& x, const Tensor& cos, const Tensor& sin, Tensor& out) {
+  if (!check_float(ctx, x, out, "rope: x must be float32") ||
+      !check(ctx, x.dim() == 3 && x.size(2) % 2 == 0, "rope: x must be [T, heads, head_dim] (even head_dim)") ||
+      !check(ctx, cos.dim() == 2 && sin.dim() == 2 && cos.size(0) == x.size(0) && cos.size(1) == x.size(2) &&
+                      sin.size(0) == x.size(0) && sin.size(1) == x.size(2),
+             "rope: cos and sin must be float32 [T, head_dim]") ||
+      !resize(ctx, out, sizes_of(x)))
+    return out;
+  const int64_t T = x.size(0), H = x.size(1), D = x.size(2), half = D / 2;
+  for (int64_t t = 0; t < T; ++t) {
+    const float* c = cos.const_data_ptr<float>() + t * D;
+    const float* s = sin.const_data_ptr<float>() + t * D;
+    for (int64_t h = 0; h < H; ++h) {
+      const float* xr = x.const_data_ptr<float>() + (t * H + h) * D;
+      float* yr = out.mutable_data_ptr<float>() + (t * H + h) * D;
+      for (int64_t i = 0; i < half; ++i) {
+        const float a = xr[i], b = xr[i + half];
+        yr[i] = a * c[i] + (-b) * s[i];
+        yr[i + half] = b * c[i + half] + a * s[i + half];
+      }
+    }
+  }
+  return out;
+}
+
+Tensor& silu_mul_out(KernelRuntimeContext& ctx, const Tensor& gate_up, Tensor& out) {
+  if (!check_float(ctx, gate_up, out, "silu_mul: input must be float32") ||
+      !check(ctx, gate_up.size(gate_up.dim() - 1) % 2 == 0, "silu_mul: the last dim must be even (gate, up)"))
+    return out;
+  std::vector<SizesType> shape = sizes_of(gate_up);
+  const int64_t f = shape.back() / 2, rows = f ? gate_up.numel() / (2 * f) : 0;
+  shape.back() = static_cast<SizesType>(f);
+  if (!resize(ctx, out, shape)) return out;
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* g = gate_up.const_data_ptr<float>() + r * 2 * f;
+    float* y = out.mutable_data_ptr<float>() + r * f;
+    for (int64_t j = 0; j < f; ++j) y[j] = g[j] / (1.0f + std::exp(-g[j])) * g[f + j];
+  }
+  return out;
+}
+
 }  // namespace
 
+EXECUTORCH_LIBRARY(spinquant, "rms_norm.out", rms_norm_out);
+EXECUTORCH_LIBRARY(spinquant, "rope.out", rope_out);
+EXECUTORCH_LIBRARY(spinquant, "silu_mul.out", silu_mul_out);
 EXECUTORCH_LIBRARY(spinquant, "hadamard.out", hadamard_out);
 EXECUTORCH_LIBRARY(spinquant, "int4_linear.out", int4_linear_out);
 EXECUTORCH_LIBRARY(spinquant, "kv_attention.out", kv_attention_out);

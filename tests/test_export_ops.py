@@ -47,6 +47,7 @@ class OpsProgram(nn.Module):
                 self.register_buffer(f"l{i}_{name}", t)
             self.register_buffer(f"l{i}_bias", torch.randn(n, generator=GEN) if bias else None)
             self.cases.append((st["dequant"], group, act_bits, clip, sym))
+        self.register_buffer("norm_w", 1 + 0.3 * torch.randn(16, generator=GEN))
 
     def forward(self, *xs: torch.Tensor) -> tuple:
         outs = [sq.hadamard(xs[i], getattr(self, f"hk{i}")) for i in range(len(HADAMARD_SIZES))]
@@ -64,12 +65,18 @@ class OpsProgram(nn.Module):
                     clip,
                 )
             )
+        x, cos, sin = xs[-3:]
+        outs.append(sq.rms_norm(x.view(-1, 16), self.norm_w, 1e-5))
+        outs.append(sq.rope(x, cos, sin))
+        outs.append(sq.silu_mul(x))
         return tuple(outs)
 
 
 def _inputs() -> list[torch.Tensor]:
     xs = [torch.randn(3, n, generator=GEN) for n in HADAMARD_SIZES]
-    return xs + [torch.randn(5, k, generator=GEN) for _, k, *_ in LINEARS]
+    x = torch.randn(3, 4, 16, generator=GEN)  # [T, heads, head_dim] for rope; also rms_norm and silu_mul
+    angles = torch.rand(3, 8, generator=GEN).repeat(1, 2) * 6
+    return xs + [torch.randn(5, k, generator=GEN) for _, k, *_ in LINEARS] + [x, angles.cos(), angles.sin()]
 
 
 def _run_program(module: nn.Module, inputs: tuple, tmp_path) -> list:
@@ -99,6 +106,19 @@ def test_eager_int4_linear_matches_dequantized_weight():
         y = sq.int4_linear(x, p["qweight"], p["scales"], p.get("zeros"), None, min(group, k), act_bits, clip)
         xq = fake_quant(x, act_bits, sym=False, clip=clip) if act_bits < 16 else x
         torch.testing.assert_close(y, F.linear(xq, st["dequant"]), atol=1e-4, rtol=1e-5)
+
+
+def test_eager_fused_elementwise_match_model():
+    from spinquant.model import RMSNorm, apply_rope
+
+    x = torch.randn(3, 4, 16, generator=GEN)
+    norm = RMSNorm(16, 1e-5)
+    norm.weight.data = torch.rand(16, generator=GEN) + 0.5
+    torch.testing.assert_close(sq.rms_norm(x, norm.weight.detach(), 1e-5), norm(x).detach())
+    angles = torch.rand(3, 8, generator=GEN).repeat(1, 2)
+    ref = apply_rope(x.transpose(0, 1), angles.cos(), angles.sin()).transpose(0, 1)
+    torch.testing.assert_close(sq.rope(x, angles.cos(), angles.sin()), ref)
+    torch.testing.assert_close(sq.silu_mul(x), F.silu(x[..., :8]) * x[..., 8:])
 
 
 def test_runtime_kernels_match_eager(tmp_path):

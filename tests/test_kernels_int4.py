@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -11,7 +14,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from spinquant import _kernels, kernels
-from spinquant.quant.quantizer import fake_quant
+from spinquant.quant.packing import pack_weight
+from spinquant.quant.quantizer import fake_quant, quantize_weight_rtn
 
 
 def make_weight(n: int, k: int, group: int, asym: bool, seed: int) -> dict[str, torch.Tensor]:
@@ -149,6 +153,18 @@ def test_agrees_with_fake_quantizer():
     torch.testing.assert_close(layer(x).double(), want, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("sym", [True, False])
+def test_runs_weights_packed_by_spinquant_quant(sym):
+    """quantize_weight_rtn + pack_weight (the checkpoint format) -> the kernel computes x @ dequantized.T."""
+    k, group = 200, 64
+    qw = quantize_weight_rtn(torch.randn(48, k), 4, group, sym=sym, clip_search=False)
+    layer = kernels.Int4Linear.from_packed(pack_weight(qw), k, group, act_bits=16)
+    x = torch.randn(3, k)
+    torch.testing.assert_close(layer.dequantize(), qw.dequantize().float(), rtol=0, atol=0)
+    wd = qw.dequantize().double()
+    check_close(layer(x), x.double() @ wd.T, 1e-5 * (x.double().abs() @ wd.abs().T) + 1e-6)
+
+
 def test_unpack_and_dequantize_round_trip():
     k, group = 77, 32
     w = make_weight(19, k, group, True, 7)
@@ -181,3 +197,11 @@ def test_bad_inputs_raise_value_error():
     for expected, call in bad.items():
         with pytest.raises(ValueError, match=expected):
             call()
+
+
+@pytest.mark.parametrize("isa", ["scalar", kernels.supported_isas()[-1]])
+def test_isa_environment_override(isa):
+    code = "from spinquant import _kernels; print(_kernels.active_isa())"
+    env = {**os.environ, "SPINQUANT_ISA": isa, "PYTHONPATH": os.pathsep.join(sys.path)}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == isa

@@ -3,7 +3,8 @@
 // V provides: T, W, kScoreHeads x kScoreTokens (query heads x tokens per scoring pass) and kValueHeads
 // (query heads per V pass) within the register budget, load, store, zero, set1, add, sub, mul,
 // fma(a, b, c) = a * b + c, max, hsum, hsum4 (four vectors' sums at once), hmax, round (to nearest even),
-// pow2 (2^n for integral n in [-126, 127]) and codes4 / codes8 (W codes from a row pointer as floats).
+// pow2 (2^n for integral n in [-126, 127]), codes8 (W codes from a pointer as floats) and codes4_pair
+// (2W codes from W bytes: the low nibbles, i.e. even channels, then the high nibbles, as floats).
 // Dequantized values are computed as in the reference, (code - zero) * scale; only the summation order
 // of dot products and the exp differ, so results match the reference to float rounding.
 #pragma once
@@ -36,15 +37,16 @@ struct AttentionSimd {
     return V::mul(p, V::pow2(n));
   }
 
-  // True if the vector code paths apply (groups and head_dim whole vectors).
-  static bool supported(const KVHeadView& kv) { return kv.group % W == 0 && kv.head_dim % W == 0; }
-
+  // Vectors per code load: 8-bit codes come W at a time in channel order; 4-bit codes come 2W at a time
+  // (W bytes) as two vectors, the even channels then the odd ones (low and high nibbles) -- the "paired"
+  // layout that q and the V accumulators use at 4 bits (converted once per call, see attend_bits).
   template <int Bits>
-  static T codes(const uint8_t* row, int64_t d) {
-    if constexpr (Bits == 8)
-      return V::codes8(row + d);
-    else
-      return V::codes4(row + d / 2);
+  static constexpr int64_t kStep = Bits == 4 ? 2 : 1;
+
+  // True if the vector code paths apply (groups and head_dim whole code loads).
+  static bool supported(const KVHeadView& kv) {
+    const int64_t block = (kv.bits == 4 ? 2 : 1) * W;
+    return kv.group % block == 0 && kv.head_dim % block == 0;
   }
 
   // Row j of cache tensor `which` (0 K, 1 V): its codes, scales and zeros.
@@ -57,10 +59,35 @@ struct AttentionSimd {
     return {kv.codes[which] + j * kv.row_bytes, kv.scales[which] + j * kv.groups, kv.zeros[which] + j * kv.groups};
   }
 
-  // W channels from d of a row, in group g: (code - zero) * scale, exactly as the reference.
+  // kStep vectors of channels from d (a multiple of kStep * W) of a row, all in group g:
+  // (code - zero) * scale, exactly as the reference.
   template <int Bits>
-  static T dequant(const Row& r, int64_t d, int64_t g) {
-    return V::mul(V::sub(codes<Bits>(r.codes, d), V::set1(r.zeros[g])), V::set1(r.scales[g]));
+  static void dequant(const Row& r, int64_t d, int64_t g, T* v) {
+    const T z = V::set1(r.zeros[g]), s = V::set1(r.scales[g]);
+    if constexpr (Bits == 8) {
+      v[0] = V::mul(V::sub(V::codes8(r.codes + d), z), s);
+    } else {
+      T lo, hi;
+      V::codes4_pair(r.codes + d / 2, lo, hi);
+      v[0] = V::mul(V::sub(lo, z), s);
+      v[1] = V::mul(V::sub(hi, z), s);
+    }
+  }
+
+  // 4-bit paired layout <-> channel order, per block of 2W channels: paired[p] = x[2p], paired[W + p] = x[2p + 1].
+  static void to_paired(const float* x, int64_t n, float* out) {
+    for (int64_t b = 0; b < n; b += 2 * W)
+      for (int64_t p = 0; p < W; ++p) {
+        out[b + p] = x[b + 2 * p];
+        out[b + W + p] = x[b + 2 * p + 1];
+      }
+  }
+  static void from_paired(const float* x, int64_t n, float* out) {
+    for (int64_t b = 0; b < n; b += 2 * W)
+      for (int64_t p = 0; p < W; ++p) {
+        out[b + 2 * p] = x[b + p];
+        out[b + 2 * p + 1] = x[b + W + p];
+      }
   }
 
   // scores[i * len + j] = scale * q_i . k_j for RB query heads and TB <= 4 tokens from j0: RB x TB
@@ -78,10 +105,13 @@ struct AttentionSimd {
     for (int t = 0; t < TB; ++t) {
       const Row r = row(kv, 0, j0 + t);
       for (int64_t g = 0, d = 0; g < kv.groups; ++g)
-        for (const int64_t end = d + kv.group; d < end; d += W) {
-          const T k = dequant<Bits>(r, d, g);
+        for (const int64_t end = d + kv.group; d < end; d += kStep<Bits> * W) {
+          T k[kStep<Bits>];
+          dequant<Bits>(r, d, g, k);
+#pragma GCC unroll 2
+          for (int u = 0; u < kStep<Bits>; ++u)
 #pragma GCC unroll 4
-          for (int i = 0; i < RB; ++i) acc[i][t] = V::fma(V::load(q + i * hd + d), k, acc[i][t]);
+            for (int i = 0; i < RB; ++i) acc[i][t] = V::fma(V::load(q + i * hd + d + u * W), k[u], acc[i][t]);
         }
     }
 #pragma GCC unroll 4
@@ -146,6 +176,7 @@ struct AttentionSimd {
   // out_i[d0 .. d0 + NV * W) = sum_j p[i * len + j] * v_j for RB query heads, accumulated in registers.
   template <int Bits, int RB, int NV>
   static void v_block(const float* p, const KVHeadView& kv, int64_t len, int64_t d0, float* out) {
+    static_assert(NV % kStep<Bits> == 0, "whole code loads");
     int64_t g[NV];
     for (int u = 0; u < NV; ++u) g[u] = (d0 + u * W) / kv.group;
     T acc[RB][NV];
@@ -158,12 +189,13 @@ struct AttentionSimd {
       T pj[RB];
 #pragma GCC unroll 4
       for (int i = 0; i < RB; ++i) pj[i] = V::set1(p[i * len + j]);
+      T v[NV];
 #pragma GCC unroll 4
-      for (int u = 0; u < NV; ++u) {
-        const T v = dequant<Bits>(r, d0 + u * W, g[u]);
+      for (int u = 0; u < NV; u += kStep<Bits>) dequant<Bits>(r, d0 + u * W, g[u], v + u);
 #pragma GCC unroll 4
-        for (int i = 0; i < RB; ++i) acc[i][u] = V::fma(pj[i], v, acc[i][u]);
-      }
+      for (int u = 0; u < NV; ++u)
+#pragma GCC unroll 4
+        for (int i = 0; i < RB; ++i) acc[i][u] = V::fma(pj[i], v[u], acc[i][u]);
     }
 #pragma GCC unroll 4
     for (int i = 0; i < RB; ++i)
@@ -176,20 +208,27 @@ struct AttentionSimd {
     constexpr int NV = 4;  // vectors of channels per pass: RB * NV accumulators stay in registers
     int64_t d = 0;
     for (; d + NV * W <= kv.head_dim; d += NV * W) v_block<Bits, RB, NV>(p, kv, len, d, out);
-    for (; d < kv.head_dim; d += W) v_block<Bits, RB, 1>(p, kv, len, d, out);
+    for (; d < kv.head_dim; d += kStep<Bits> * W) v_block<Bits, RB, kStep<Bits>>(p, kv, len, d, out);
   }
 
   template <int Bits>
   static void attend_bits(const float* q, int64_t r, const KVHeadView& kv, int64_t len, float scale, float* out,
                           float* scratch) {
     const int64_t hd = kv.head_dim;
+    float* tail = scratch + r * len;  // r * head_dim floats: q, then the output, in the paired layout at 4 bits
+    if constexpr (Bits == 4) {
+      to_paired(q, r * hd, tail);
+      q = tail;
+    }
     by_head_block<V::kScoreHeads>(r, [&](int64_t i0, auto rb) {
       score_heads<Bits, decltype(rb)::value>(q + i0 * hd, kv, len, scale, scratch + i0 * len);
     });
     for (int64_t i = 0; i < r; ++i) softmax(scratch + i * len, len);
+    float* o = Bits == 4 ? tail : out;
     by_head_block<V::kValueHeads>(r, [&](int64_t i0, auto rb) {
-      v_heads<Bits, decltype(rb)::value>(scratch + i0 * len, kv, len, out + i0 * hd);
+      v_heads<Bits, decltype(rb)::value>(scratch + i0 * len, kv, len, o + i0 * hd);
     });
+    if constexpr (Bits == 4) from_paired(tail, r * hd, out);
   }
 
   static void attend(const float* q, int64_t r, const KVHeadView& kv, int64_t len, float scale, float* out,

@@ -47,19 +47,20 @@ const Kernels& kernels_i8mm();
 
 // Shared scalar helpers.
 float half_to_float(uint16_t h);
-uint16_t float_to_half(float f);  // round to nearest even (used by tests and unpack)
+uint16_t float_to_half(float f);  // round to nearest even (the tests make their scales with it)
 
 // Scale and zero point of one row from its min and max: the part of quantize_activations every
 // ISA shares (compiled once, so all paths round identically).
 void act_params(float lo, float hi, int bits, float clip, float* scale, int32_t* zero, float* fzero);
 
+// `static`: each file gets its own copy, compiled for its own ISA (no cross-ISA inline merging).
 // Number of valid rows in block b.
-inline int block_rows(const PackedInt4& w, int64_t b) {
+static inline int block_rows(const PackedInt4& w, int64_t b) {
   int64_t left = w.N - b * kRows;
   return left < kRows ? static_cast<int>(left) : kRows;
 }
 
-inline uint32_t load_u32(const uint8_t* p) {
+static inline uint32_t load_u32(const uint8_t* p) {
   uint32_t v;
   std::memcpy(&v, p, 4);
   return v;

@@ -234,7 +234,8 @@ int main() {
         }
   run_shape({3, 1, 64, 64, 4, true}, seed++);
   run_shape({8, 1, 64, 64, 8, false}, seed++);       // ratio 8 (two query blocks)
-  run_shape({6, 2, 40, 8, 4, false}, seed++);        // groups of 8: AVX-512 falls back to the reference
+  run_shape({6, 2, 40, 8, 4, false}, seed++);        // groups of 8 at 4 bits: AVX2 / AVX-512 fall back
+  run_shape({4, 2, 48, 16, 4, false}, seed++);        // groups of 16: AVX2 and NEON vectorized, AVX-512 falls back
   run_shape({4, 2, 20, 10, 8, false}, seed++);       // groups of 10: every SIMD path falls back
   check_errors();
   if (g_failures) {

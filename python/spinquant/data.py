@@ -187,3 +187,8 @@ def anchor_windows(tokenizer: Any, n_windows: int = 8, seq_len: int = 512) -> to
     if len(ids) < n_windows * seq_len:
         raise ValueError(f"wiki.utf8 has only {len(ids)} tokens, fewer than {n_windows} x {seq_len}")
     return _windows(ids[len(ids) - n_windows * seq_len :], seq_len, n_windows, "the anchor text")
+
+
+# Not pytest tests, despite the names: keep them uncollected when a test module imports them.
+test_tokens.__test__ = False  # type: ignore[attr-defined]
+test_windows.__test__ = False  # type: ignore[attr-defined]

@@ -72,6 +72,14 @@ class Int4Linear(nn.Module):
         self.act_bits, self.act_clip, self.threads = act_bits, act_clip, threads
         self.register_buffer("bias", None if bias is None else bias.detach().float().contiguous())
 
+    @classmethod
+    def from_packed(cls, tensors: dict[str, Tensor], in_features: int, group: int, **kwargs) -> Int4Linear:
+        """From one layer's checkpoint tensors {"qweight", "scales"[, "zeros"]} (`quant.packing.pack_weight`)."""
+        missing = {"qweight", "scales"} - set(tensors)
+        if missing:
+            raise ValueError(f"packed weight lacks {sorted(missing)}; expected qweight, scales (+ zeros if asym)")
+        return cls(tensors["qweight"], tensors["scales"], tensors.get("zeros"), in_features, group, **kwargs)
+
     def forward(self, x: Tensor) -> Tensor:
         """x float32 [..., K] -> float32 [..., N]."""
         lead = x.shape[:-1]

@@ -39,15 +39,17 @@ ORTHOGONALITY_TOL = 1e-4  # ||R^T R - I||_F allowed for a learned rotation
 CHECKPOINT_FORMAT = "spinquant-train-state-v1"
 
 
-def _check_inputs(model: Transformer, calib: Tensor, steps: int, batch_size: int, lr: float) -> None:
+def _check_inputs(model: Transformer, calib: Tensor, steps: int, batch_size: int, lr: float, every: int) -> None:
     if not getattr(model, "norms_fused", False):
         raise ValueError("learn_rotations needs fused norms: call spinquant.rotation.fuse_norms(model) first")
     if getattr(model, "rotated", False):
         raise ValueError("this model already has rotations merged; learn on a freshly fused model")
     if calib.dim() != 2 or calib.dtype != torch.long or calib.shape[1] < 2:
         raise ValueError(f"calib must be a LongTensor [samples, seq_len >= 2], got {calib.dtype} {tuple(calib.shape)}")
-    if steps < 1 or batch_size < 1 or lr <= 0:
-        raise ValueError(f"steps, batch_size and lr must be positive, got {steps}, {batch_size}, {lr}")
+    if steps < 1 or batch_size < 1 or lr <= 0 or every < 1:
+        raise ValueError(
+            f"steps, batch_size, lr and checkpoint_every must be positive, got {steps}, {batch_size}, {lr}, {every}"
+        )
     if batch_size > calib.shape[0]:
         raise ValueError(f"batch_size {batch_size} exceeds the {calib.shape[0]} calibration samples")
 
@@ -220,7 +222,7 @@ def learn_rotations(
     permutation; the state is saved every `checkpoint_every` steps and at the end to `checkpoint_path`, and
     `resume` continues from it when it belongs to the same run.
     """
-    _check_inputs(model, calib, steps, batch_size, lr)
+    _check_inputs(model, calib, steps, batch_size, lr, checkpoint_every)
     path = None if checkpoint_path is None else Path(checkpoint_path)
     config = _run_config(model, cfg, calib, steps, lr, batch_size, seed, had=had, init=init, momentum=momentum)
     R1_init, R2_init = random_rotations(model.args, seed, init)

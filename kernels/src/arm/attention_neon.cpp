@@ -31,13 +31,13 @@ struct Neon {
   static float hsum(T v) { return vaddvq_f32(v); }
   static float hmax(T v) { return vmaxvq_f32(v); }
   static void hsum4(const T* a, float* out) { vst1q_f32(out, vpaddq_f32(vpaddq_f32(a[0], a[1]), vpaddq_f32(a[2], a[3]))); }
-  // 4 codes from 2 bytes: low and high nibbles interleaved back into channel order.
-  static T codes4(const uint8_t* p) {
-    uint16_t w;
-    std::memcpy(&w, p, 2);
-    const uint8x8_t b = vreinterpret_u8_u16(vdup_n_u16(w));
-    const uint8x8_t z = vzip1_u8(vand_u8(b, vdup_n_u8(0xF)), vshr_n_u8(b, 4));
-    return vcvtq_f32_u32(vmovl_u16(vget_low_u16(vmovl_u8(z))));
+  // 8 codes from 4 bytes: low nibbles (even channels) and high nibbles (odd channels).
+  static void codes4_pair(const uint8_t* p, T& lo, T& hi) {
+    uint32_t w;
+    std::memcpy(&w, p, 4);
+    const uint32x4_t x = vmovl_u16(vget_low_u16(vmovl_u8(vreinterpret_u8_u32(vdup_n_u32(w)))));
+    lo = vcvtq_f32_u32(vandq_u32(x, vdupq_n_u32(0xF)));
+    hi = vcvtq_f32_u32(vshrq_n_u32(x, 4));
   }
   static T codes8(const uint8_t* p) {
     uint32_t w;

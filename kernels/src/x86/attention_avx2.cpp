@@ -1,8 +1,6 @@
 // AVX2 quantized-KV attention: 8 floats a vector (see attention_simd.h).
 #include <immintrin.h>
 
-#include <cstring>
-
 #include "../attention_simd.h"
 
 namespace spinquant::detail {
@@ -43,14 +41,11 @@ struct Avx2 {
     s = _mm_max_ps(s, _mm_movehl_ps(s, s));
     return _mm_cvtss_f32(_mm_max_ss(s, _mm_movehdup_ps(s)));
   }
-  // 8 codes from 4 bytes: duplicate each byte, then shift odd lanes by 4 to reach the high nibble.
-  static T codes4(const uint8_t* p) {
-    int32_t w;
-    std::memcpy(&w, p, 4);
-    __m128i b = _mm_cvtsi32_si128(w);
-    b = _mm_unpacklo_epi8(b, b);
-    __m256i x = _mm256_srlv_epi32(_mm256_cvtepu8_epi32(b), _mm256_setr_epi32(0, 4, 0, 4, 0, 4, 0, 4));
-    return _mm256_cvtepi32_ps(_mm256_and_si256(x, _mm256_set1_epi32(0xF)));
+  // 16 codes from 8 bytes: low nibbles (even channels) and high nibbles (odd channels).
+  static void codes4_pair(const uint8_t* p, T& lo, T& hi) {
+    const __m256i x = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)));
+    lo = _mm256_cvtepi32_ps(_mm256_and_si256(x, _mm256_set1_epi32(0xF)));
+    hi = _mm256_cvtepi32_ps(_mm256_srli_epi32(x, 4));
   }
   static T codes8(const uint8_t* p) {
     return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));

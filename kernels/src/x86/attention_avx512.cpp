@@ -54,13 +54,11 @@ struct Avx512 {
     s = _mm_max_ps(s, _mm_movehl_ps(s, s));
     return _mm_cvtss_f32(_mm_max_ss(s, _mm_movehdup_ps(s)));
   }
-  // 16 codes from 8 bytes: duplicate each byte, then shift odd lanes by 4 to reach the high nibble.
-  static T codes4(const uint8_t* p) {
-    __m128i b = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p));
-    b = _mm_unpacklo_epi8(b, b);
-    const __m512i shift = _mm512_set1_epi64(int64_t{4} << 32);
-    const __m512i x = _mm512_srlv_epi32(_mm512_cvtepu8_epi32(b), shift);
-    return _mm512_cvtepi32_ps(_mm512_and_si512(x, _mm512_set1_epi32(0xF)));
+  // 32 codes from 16 bytes: low nibbles (even channels) and high nibbles (odd channels).
+  static void codes4_pair(const uint8_t* p, T& lo, T& hi) {
+    const __m512i x = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+    lo = _mm512_cvtepi32_ps(_mm512_and_si512(x, _mm512_set1_epi32(0xF)));
+    hi = _mm512_cvtepi32_ps(_mm512_srli_epi32(x, 4));
   }
   static T codes8(const uint8_t* p) {
     return _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));

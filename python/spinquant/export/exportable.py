@@ -10,6 +10,7 @@ the down_proj input) run through `spinquant::hadamard`. The KV cache is float32 
 
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
@@ -86,15 +87,19 @@ class ExportLinear(nn.Module):
         )
 
 
-def _rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
-    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * weight
-
-
-def _rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """x [T, H, D]; cos/sin [T, D] (HF rotate-half layout)."""
-    half = x.shape[-1] // 2
-    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-    return x * cos[:, None] + rotated * sin[:, None]
+def _concat_linears(name: str, a: ExportLinear, b: ExportLinear) -> ExportLinear | None:
+    """One int4 linear computing [a(x), b(x)] (rows stacked), or None when the two cannot share a call."""
+    same = (a.quantized and b.quantized and not a.online_had and not b.online_had and a.group == b.group
+            and (a.act_bits, a.act_clip) == (b.act_bits, b.act_clip) and (a.zeros is None) == (b.zeros is None)
+            and a.bias is None and b.bias is None)  # fmt: skip
+    if not same:
+        return None
+    fused = copy.copy(a)
+    fused._buffers = dict(a._buffers)
+    for key in ("qweight", "scales", "zeros"):
+        if a._buffers.get(key) is not None:
+            fused._buffers[key] = torch.cat([a._buffers[key], b._buffers[key]])
+    return fused
 
 
 def _kv_bits(name: str, attn) -> tuple[int, int]:
@@ -136,8 +141,8 @@ class ExportAttention(nn.Module):
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, input_pos: Tensor, mask: Tensor) -> Tensor:
         t = x.shape[0]
-        q = _rope(self.q_proj(x).view(t, self.n_heads, self.head_dim), cos, sin)
-        k = _rope(self.k_proj(x).view(t, self.n_kv_heads, self.head_dim), cos, sin)
+        q = sq.rope(self.q_proj(x).view(t, self.n_heads, self.head_dim), cos, sin)
+        k = sq.rope(self.k_proj(x).view(t, self.n_kv_heads, self.head_dim), cos, sin)
         v = self.v_proj(x).view(t, self.n_kv_heads, self.head_dim)
         if self.r3:
             q, k = sq.hadamard(q, self.hk), sq.hadamard(k, self.hk)
@@ -168,14 +173,21 @@ class ExportBlock(nn.Module):
         self.mlp_norm = nn.Buffer(block.post_attention_layernorm.weight.detach().float().clone())
         self.attn = ExportAttention(f"{name}.self_attn", block, max_seq_len)
         mlp = block.mlp
-        self.gate_proj, self.up_proj, self.down_proj = (
-            ExportLinear(f"{name}.mlp.{p}", getattr(mlp, p)) for p in ("gate_proj", "up_proj", "down_proj")
-        )
+        gate, up = (ExportLinear(f"{name}.mlp.{p}", getattr(mlp, p)) for p in ("gate_proj", "up_proj"))
+        self.gate_up = _concat_linears(name, gate, up)  # one GEMV streaming both weights
+        if self.gate_up is None:
+            self.gate_proj, self.up_proj = gate, up
+        self.down_proj = ExportLinear(f"{name}.mlp.down_proj", mlp.down_proj)
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, input_pos: Tensor, mask: Tensor) -> Tensor:
-        x = x + self.attn(_rms_norm(x, self.attn_norm, self.eps), cos, sin, input_pos, mask)
-        h = _rms_norm(x, self.mlp_norm, self.eps)
-        return x + self.down_proj(F.silu(self.gate_proj(h)) * self.up_proj(h))
+        x = x + self.attn(sq.rms_norm(x, self.attn_norm, self.eps), cos, sin, input_pos, mask)
+        h = sq.rms_norm(x, self.mlp_norm, self.eps)
+        return x + self.down_proj(self._act(h))
+
+    def _act(self, h: Tensor) -> Tensor:
+        if self.gate_up is not None:
+            return sq.silu_mul(self.gate_up(h))
+        return F.silu(self.gate_proj(h)) * self.up_proj(h)
 
 
 class ExportableDecoder(nn.Module):
@@ -206,7 +218,7 @@ class ExportableDecoder(nn.Module):
         mask = torch.where(visible, 0.0, float("-inf"))
         for layer in self.layers:
             x = layer(x, cos, sin, input_pos, mask)
-        return self.lm_head(_rms_norm(x, self.norm, self.args.norm_eps))[None]
+        return self.lm_head(sq.rms_norm(x, self.norm, self.args.norm_eps))[None]
 
     def reset_cache(self) -> None:
         """Zero every KV cache buffer (eager use)."""

@@ -11,6 +11,8 @@ plain PyTorch. The CPU implementation is the eager reference the native runtime 
 - `kv_attention(q, k, v, cache, input_pos, n_kv_heads, bits, group)`: quantize k, v into the layer's
   quantized KV cache (one uint8 buffer, see `kv_cache_layout`) at positions input_pos, then causal
   grouped-query attention of q over the cache. q [T, H, D], k/v [T, Hkv, D] -> [T, H, D].
+- `rms_norm(x, weight, eps)`, `rope(x, cos, sin)`, `silu_mul(gate_up)`: fused element-wise steps of the
+  decoder (one runtime op each instead of 3 to 10 portable ones).
 """
 
 from __future__ import annotations
@@ -233,4 +235,48 @@ def _kv_attention_fake(q, k, v, cache, input_pos, n_kv_heads, bits, group) -> Te
     return torch.empty_like(q)
 
 
-OPS = ("hadamard", "int4_linear", "kv_attention")
+# ---- small fused element-wise ops (fewer, cheaper steps per decoded token) --------------------------------
+
+_lib.define("rms_norm(Tensor x, Tensor weight, float eps) -> Tensor")
+_lib.define("rms_norm.out(Tensor x, Tensor weight, float eps, *, Tensor(a!) out) -> Tensor(a!)")
+_lib.define("rope(Tensor x, Tensor cos, Tensor sin) -> Tensor")
+_lib.define("rope.out(Tensor x, Tensor cos, Tensor sin, *, Tensor(a!) out) -> Tensor(a!)")
+_lib.define("silu_mul(Tensor gate_up) -> Tensor")
+_lib.define("silu_mul.out(Tensor gate_up, *, Tensor(a!) out) -> Tensor(a!)")
+
+
+def _rms_norm_ref(x: Tensor, weight: Tensor, eps: float) -> Tensor:
+    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * weight
+
+
+def _rope_ref(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """x [T, H, D], cos/sin [T, D]: HF rotate-half rotary embedding."""
+    half = x.shape[-1] // 2
+    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return x * cos[:, None] + rotated * sin[:, None]
+
+
+def _silu_mul_ref(gate_up: Tensor) -> Tensor:
+    """[..., 2F] (gate then up) -> silu(gate) * up [..., F]."""
+    gate, up = gate_up.chunk(2, dim=-1)
+    return F.silu(gate) * up
+
+
+def _register_elementwise(name: str, ref, fake) -> None:
+    torch.library.impl(_lib, name, "CPU")(ref)
+
+    def out_impl(*args, out):
+        y = ref(*args)
+        return out.resize_(y.shape).copy_(y)
+
+    torch.library.impl(_lib, f"{name}.out", "CPU")(out_impl)
+    torch.library.register_fake(f"{NAMESPACE}::{name}")(fake)
+
+
+_register_elementwise("rms_norm", _rms_norm_ref, lambda x, weight, eps: torch.empty_like(x))
+_register_elementwise("rope", _rope_ref, lambda x, cos, sin: torch.empty_like(x))
+_register_elementwise(
+    "silu_mul", _silu_mul_ref, lambda gate_up: gate_up.new_empty([*gate_up.shape[:-1], gate_up.shape[-1] // 2])
+)
+
+OPS = ("hadamard", "int4_linear", "kv_attention", "rms_norm", "rope", "silu_mul")
