@@ -33,7 +33,7 @@ int dtype_num(const std::string& name) {
 
 // Checks dtype and shape of `a` (a negative expected size matches anything) and returns it C-contiguous.
 py::array checked(const py::array& a, const char* name, const char* dtype, std::vector<py::ssize_t> shape) {
-  if (a.dtype().num() != dtype_num(dtype))
+  if (a.dtype().num() != dtype_num(dtype) || a.dtype().byteorder() == '>')
     throw py::value_error(std::string(name) + " must have dtype " + dtype + ", got " +
                           std::string(py::str(a.dtype())) + "; convert it with .astype(np." + dtype + ")");
   bool ok = a.ndim() == static_cast<py::ssize_t>(shape.size());

@@ -4,6 +4,7 @@
 //   spinquant::hadamard.out(x, hk, *, out)
 //   spinquant::int4_linear.out(x, qweight, scales, zeros?, bias?, group, act_bits, act_clip, *, out)
 //   spinquant::kv_attention.out(q, k, v, cache(a!), input_pos, n_kv_heads, bits, group, *, out)
+//   spinquant::attention.out(q, k_cache, v_cache, input_pos, *, out): float-cache attention (loops, here)
 //   spinquant::rms_norm.out / rope.out / silu_mul.out: fused element-wise steps (small loops, here)
 //
 // Weights arrive in the int4 storage layout (docs/INT4_FORMAT.md); they are prepacked once into the kernels'
@@ -16,6 +17,7 @@
 
 #include <array>
 #include <atomic>
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <map>
@@ -356,8 +358,71 @@ Tensor& silu_mul_out(KernelRuntimeContext& ctx, const Tensor& gate_up, Tensor& o
   return out;
 }
 
+// ---- attention over float caches -----------------------------------------------------------------------
+// A float-cache counterpart of kernels/' quant_kv_attention (which handles 4/8-bit caches only); it reads only
+// the positions each query sees instead of the whole cache.
+
+void attend_float(const float* q, int64_t r, const float* k, const float* v, int64_t len, int64_t D, float scale,
+                  float* out, std::vector<float>& p) {
+  p.resize(len);
+  for (int64_t i = 0; i < r; ++i) {
+    const float* qi = q + i * D;
+    float mx = -INFINITY;
+    for (int64_t j = 0; j < len; ++j) {
+      const float* kj = k + j * D;
+      float dot = 0.0f;
+      for (int64_t d = 0; d < D; ++d) dot += qi[d] * kj[d];
+      p[j] = dot * scale;
+      mx = std::max(mx, p[j]);
+    }
+    float sum = 0.0f;
+    for (int64_t j = 0; j < len; ++j) sum += (p[j] = std::exp(p[j] - mx));
+    float* oi = out + i * D;
+    std::fill(oi, oi + D, 0.0f);
+    for (int64_t j = 0; j < len; ++j) {
+      const float w = p[j] / sum;
+      const float* vj = v + j * D;
+      for (int64_t d = 0; d < D; ++d) oi[d] += w * vj[d];
+    }
+  }
+}
+
+Tensor& attention_out(KernelRuntimeContext& ctx, const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
+                      const Tensor& input_pos, Tensor& out) {
+  if (!check(ctx, q.scalar_type() == ScalarType::Float && k_cache.scalar_type() == ScalarType::Float &&
+                      v_cache.scalar_type() == ScalarType::Float && q.dim() == 3 && k_cache.dim() == 3 &&
+                      v_cache.dim() == 3,
+             "attention: q [T, H, D] and caches [Hkv, S, D] must be float32") ||
+      !check(ctx, k_cache.size(0) == v_cache.size(0) && k_cache.size(1) == v_cache.size(1) &&
+                      k_cache.size(2) == q.size(2) && v_cache.size(2) == q.size(2) &&
+                      q.size(1) % k_cache.size(0) == 0,
+             "attention: cache shapes do not match q") ||
+      !check(ctx, input_pos.scalar_type() == ScalarType::Long && input_pos.numel() == q.size(0),
+             "attention: input_pos must be int64 [T]") ||
+      !resize(ctx, out, sizes_of(q)))
+    return out;
+  const int64_t T = q.size(0), H = q.size(1), D = q.size(2), hkv = k_cache.size(0), S = k_cache.size(1);
+  const int64_t r = H / hkv;
+  const int64_t* pos = input_pos.const_data_ptr<int64_t>();
+  for (int64_t t = 0; t < T; ++t)
+    if (!check(ctx, pos[t] >= 0 && pos[t] < S, "attention: a position exceeds the cache (max_seq_len)")) return out;
+  const float scale = 1.0f / std::sqrt(static_cast<float>(D));
+  const float* qp = q.const_data_ptr<float>();
+  float* op = out.mutable_data_ptr<float>();
+  spinquant::parallel_for(T * hkv, g_threads.load(), [&](int64_t i0, int64_t i1) {
+    std::vector<float> p;
+    for (int64_t i = i0; i < i1; ++i) {
+      const int64_t t = i / hkv, h = i % hkv, off = (t * H + h * r) * D;
+      attend_float(qp + off, r, k_cache.const_data_ptr<float>() + h * S * D,
+                   v_cache.const_data_ptr<float>() + h * S * D, pos[t] + 1, D, scale, op + off, p);
+    }
+  });
+  return out;
+}
+
 }  // namespace
 
+EXECUTORCH_LIBRARY(spinquant, "attention.out", attention_out);
 EXECUTORCH_LIBRARY(spinquant, "rms_norm.out", rms_norm_out);
 EXECUTORCH_LIBRARY(spinquant, "rope.out", rope_out);
 EXECUTORCH_LIBRARY(spinquant, "silu_mul.out", silu_mul_out);

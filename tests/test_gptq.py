@@ -118,3 +118,13 @@ def test_bad_calibration_tokens():
         gptq_quantize_model(model, cfg, torch.zeros(2, 8), progress=False)
     with pytest.raises(ValueError, match=r"ids in \[0, 256\)"):
         gptq_quantize_model(model, cfg, torch.full((2, 8), 999), progress=False)
+
+
+def test_upper_inverse_cholesky():
+    from spinquant.quant.gptq import _upper_inverse_cholesky
+
+    h = hessian(correlated_inputs(200, 24, 7)).double()
+    u = _upper_inverse_cholesky(h, 0.01)
+    assert torch.equal(u, u.triu()) and (u.diagonal() > 0).all()
+    damped = h + 0.01 * h.diagonal().mean() * torch.eye(24, dtype=torch.float64)
+    torch.testing.assert_close(u.T @ u, torch.linalg.inv(damped))

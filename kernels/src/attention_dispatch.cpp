@@ -88,6 +88,9 @@ void QuantKVCache::append(const float* k, const float* v, int64_t T, int64_t sta
   if (T == 0) return;
   if (k == nullptr || v == nullptr) fail("append: null k or v");
   const int64_t row_floats = n_kv_heads_ * head_dim_;
+  for (const float* x : {k, v})  // checked up front: a failed append leaves the stored positions untouched
+    if (!std::all_of(x, x + T * row_floats, [](float f) { return std::isfinite(f); }))
+      fail("append: k / v contain NaN or infinity");
   std::vector<float> rotated;
   if (rotate_) {  // R3: keys Hadamard-transformed before quantization
     rotated.assign(k, k + T * row_floats);

@@ -1,5 +1,6 @@
 // The int4 dispatch table and the driver shared by every ISA: validate, quantize or pad the
 // activations per token, then split (tokens x row blocks) over the thread pool.
+#include <algorithm>
 #include <stdexcept>
 #include <string>
 #include <vector>

@@ -1,4 +1,5 @@
 // Storage format <-> packed layout (see spinquant/int4.h), float16 helpers, dequantize.
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <stdexcept>
@@ -94,6 +95,9 @@ PackedInt4 prepack(const uint8_t* qweight, const uint16_t* scales_f16, const uin
                               ", K=" + std::to_string(K) + ")");
   check(group >= 1, "int4 prepack: group must be >= 1 (use group = K for per-channel scales)");
   check(qweight != nullptr && scales_f16 != nullptr, "int4 prepack: qweight and scales are required");
+  // int32 group sums: 255 * 15 * group must stay below 2^31.
+  check(std::min(group, K) <= 500000, "int4 prepack: group " + std::to_string(std::min(group, K)) +
+                                          " is too long for int32 sums; use groups of at most 500000 inputs");
   PackedInt4 w;
   w.N = N;
   w.K = K;

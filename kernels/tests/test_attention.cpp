@@ -217,8 +217,11 @@ void check_errors() {
   expect_invalid([&] { quant_kv_attention(c, q.data(), 1, 0, 0, out.data()); }, "no query heads");
   QuantKVCache c2(2, 32, 4, 8, 32);
   expect_invalid([&] { quant_kv_attention(c2, q.data(), 0, 3, 0, out.data()); }, "3 heads over 2 kv heads");
-  kv[3] = std::nanf("");
-  expect_invalid([&] { c.append(kv.data(), kv.data(), 1, 2); }, "NaN");
+  const std::vector<uint8_t> before(c.codes(0), c.codes(0) + 2 * c.row_bytes());
+  std::vector<float> bad(2 * 32, -0.25f);
+  bad[40] = std::nanf("");  // the second token: a failed overwrite must leave the first one untouched too
+  expect_invalid([&] { c.append(bad.data(), bad.data(), 2, 0); }, "NaN");
+  CHECK(std::equal(before.begin(), before.end(), c.codes(0)) && c.length() == 2, "failed append changed the cache");
 }
 
 }  // namespace

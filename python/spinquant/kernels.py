@@ -6,6 +6,7 @@ import contextlib
 import warnings
 from collections.abc import Iterator
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -96,7 +97,7 @@ class Int4Linear(nn.Module):
         return f"in={self.in_features}, out={self.out_features}, group={self.native.group}, act_bits={self.act_bits}"
 
 
-def _as_numpy(t: Tensor, name: str):
+def _as_numpy(t: Tensor, name: str) -> np.ndarray:
     """CPU tensor -> numpy array sharing memory (dtype and shape are checked by the native module)."""
     if not isinstance(t, Tensor):
         raise ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}")

@@ -133,13 +133,13 @@ class ExportAttention(nn.Module):
         self.kv_bits, self.kv_group = _kv_bits(name, attn)
         hkv, d = self.n_kv_heads, self.head_dim
         if self.kv_bits == 16:
-            self.register_buffer("k_cache", torch.zeros(hkv, d, max_seq_len))  # keys transposed: q @ K^T is a bmm
+            self.register_buffer("k_cache", torch.zeros(hkv, max_seq_len, d))
             self.register_buffer("v_cache", torch.zeros(hkv, max_seq_len, d))
         else:
             lay = kv_cache_layout(hkv, max_seq_len, d, self.kv_bits, self.kv_group)
             self.register_buffer("kv_cache", torch.zeros(lay.nbytes, dtype=torch.uint8))
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, input_pos: Tensor, mask: Tensor) -> Tensor:
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, input_pos: Tensor) -> Tensor:
         t = x.shape[0]
         q = sq.rope(self.q_proj(x).view(t, self.n_heads, self.head_dim), cos, sin)
         k = sq.rope(self.k_proj(x).view(t, self.n_kv_heads, self.head_dim), cos, sin)
@@ -147,22 +147,15 @@ class ExportAttention(nn.Module):
         if self.r3:
             q, k = sq.hadamard(q, self.hk), sq.hadamard(k, self.hk)
         if self.kv_bits == 16:
-            out = self._float_attention(q, k, v, input_pos, mask)
+            out = self._float_attention(q, k, v, input_pos)
         else:
             out = sq.kv_attention(q, k, v, self.kv_cache, input_pos, self.n_kv_heads, self.kv_bits, self.kv_group)
         return self.o_proj(out.reshape(t, self.n_heads * self.head_dim))
 
-    def _float_attention(self, q: Tensor, k: Tensor, v: Tensor, input_pos: Tensor, mask: Tensor) -> Tensor:
-        t, hkv, d = k.shape
-        r = self.n_heads // hkv
-        self.k_cache[:, :, input_pos] = k.permute(1, 2, 0)
+    def _float_attention(self, q: Tensor, k: Tensor, v: Tensor, input_pos: Tensor) -> Tensor:
+        self.k_cache[:, input_pos] = k.transpose(0, 1)
         self.v_cache[:, input_pos] = v.transpose(0, 1)
-        qh = q.view(t, hkv, r, d).permute(1, 2, 0, 3).reshape(hkv, r * t, d)
-        scores = torch.bmm(qh, self.k_cache) * (1.0 / math.sqrt(d))  # [Hkv, r*T, S]
-        scores = scores.view(hkv, r, t, -1) + mask
-        probs = torch.softmax(scores, dim=-1).view(hkv, r * t, -1)
-        out = torch.bmm(probs, self.v_cache).view(hkv, r, t, d)
-        return out.permute(2, 0, 1, 3)
+        return sq.attention(q, self.k_cache, self.v_cache, input_pos)
 
 
 class ExportBlock(nn.Module):
@@ -179,8 +172,8 @@ class ExportBlock(nn.Module):
             self.gate_proj, self.up_proj = gate, up
         self.down_proj = ExportLinear(f"{name}.mlp.down_proj", mlp.down_proj)
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, input_pos: Tensor, mask: Tensor) -> Tensor:
-        x = x + self.attn(sq.rms_norm(x, self.attn_norm, self.eps), cos, sin, input_pos, mask)
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, input_pos: Tensor) -> Tensor:
+        x = x + self.attn(sq.rms_norm(x, self.attn_norm, self.eps), cos, sin, input_pos)
         h = sq.rms_norm(x, self.mlp_norm, self.eps)
         return x + self.down_proj(self._act(h))
 
@@ -209,15 +202,12 @@ class ExportableDecoder(nn.Module):
         )
         self.norm = nn.Buffer(model.norm.weight.detach().float().clone())
         self.lm_head = ExportLinear("lm_head", model.lm_head)
-        self.register_buffer("positions", torch.arange(max_seq_len))
 
     def forward(self, tokens: Tensor, input_pos: Tensor) -> Tensor:
         x = F.embedding(tokens[0], self.embed)  # [T, dim]
         cos, sin = self.cos[input_pos], self.sin[input_pos]
-        visible = self.positions[None, :] <= input_pos[:, None]  # [T, S]
-        mask = torch.where(visible, 0.0, float("-inf"))
         for layer in self.layers:
-            x = layer(x, cos, sin, input_pos, mask)
+            x = layer(x, cos, sin, input_pos)
         return self.lm_head(sq.rms_norm(x, self.norm, self.args.norm_eps))[None]
 
     def reset_cache(self) -> None:

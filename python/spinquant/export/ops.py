@@ -13,6 +13,8 @@ plain PyTorch. The CPU implementation is the eager reference the native runtime 
   grouped-query attention of q over the cache. q [T, H, D], k/v [T, Hkv, D] -> [T, H, D].
 - `rms_norm(x, weight, eps)`, `rope(x, cos, sin)`, `silu_mul(gate_up)`: fused element-wise steps of the
   decoder (one runtime op each instead of 3 to 10 portable ones).
+- `attention(q, k_cache, v_cache, input_pos)`: causal GQA attention over float caches [Hkv, S, D] that the
+  graph has already updated (reads positions 0 .. input_pos[t] only).
 """
 
 from __future__ import annotations
@@ -279,4 +281,28 @@ _register_elementwise(
     "silu_mul", _silu_mul_ref, lambda gate_up: gate_up.new_empty([*gate_up.shape[:-1], gate_up.shape[-1] // 2])
 )
 
-OPS = ("hadamard", "int4_linear", "kv_attention", "rms_norm", "rope", "silu_mul")
+# ---- attention over float caches ------------------------------------------------------------------------
+
+_lib.define("attention(Tensor q, Tensor k_cache, Tensor v_cache, Tensor input_pos) -> Tensor")
+_lib.define(
+    "attention.out(Tensor q, Tensor k_cache, Tensor v_cache, Tensor input_pos, *, Tensor(a!) out) -> Tensor(a!)"
+)
+
+
+def _attention_ref(q: Tensor, k_cache: Tensor, v_cache: Tensor, input_pos: Tensor) -> Tensor:
+    """q [T, H, D] at positions input_pos over float caches [Hkv, S, D] (already holding those positions)."""
+    length = int(input_pos.max()) + 1
+    mask = torch.arange(length)[None, :] <= input_pos[:, None]
+    out = F.scaled_dot_product_attention(
+        q.transpose(0, 1)[None],
+        k_cache[None, :, :length],
+        v_cache[None, :, :length],
+        attn_mask=mask,
+        enable_gqa=q.shape[1] != k_cache.shape[0],
+    )
+    return out[0].transpose(0, 1).contiguous()
+
+
+_register_elementwise("attention", _attention_ref, lambda q, k_cache, v_cache, input_pos: torch.empty_like(q))
+
+OPS = ("hadamard", "int4_linear", "kv_attention", "rms_norm", "rope", "silu_mul", "attention")

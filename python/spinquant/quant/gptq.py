@@ -55,17 +55,18 @@ class HessianAccumulator:
 
 
 def _upper_inverse_cholesky(h: Tensor, damp: float) -> Tensor:
-    """Upper Cholesky factor of (H + damp * mean(diag H) * I)^-1, in float64; retries with 10x damping."""
+    """Upper U with U^T U = (H + damp * mean(diag H) * I)^-1, float64; retries with 10x more damping.
+
+    With J the order reversal and J H J = L L^T: U = J L^-1 J (cheaper than inverting H, then factoring).
+    """
     h = h.double()
     eye = torch.eye(h.shape[0], dtype=torch.float64)
     mean_diag = h.diagonal().mean()
     for attempt in range(_MAX_DAMP_RETRIES + 1):
-        chol, info = torch.linalg.cholesky_ex(h + (damp * 10**attempt) * mean_diag * eye)
+        damped = h + (damp * 10**attempt) * mean_diag * eye
+        lower, info = torch.linalg.cholesky_ex(damped.flip(0, 1))
         if info == 0:
-            inverse = torch.cholesky_inverse(chol)
-            upper, info = torch.linalg.cholesky_ex(inverse, upper=True)
-            if info == 0:
-                return upper
+            return torch.linalg.solve_triangular(lower, eye, upper=False).flip(0, 1)
     worst = damp * 10**_MAX_DAMP_RETRIES
     raise ValueError(f"the Hessian is not positive definite even with damping {worst:g}; check the inputs")
 
