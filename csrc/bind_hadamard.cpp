@@ -24,15 +24,27 @@ int64_t read_hk(const py::object& hk, py::array_t<int8_t, py::array::c_style>* k
   return keep->shape(0);
 }
 
-// x: writeable C-contiguous float32 with at least one axis; returns the number of rows of length n.
+// x: writeable C-contiguous float32 or float16 with at least one axis; returns the number of rows of length n.
 int64_t check_x(py::array& x, int64_t n) {
-  if (x.dtype().kind() != 'f' || x.itemsize() != 4)
-    throw py::value_error("hadamard: x must be float32 (convert with .float())");
+  if (x.dtype().kind() != 'f' || (x.itemsize() != 4 && x.itemsize() != 2))
+    throw py::value_error("hadamard: x must be float32 or float16 (convert with .float())");
   if (!(x.flags() & py::array::c_style)) throw py::value_error("hadamard: x must be C-contiguous (.contiguous())");
   if (!x.writeable()) throw py::value_error("hadamard: x must be writeable (the transform is in place)");
   if (x.ndim() < 1 || x.shape(x.ndim() - 1) != n)
     throw py::value_error("hadamard: the last axis of x must have length n=" + std::to_string(n));
   return n == 0 ? 0 : x.size() / n;
+}
+
+// In place, GIL released; float16 storage goes through the fp32 transform and rounds back.
+void apply(const spinquant::HadamardTransform& t, py::array& x, int threads) {
+  const int64_t rows = check_x(x, t.n());
+  void* data = x.mutable_data();
+  const bool half = x.itemsize() == 2;
+  py::gil_scoped_release release;
+  if (half)
+    t.apply_f16(static_cast<uint16_t*>(data), rows, threads);
+  else
+    t.apply(static_cast<float*>(data), rows, threads);
 }
 
 }  // namespace
@@ -50,13 +62,8 @@ void bind_hadamard(py::module_& m) {
       .def_property_readonly("K", &spinquant::HadamardTransform::K)
       .def(
           "apply_",
-          [](const spinquant::HadamardTransform& t, py::array x, int threads) {
-            const int64_t rows = check_x(x, t.n());
-            float* data = static_cast<float*>(x.mutable_data());
-            py::gil_scoped_release release;
-            t.apply(data, rows, threads);
-          },
-          py::arg("x"), py::arg("threads") = 0, "In place over the last axis of x (float32, C-contiguous).");
+          [](const spinquant::HadamardTransform& t, py::array x, int threads) { apply(t, x, threads); },
+          py::arg("x"), py::arg("threads") = 0, "In place over the last axis of x (float32 or float16, C-contiguous).");
   m.def(
       "hadamard_transform_",
       [](py::array x, const py::object& hk, int threads) {
@@ -64,14 +71,11 @@ void bind_hadamard(py::module_& m) {
         const int64_t K = read_hk(hk, &keep);
         if (x.ndim() < 1) throw py::value_error("hadamard: x needs at least one axis");
         const int64_t n = x.shape(x.ndim() - 1);
-        const spinquant::HadamardTransform t(n, hk.is_none() ? nullptr : keep.data(), K);
-        const int64_t rows = check_x(x, n);
-        float* data = static_cast<float*>(x.mutable_data());
-        py::gil_scoped_release release;
-        t.apply(data, rows, threads);
+        apply(spinquant::HadamardTransform(n, hk.is_none() ? nullptr : keep.data(), K), x, threads);
       },
       py::arg("x"), py::arg("hk") = py::none(), py::arg("threads") = 0,
-      "y = x @ (kron(hk, H_m) / sqrt(n)).T in place over the last axis (n = K * 2^k); hk int8 [K, K] or None.");
+      "y = x @ (kron(hk, H_m) / sqrt(n)).T in place over the last axis (n = K * 2^k; float32 or float16); hk\n"
+      "int8 [K, K] or None.");
 }
 
 }  // namespace spinquant_py

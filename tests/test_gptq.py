@@ -5,7 +5,7 @@ import torch
 
 from spinquant.model import tiny_model
 from spinquant.quant import QuantConfig, gptq_quantize, gptq_quantize_model, quantize_weight_rtn
-from spinquant.quant.gptq import HessianAccumulator
+from spinquant.quant.gptq import HessianAccumulator, _upper_inverse_cholesky
 
 
 def correlated_inputs(n, k, seed):
@@ -121,8 +121,6 @@ def test_bad_calibration_tokens():
 
 
 def test_upper_inverse_cholesky():
-    from spinquant.quant.gptq import _upper_inverse_cholesky
-
     h = hessian(correlated_inputs(200, 24, 7)).double()
     u = _upper_inverse_cholesky(h, 0.01)
     assert torch.equal(u, u.triu()) and (u.diagonal() > 0).all()

@@ -61,6 +61,18 @@ def test_explicit_hk_threads_and_leading_dims() -> None:
     torch.testing.assert_close(one.double(), hadamard_transform(x.double()), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("n", [64, 1536, 14336])
+def test_float16_storage_is_the_rounded_fp32_transform(n: int) -> None:
+    x16 = (rand(3, n, 5) * 4).half()
+    want = kernels.FastHadamard(n)(x16.float()).half()  # torch rounds to nearest even
+    for isa in kernels.supported_isas():
+        with kernels.use_isa(isa):
+            assert torch.equal(kernels.FastHadamard(n).apply_(x16.clone()), want), isa
+    k, hk = base_hadamard(n)
+    got = kernels.hadamard_transform_(x16.clone(), hk if k > 1 else None)
+    assert torch.equal(got, want)
+
+
 @settings(max_examples=25, deadline=None)
 @given(
     k=st.sampled_from([1, 12, 20, 28, 36, 44, 60]),

@@ -68,6 +68,22 @@ void HadamardTransform::apply(float* x, int64_t rows, int threads) const {
   });
 }
 
+void HadamardTransform::apply_f16(uint16_t* x, int64_t rows, int threads) const {
+  if (rows < 0) throw std::invalid_argument("hadamard: rows must be >= 0, got " + std::to_string(rows));
+  if (rows == 0) return;
+  if (x == nullptr) throw std::invalid_argument("hadamard: null data pointer");
+  const detail::HadamardRowFn row = detail::hadamard_row_kernel();
+  const detail::HalfConverters cvt = detail::half_converters();
+  parallel_for(rows, pick_threads(threads, rows, n_), [&](int64_t r0, int64_t r1) {
+    std::vector<float> buf(static_cast<size_t>(2 * n_));  // the widened row, then the K-mixing scratch
+    for (int64_t r = r0; r < r1; ++r) {
+      cvt.widen(x + r * n_, buf.data(), n_);
+      row(buf.data(), *this, buf.data() + n_);
+      cvt.narrow(buf.data(), x + r * n_, n_);
+    }
+  });
+}
+
 void hadamard_transform(float* x, int64_t rows, int64_t n, const int8_t* hk, int64_t K, int threads) {
   HadamardTransform(n, hk, K).apply(x, rows, threads);
 }
@@ -85,6 +101,20 @@ HadamardRowFn hadamard_row_kernel() {
     case Isa::Neon: return hadamard_row_neon;
 #endif
     default: return hadamard_row_ref;
+  }
+}
+
+HalfConverters half_converters() {
+  switch (active_isa()) {
+#if defined(__x86_64__)
+    case Isa::Avx512:
+    case Isa::Avx2: return {widen_f16_avx2, narrow_f16_avx2};
+#elif defined(__aarch64__)
+    case Isa::I8mm:
+    case Isa::Dotprod:
+    case Isa::Neon: return {widen_f16_neon, narrow_f16_neon};
+#endif
+    default: return {widen_f16_ref, narrow_f16_ref};
   }
 }
 

@@ -208,6 +208,66 @@ void check_threads() {
   CHECK(std::memcmp(a.data(), b.data(), sizeof(float) * a.size()) == 0, "3 threads differ from 1");
 }
 
+void check_f16() {
+  for (uint32_t h = 0; h < 65536; ++h) {  // every half survives the round trip (NaNs stay NaN)
+    const float f = half_to_float(static_cast<uint16_t>(h));
+    const uint16_t back = float_to_half(f);
+    if (std::isnan(f))
+      CHECK((back & 0x7C00) == 0x7C00 && (back & 0x3FF) != 0, "NaN 0x%04x -> 0x%04x", h, back);
+    else
+      CHECK(back == h, "half 0x%04x -> %g -> 0x%04x", h, f, back);
+  }
+  const struct {
+    float f;
+    uint16_t h;
+  } cases[] = {{1.0f + 0x1p-11f, 0x3C00}, {1.0f + 3 * 0x1p-11f, 0x3C02}, {1.0f + 0x1p-11f + 0x1p-20f, 0x3C01},
+               {65504.0f, 0x7BFF},        {65519.99f, 0x7BFF},            {65520.0f, 0x7C00},
+               {-1e9f, 0xFC00},           {0x1p-25f, 0x0000},             {3 * 0x1p-25f, 0x0002},
+               {0x1p-14f - 0x1p-26f, 0x0400}, {-0.0f, 0x8000},            {2047.5f, 0x6800}};
+  for (const auto& c : cases)
+    CHECK(float_to_half(c.f) == c.h, "float_to_half(%a) = 0x%04x, expected 0x%04x", c.f, float_to_half(c.f), c.h);
+  // Every ISA's converters agree with the scalar ones bit for bit (NaN payloads aside).
+  std::vector<uint16_t> all(65536), back(65536);
+  std::vector<float> wide(65536), ref_wide(65536);
+  for (uint32_t h = 0; h < 65536; ++h) all[h] = static_cast<uint16_t>(h);
+  detail::widen_f16_ref(all.data(), ref_wide.data(), 65536);
+  for (const auto& c : cases) ref_wide.push_back(c.f);
+  for (Isa isa : isas()) {
+    force_isa(isa);
+    const detail::HalfConverters cvt = detail::half_converters();
+    cvt.widen(all.data(), wide.data(), 65536);
+    back.resize(ref_wide.size());
+    cvt.narrow(ref_wide.data(), back.data(), static_cast<int64_t>(ref_wide.size()));
+    int bad = 0;
+    for (size_t i = 0; i < 65536; ++i)
+      if (!std::isnan(ref_wide[i]) && std::memcmp(&wide[i], &ref_wide[i], 4) != 0) ++bad;
+    for (size_t i = 0; i < ref_wide.size(); ++i)
+      if (!std::isnan(ref_wide[i]) && back[i] != float_to_half(ref_wide[i])) ++bad;
+    CHECK(bad == 0, "isa=%s: %d fp16 conversions differ from the scalar ones", isa_name(isa), bad);
+  }
+  reset_isa();
+  // apply_f16 == widen, fp32 transform, round back -- on every ISA.
+  const Mat h12 = paley1(11);
+  for (int64_t n : {64, 1536}) {
+    const HadamardTransform t(n, n == 1536 ? h12.data() : nullptr, n == 1536 ? 12 : 1);
+    const std::vector<float> x = random_rows(3, n, 99);
+    std::vector<uint16_t> x16(x.size());
+    std::vector<float> want(x.size());
+    for (size_t i = 0; i < x.size(); ++i) want[i] = half_to_float(x16[i] = float_to_half(x[i]));
+    force_isa(Isa::Scalar);
+    t.apply(want.data(), 3, 1);
+    for (Isa isa : isas()) {
+      force_isa(isa);
+      std::vector<uint16_t> y = x16;
+      t.apply_f16(y.data(), 3, 1);
+      bool same = true;
+      for (size_t i = 0; i < y.size(); ++i) same = same && y[i] == float_to_half(want[i]);
+      CHECK(same, "apply_f16 n=%lld isa=%s differs from the rounded fp32 transform", (long long)n, isa_name(isa));
+    }
+  }
+  reset_isa();
+}
+
 }  // namespace
 
 int main() {
@@ -220,6 +280,7 @@ int main() {
     for (int64_t m = 1; cases[i].K * m <= 16384; m *= 2) check_size(cases[i], cases[i].K * m, seed++);
   check_errors();
   check_threads();
+  check_f16();
   if (g_failures) {
     std::fprintf(stderr, "%d failure(s)\n", g_failures);
     return 1;

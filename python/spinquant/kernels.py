@@ -110,12 +110,12 @@ def _as_numpy(t: Tensor, name: str) -> np.ndarray:
 
 
 def _inplace_numpy(x: Tensor, name: str):
-    """A float32 contiguous CPU tensor -> numpy view for an in-place kernel (no silent copy)."""
+    """A float32 / float16 contiguous CPU tensor -> numpy view for an in-place kernel (no silent copy)."""
     if not isinstance(x, Tensor):
         raise ValueError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-    if x.device.type != "cpu" or x.dtype != torch.float32 or not x.is_contiguous():
+    if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float16) or not x.is_contiguous():
         raise ValueError(
-            f"{name} must be a contiguous float32 CPU tensor for an in-place transform, got "
+            f"{name} must be a contiguous float32 or float16 CPU tensor for an in-place transform, got "
             f"{x.dtype} on {x.device} (contiguous={x.is_contiguous()}); use .float().contiguous()"
         )
     return x.detach().numpy()
@@ -137,7 +137,10 @@ class FastHadamard:
         self.native = _kernels.HadamardTransform(n, None if k == 1 else hk.numpy())
 
     def apply_(self, x: Tensor) -> Tensor:
-        """In place over the last dim of a contiguous float32 CPU tensor; returns x."""
+        """In place over the last dim of a contiguous float32 or float16 CPU tensor; returns x.
+
+        float16 is transformed in fp32 and rounded back (to nearest even).
+        """
         self.native.apply_(_inplace_numpy(x, "x"), self.threads)
         return x
 

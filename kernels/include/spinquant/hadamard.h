@@ -8,7 +8,9 @@
 // scalar reference.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <vector>
 
 namespace spinquant {
@@ -22,6 +24,9 @@ class HadamardTransform {
 
   // In place over `rows` contiguous rows of n floats; threads <= 0 uses every core for big batches.
   void apply(float* x, int64_t rows, int threads = 0) const;
+  // The same over IEEE fp16 storage (bits in uint16_t): each row widened to fp32, transformed, rounded back
+  // to nearest even -- exactly the fp32 result rounded to fp16.
+  void apply_f16(uint16_t* x, int64_t rows, int threads = 0) const;
 
   int64_t n() const { return n_; }
   int64_t K() const { return K_; }
@@ -39,6 +44,34 @@ class HadamardTransform {
 // One-shot convenience: validates and applies (prefer HadamardTransform for repeated calls).
 void hadamard_transform(float* x, int64_t rows, int64_t n, const int8_t* hk, int64_t K, int threads = 0);
 
+// IEEE binary16 <-> binary32 (round to nearest even; NaN stays NaN, overflow gives infinity).
+inline float half_to_float(uint16_t h) {
+  const uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16, exp = (h >> 10) & 0x1Fu, mant = h & 0x3FFu;
+  if (exp == 0) {  // zero or subnormal: mant * 2^-24 is exact in float
+    const float mag = static_cast<float>(mant) * 0x1p-24f;
+    return sign ? -mag : mag;
+  }
+  const uint32_t bits = sign | (exp == 31 ? 0x7F800000u | (mant << 13) : ((exp + 112) << 23) | (mant << 13));
+  float f;
+  std::memcpy(&f, &bits, 4);
+  return f;
+}
+
+inline uint16_t float_to_half(float f) {
+  uint32_t bits;
+  std::memcpy(&bits, &f, 4);
+  const uint16_t sign = static_cast<uint16_t>((bits >> 16) & 0x8000u);
+  const float a = std::fabs(f);
+  if (std::isnan(f)) return static_cast<uint16_t>(sign | 0x7E00u | ((bits >> 13) & 0x3FFu));
+  if (a >= 65520.0f) return static_cast<uint16_t>(sign | 0x7C00u);  // rounds past the largest half, 65504
+  if (a < 6.103515625e-05f)  // below 2^-14: subnormal, in units of 2^-24 (1024 units is the smallest normal)
+    return static_cast<uint16_t>(sign | static_cast<uint16_t>(std::nearbyint(a * 0x1p24f)));
+  const uint32_t m = bits & 0x7FFFFFu, rem = m & 0x1FFFu;
+  uint32_t h = ((((bits >> 23) & 0xFFu) - 112) << 10) | (m >> 13);
+  if (rem > 0x1000u || (rem == 0x1000u && (h & 1u))) ++h;  // to nearest even; a carry moves into the exponent
+  return static_cast<uint16_t>(sign | h);
+}
+
 // True if hk (row-major [K * K]) has entries +-1 and H H^T = K I.
 bool is_hadamard_matrix(const int8_t* hk, int64_t K);
 
@@ -55,6 +88,23 @@ void hadamard_row_neon(float* x, const HadamardTransform& t, float* scratch);
 #endif
 // The row kernel for the active ISA (see cpu.h).
 HadamardRowFn hadamard_row_kernel();
+
+// fp16 <-> fp32 over n values, per ISA (F16C, NEON fcvt); bit-identical to half_to_float / float_to_half
+// except for NaN payloads.
+struct HalfConverters {
+  void (*widen)(const uint16_t* in, float* out, int64_t n);
+  void (*narrow)(const float* in, uint16_t* out, int64_t n);
+};
+HalfConverters half_converters();
+void widen_f16_ref(const uint16_t* in, float* out, int64_t n);
+void narrow_f16_ref(const float* in, uint16_t* out, int64_t n);
+#if defined(__x86_64__)
+void widen_f16_avx2(const uint16_t* in, float* out, int64_t n);
+void narrow_f16_avx2(const float* in, uint16_t* out, int64_t n);
+#elif defined(__aarch64__)
+void widen_f16_neon(const uint16_t* in, float* out, int64_t n);
+void narrow_f16_neon(const float* in, uint16_t* out, int64_t n);
+#endif
 }  // namespace detail
 
 }  // namespace spinquant

@@ -37,4 +37,17 @@ void hadamard_row_neon(float* x, const HadamardTransform& t, float* scratch) {
   if (!HadamardSimd<Neon>::row(x, t, scratch)) hadamard_row_ref(x, t, scratch);
 }
 
+void widen_f16_neon(const uint16_t* in, float* out, int64_t n) {
+  int64_t i = 0;
+  for (; i + 4 <= n; i += 4) vst1q_f32(out + i, vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(in + i))));
+  widen_f16_ref(in + i, out + i, n - i);
+}
+
+// fcvtn rounds by FPCR: to nearest even unless the program changed the rounding mode.
+void narrow_f16_neon(const float* in, uint16_t* out, int64_t n) {
+  int64_t i = 0;
+  for (; i + 4 <= n; i += 4) vst1_u16(out + i, vreinterpret_u16_f16(vcvt_f16_f32(vld1q_f32(in + i))));
+  narrow_f16_ref(in + i, out + i, n - i);
+}
+
 }  // namespace spinquant::detail

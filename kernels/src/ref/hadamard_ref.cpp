@@ -38,4 +38,12 @@ void hadamard_row_ref(float* x, const HadamardTransform& t, float* scratch) {
   std::memcpy(x, scratch, sizeof(float) * static_cast<size_t>(K * m));
 }
 
+void widen_f16_ref(const uint16_t* in, float* out, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) out[i] = half_to_float(in[i]);
+}
+
+void narrow_f16_ref(const float* in, uint16_t* out, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) out[i] = float_to_half(in[i]);
+}
+
 }  // namespace spinquant::detail

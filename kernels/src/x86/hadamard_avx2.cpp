@@ -37,4 +37,20 @@ void hadamard_row_avx2(float* x, const HadamardTransform& t, float* scratch) {
   if (!HadamardSimd<Avx2>::row(x, t, scratch)) hadamard_row_ref(x, t, scratch);
 }
 
+// F16C (part of this file's flags; AVX-512 uses it too).
+void widen_f16_avx2(const uint16_t* in, float* out, int64_t n) {
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    _mm256_storeu_ps(out + i, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(in + i))));
+  widen_f16_ref(in + i, out + i, n - i);
+}
+
+void narrow_f16_avx2(const float* in, uint16_t* out, int64_t n) {
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(out + i),
+                     _mm256_cvtps_ph(_mm256_loadu_ps(in + i), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+  narrow_f16_ref(in + i, out + i, n - i);
+}
+
 }  // namespace spinquant::detail

@@ -9,6 +9,7 @@ already loaded, because other work on these cores halves the speed.
 from __future__ import annotations
 
 import json
+import math
 import os
 import statistics
 import time
@@ -17,6 +18,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 VARIANTS = ("fp32_eager", "xnnpack_8da4w", "w4a8_no_had", "w4a8_had", "w4a4kv4_had")
 PROMPT = (
@@ -26,6 +28,7 @@ PROMPT = (
 # Memory bandwidth of this machine (docs: FACTS "Performance anchors"): ~26-31 GB/s on one core, ~45-50 on two.
 BANDWIDTH_GBS = {1: 28.0, 2: 47.0}
 LOAD_LIMIT = 0.5
+PPL_VARIANT = "w4a8_no_had"  # the program whose perplexity is compared with its eager model
 
 
 @dataclass
@@ -153,21 +156,31 @@ def build_variant(name: str, model_path: str | None, out: Path, max_seq_len: int
         return PteRunner(path), time.perf_counter() - start, None
     mode, had = name.split("_", 1)
     cfg = mode_config(mode.upper())
-    prepare_model(model, cfg, had == "had", seed=seed)
+    runner_model = None
+    if not path.exists() or name == PPL_VARIANT:
+        runner_model = prepare_model(model, cfg, had == "had", seed=seed)
     if not path.exists():
         export_model(model, path, had=had == "had", tokenizer=tokenizer, max_seq_len=max_seq_len)
-    return PteRunner(path), time.perf_counter() - start, streamed_bytes(model)
+    runner = PteRunner(path)
+    runner.eager = runner_model
+    return runner, time.perf_counter() - start, streamed_bytes(model, cfg.w_group)
 
 
-def streamed_bytes(model) -> int:
-    """Bytes of weights one decode step must read: packed int4 (+ fp16 scales) or fp32, one embedding row."""
+def perplexity_pair(eager, pte, tokens: torch.Tensor) -> tuple[float, float]:
+    """(eager, .pte) perplexity of one window of tokens (next-token cross-entropy)."""
+    with torch.no_grad():
+        ref = F.cross_entropy(eager(tokens[None])[0, :-1], tokens[1:])
+    got = F.cross_entropy(pte.logits(tokens)[:-1], tokens[1:])
+    return math.exp(ref), math.exp(got)
+
+
+def streamed_bytes(model, group: int) -> int:
+    """Bytes of weights one decode step reads when every linear is int4 with fp16 scales: packed codes,
+    scales, and one embedding row."""
     total = model.args.dim * 4
     for _, lin in model.linears():
         n, k = lin.weight.shape
-        if lin.wq is None:
-            total += n * k * 4
-        else:
-            total += n * ((k + 1) // 2) + lin.wq.scales.numel() * 2
+        total += n * ((k + 1) // 2) + n * -(-k // group) * 2
     return total
 
 
@@ -237,12 +250,14 @@ def run_bench(
     runs: int = 5,
     max_seq_len: int = 256,
     seed: int = 0,
+    ppl_tokens: int = 256,
     log: Callable[[str], None] = print,
 ) -> list[Result]:
     """Build every variant, time it at each thread count, write results.{json,md} and decode.png to `out`."""
     from transformers import AutoTokenizer
 
     from spinquant import assets
+    from spinquant.data import test_windows
 
     unknown = sorted(set(variants) - set(VARIANTS))
     if unknown:
@@ -251,13 +266,17 @@ def run_bench(
         raise ValueError("prompt_len + new_tokens exceed max_seq_len")
     out.mkdir(parents=True, exist_ok=True)
     folder = model_path or str(assets.default_model_dir())
-    ids = prompt_ids(AutoTokenizer.from_pretrained(folder), prompt_len)
-    results, floors = [], {}
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    ids = prompt_ids(tokenizer, prompt_len)
+    results, floors, ppl = [], {}, None
     for name in variants:
         runner, seconds, nbytes = build_variant(name, model_path, out, max_seq_len, seed)
         log(f"{name}: ready in {seconds:.0f} s")
-        if name == "w4a8_no_had" and nbytes:
+        if name == PPL_VARIANT:
             floors = {t: nbytes / (BANDWIDTH_GBS[t] * 1e9) * 1e3 for t in threads if t in BANDWIDTH_GBS}
+            window = test_windows(tokenizer, min(ppl_tokens, max_seq_len), 1)[0]
+            ppl = perplexity_pair(runner.eager, runner.model, window)
+            log(f"{name}: perplexity on {len(window)} wiki tokens: eager {ppl[0]:.4f}, .pte {ppl[1]:.4f}")
         for t in threads:
             r = measure(runner, ids, t, new_tokens, runs, name)
             log(
@@ -267,6 +286,9 @@ def run_bench(
         if isinstance(runner, PteRunner):
             runner.close()
     table = markdown(results, floors)
+    if ppl is not None:
+        n = min(ppl_tokens, max_seq_len)
+        table += f"\nPerplexity of {PPL_VARIANT} on {n} wiki test tokens: eager {ppl[0]:.4f}, .pte {ppl[1]:.4f}\n"
     (out / "results.md").write_text(table)
     (out / "results.json").write_text(json.dumps([asdict(r) for r in results], indent=1))
     plot(results, out / "decode.png")

@@ -145,6 +145,7 @@ def bench_add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--runs", type=int, default=5, help="runs per setting (the median is reported)")
     p.add_argument("--max-seq-len", type=int, default=256)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--ppl-tokens", type=int, default=256, help="wiki test tokens for the eager vs .pte perplexity")
 
 
 def bench_main(a: argparse.Namespace) -> int:
@@ -160,5 +161,6 @@ def bench_main(a: argparse.Namespace) -> int:
         runs=a.runs,
         max_seq_len=a.max_seq_len,
         seed=a.seed,
+        ppl_tokens=a.ppl_tokens,
     )
     return 0

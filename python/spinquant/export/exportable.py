@@ -11,7 +11,6 @@ the down_proj input) run through `spinquant::hadamard`. The KV cache is float32 
 from __future__ import annotations
 
 import copy
-import math
 
 import torch
 import torch.nn.functional as F

@@ -1,0 +1,45 @@
+"""The benchmark's bookkeeping (no timing): streamed bytes, the table, the chart, the load warning, eager runner."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytest.importorskip("executorch")
+
+from spinquant.export import bench  # noqa: E402
+from spinquant.model import tiny_model  # noqa: E402
+
+
+def test_streamed_bytes_counts_int4_codes_scales_and_one_embedding_row():
+    model = tiny_model()
+    a = model.args
+    shapes = [(a.n_heads * a.head_dim, a.dim), (a.n_kv_heads * a.head_dim, a.dim), (a.n_kv_heads * a.head_dim, a.dim)]
+    shapes += [(a.dim, a.n_heads * a.head_dim), (a.hidden_dim, a.dim), (a.hidden_dim, a.dim), (a.dim, a.hidden_dim)]
+    per_layer = sum(n * k // 2 + n * -(-k // 32) * 2 for n, k in shapes)
+    lm_head = a.vocab_size * a.dim // 2 + a.vocab_size * (a.dim // 32) * 2
+    assert bench.streamed_bytes(model, 32) == a.n_layers * per_layer + lm_head + a.dim * 4
+
+
+def test_table_chart_and_load_warning(tmp_path, capsys, monkeypatch):
+    results = [bench.Result("w4a8_no_had", t, 3.0 / t, 100.0 * t, [3.0 / t], 0.1) for t in (1, 2)] + [
+        bench.Result("xnnpack_8da4w", 2, 5.7, 90.0, [5.7], 0.1)
+    ]
+    table = bench.markdown(results, {2: 1.5})
+    assert "| w4a8_no_had | 2 | 1.50 | 200 | 0.10 |" in table and "1.50 ms/token" in table
+    bench.plot(results, tmp_path / "decode.png")
+    assert (tmp_path / "decode.png").read_bytes()[:4] == b"\x89PNG"
+    monkeypatch.setattr(bench, "machine_load", lambda: 3.0)
+    assert bench.warn_if_loaded() == 3.0
+    assert "WARNING: load average 3.00" in capsys.readouterr().out
+
+
+def test_eager_runner_greedy_matches_model():
+    model = tiny_model()
+    runner = bench.EagerRunner(model, 32)
+    ids = [5, 6, 7, 8]
+    nxt = runner.forward(ids, 0)
+    with torch.no_grad():
+        assert nxt == int(model(torch.tensor([ids]))[0, -1].argmax())
+        assert runner.forward([nxt], 4) == int(model(torch.tensor([ids + [nxt]]))[0, -1].argmax())
+    assert bench.time_run(runner, ids, 3)[1] > 0
