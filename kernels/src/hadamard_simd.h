@@ -1,8 +1,8 @@
 // The SIMD fast Walsh-Hadamard transform, written once over a small vector-traits type V and
 // instantiated by each ISA file (hadamard_avx2.cpp, hadamard_avx512.cpp, hadamard_neon.cpp) with its
-// own compile flags. V provides: T, W (floats per vector), kRadix (vectors a pass: 8 or 16), kMixRows (H_K rows
-// per mixing block), load, store, add, sub, mul, fma(a, b, c) = a * b + c, set1, zero and inreg (the log2(W)
-// in-vector stages, strides ascending).
+// own compile flags. V provides: T, W (floats per vector), kRadix (vectors a pass: 8 or 16), kMixRows
+// (H_K rows per mixing block), load, store, add, sub, mul, fma(a, b, c) = a * b + c, set1, zero and inreg
+// (the log2(W) in-vector stages, strides ascending).
 // Stages run in the scalar reference's order (strides ascending; each stage a full set of butterflies),
 // so every element sees the same additions in the same order: results are bit-identical.
 #pragma once

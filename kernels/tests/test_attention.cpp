@@ -60,7 +60,8 @@ void quantize(const float* x, int64_t g, int bits, std::vector<int>& codes, floa
   if (scale == 0.0f) scale = 1.0f;
   zero = std::nearbyint(-lo / scale);
   codes.resize(g);
-  for (int64_t i = 0; i < g; ++i) codes[i] = static_cast<int>(std::fmin(std::fmax(std::nearbyint(x[i] / scale) + zero, 0.0f), qmax));
+  for (int64_t i = 0; i < g; ++i)
+    codes[i] = static_cast<int>(std::fmin(std::fmax(std::nearbyint(x[i] / scale) + zero, 0.0f), qmax));
 }
 
 // Host-side model of the cache: dequantized rows in double [n_kv][pos][hd], filled as the test appends.
@@ -161,7 +162,8 @@ void run_shape(const Shape& s, uint32_t seed) {
   std::mt19937 rng(seed);
   const int64_t max_seq = 32;
   QuantKVCache cache(s.n_kv, s.hd, max_seq, s.bits, s.group, s.rotate);
-  Model m{s, std::vector<std::vector<std::vector<double>>>(s.n_kv), std::vector<std::vector<std::vector<double>>>(s.n_kv)};
+  using Rows = std::vector<std::vector<std::vector<double>>>;
+  Model m{s, Rows(s.n_kv), Rows(s.n_kv)};
   // Steps (T): a single first token (context 1), a prefill chunk, decode steps, an odd chunk, more decode.
   int64_t pos = 0;
   for (int64_t T : {1, 6, 1, 7, 1, 13, 1}) {

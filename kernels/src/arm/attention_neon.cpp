@@ -30,7 +30,9 @@ struct Neon {
   }
   static float hsum(T v) { return vaddvq_f32(v); }
   static float hmax(T v) { return vmaxvq_f32(v); }
-  static void hsum4(const T* a, float* out) { vst1q_f32(out, vpaddq_f32(vpaddq_f32(a[0], a[1]), vpaddq_f32(a[2], a[3]))); }
+  static void hsum4(const T* a, float* out) {
+    vst1q_f32(out, vpaddq_f32(vpaddq_f32(a[0], a[1]), vpaddq_f32(a[2], a[3])));
+  }
   // 8 codes from 4 bytes: low nibbles (even channels) and high nibbles (odd channels).
   static void codes4_pair(const uint8_t* p, T& lo, T& hi) {
     uint32_t w;
