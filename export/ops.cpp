@@ -371,6 +371,7 @@ void attend_float(const float* q, int64_t r, const float* k, const float* v, int
     for (int64_t j = 0; j < len; ++j) {
       const float* kj = k + j * D;
       float dot = 0.0f;
+#pragma omp simd reduction(+ : dot)
       for (int64_t d = 0; d < D; ++d) dot += qi[d] * kj[d];
       p[j] = dot * scale;
       mx = std::max(mx, p[j]);
