@@ -30,7 +30,7 @@ from .plots import channel_maxima, plot_outliers
 from .quant.apply import quantize_model
 from .quant.config import QuantConfig
 from .rotation import apply_rotations, fuse_norms, random_rotations, set_online_hadamards
-from .train import learn_rotations
+from .train import held_out_loss, learn_rotations
 
 console = Console()
 
@@ -44,8 +44,8 @@ class Settings:
     precisions: tuple[str, ...] = ("W4A16", "W4A8KV8", "W4A4KV4")
     w_methods: tuple[str, ...] = ("rtn", "gptq")
     learn_precision: str = "W4A4KV4"
-    steps: int = 60
-    train_seq_len: int = 256
+    steps: int = 24
+    train_seq_len: int = 512
     lr: float = 1.5
     gptq_samples: int = 32
     gptq_seq_len: int = 512
@@ -115,6 +115,7 @@ def learned_rotations(base: Transformer, tokenizer, s: Settings, had: bool) -> t
             pass
     cfg = QuantConfig.preset(s.learn_precision)
     calib = calibration_samples(tokenizer, s.steps, s.train_seq_len, seed=s.seed)
+    heldout = test_windows(tokenizer, min(256, s.ppl_seq_len), 2)
     model = fuse_norms(copy.deepcopy(base))
     set_online_hadamards(model, had)
     start = time.perf_counter()
@@ -134,8 +135,9 @@ def learned_rotations(base: Transformer, tokenizer, s: Settings, had: bool) -> t
         "config": cfg.to_dict(),
         "seconds": time.perf_counter() - start,
         "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
-        "loss_first": history[0] if history else None,
-        "loss_last": history[-1] if history else None,
+        "train_loss_mean_last5": sum(history[-5:]) / len(history[-5:]),
+        "heldout_loss_start": held_out_loss(model, cfg, heldout, *random_rotations(base.args, s.seed), had),
+        "heldout_loss_learned": held_out_loss(model, cfg, heldout, R1, R2, had),
     }
     save_rotations(path, base, R1, R2, info)
     return R1, R2, info
@@ -167,7 +169,7 @@ def run(s: Settings) -> list[Row]:
         info = learned[had][2]
         console.print(
             f"rotations {'had' if had else 'no_had'}: {info['seconds']:.0f} s, peak RSS {info['peak_rss_gb']:.2f} GB, "
-            f"loss {info['loss_first']:.3f} -> {info['loss_last']:.3f}"
+            f"held-out loss {info['heldout_loss_start']:.3f} (random Hadamard) -> {info['heldout_loss_learned']:.3f}"
         )
 
     ppl, acc = evaluate(base, tokenizer, windows, s, True)
