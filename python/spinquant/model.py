@@ -158,12 +158,16 @@ class QLinear(nn.Linear):
         self.act_quant: Callable[[Tensor], Tensor] | None = None
         self.wq = None  # QuantizedWeight once quant.apply has quantized this layer
 
-    def forward(self, x: Tensor) -> Tensor:
+    def prepare_input(self, x: Tensor) -> Tensor:
+        """What the weight multiplies: the input after the online Hadamard and the activation quantizer."""
         if self.online_had:
             x = hadamard_transform(x)
         if self.act_quant is not None:
             x = self.act_quant(x)
-        return F.linear(x, self.weight, self.bias)
+        return x
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.linear(self.prepare_input(x), self.weight, self.bias)
 
 
 class Attention(nn.Module):

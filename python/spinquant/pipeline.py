@@ -41,15 +41,15 @@ class Settings:
 
     model: str | None = None
     out_dir: Path = Path("runs/default")
-    precisions: tuple[str, ...] = ("W4A16", "W4A8KV8", "W4A4KV4")
+    precisions: tuple[str, ...] = ("W4A4KV4",)
     w_methods: tuple[str, ...] = ("rtn", "gptq")
     learn_precision: str = "W4A4KV4"
     steps: int = 24
     train_seq_len: int = 512
     lr: float = 1.5
-    gptq_samples: int = 32
+    gptq_samples: int = 8
     gptq_seq_len: int = 512
-    ppl_windows: int = 16
+    ppl_windows: int = 8
     ppl_seq_len: int = 512
     quarot_seeds: int = 5
     zeroshot_limit: int = 40
@@ -61,6 +61,7 @@ class Settings:
     def full(cls, **overrides) -> Settings:
         """Paper-like sizes: 100 steps x 2048 tokens, 128 GPTQ samples, whole test split, full zero-shot sets."""
         base = dict(
+            precisions=("W4A16", "W4A8KV8", "W4A4KV4"),
             steps=100,
             train_seq_len=2048,
             gptq_samples=128,

@@ -25,7 +25,7 @@ def channel_maxima(model: Transformer, tokens: Tensor, layer: int) -> dict[str, 
         seen["residual"] = args[0].abs().flatten(0, -2).amax(0)
 
     def down_hook(module, args):
-        x = hadamard_transform(args[0]) if module.online_had else args[0]
+        x = hadamard_transform(args[0]) if module.online_had else args[0]  # before the activation quantizer
         seen["down_proj input"] = x.abs().flatten(0, -2).amax(0)
 
     handles = [block.register_forward_pre_hook(residual_hook), block.mlp.down_proj.register_forward_pre_hook(down_hook)]

@@ -15,7 +15,6 @@ import math
 import torch
 from torch import Tensor, nn
 
-from ..hadamard import hadamard_transform
 from .config import QuantConfig
 from .quantizer import (
     QuantizedWeight,
@@ -143,20 +142,12 @@ class _StopForward(Exception):
     """Raised by a capture hook once the inputs it needs are recorded."""
 
 
-def _layer_input(module: nn.Module, x: Tensor) -> Tensor:
-    """What a QLinear's weight multiplies: its input after the online Hadamard and activation quantizer."""
-    if getattr(module, "online_had", False):
-        x = hadamard_transform(x)
-    act_quant = getattr(module, "act_quant", None)
-    return act_quant(x) if act_quant is not None else x
-
-
 def _accumulate(run, module: nn.Module, inputs: list[Tensor]) -> Tensor:
     """Hessian of `module`'s inputs over all calibration batches; `run(x)` runs up to it (then stops)."""
     acc = HessianAccumulator(module.in_features)
 
     def hook(mod: nn.Module, args: tuple) -> None:
-        acc.add(_layer_input(mod, args[0]))
+        acc.add(mod.prepare_input(args[0]))
         raise _StopForward
 
     handle = module.register_forward_pre_hook(hook)
