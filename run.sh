@@ -32,6 +32,20 @@ setup_cross() {
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends g++-aarch64-linux-gnu qemu-user >/dev/null
 }
 
+setup_arm_executorch() {  # the aarch64 executorch wheel's libexecutorch + headers, for the arm64 runner test
+  local dest=build/executorch-aarch64
+  [ -f "$dest/executorch/lib/libexecutorch.so" ] && return
+  rm -rf build/wheels-aarch64 "$dest"
+  "$PY" -m pip --disable-pip-version-check -q download --no-deps --platform manylinux_2_28_aarch64 \
+    --python-version 3.11 --only-binary=:all: executorch==1.5.1 -d build/wheels-aarch64
+  "$PY" - "$dest" build/wheels-aarch64/executorch-1.5.1-*.whl <<'PYEOF'
+import sys, zipfile
+dest, wheel = sys.argv[1], sys.argv[2]
+with zipfile.ZipFile(wheel) as z:
+    z.extractall(dest, [n for n in z.namelist() if n.split("/")[1:2] in (["lib"], ["include"], ["share"])])
+PYEOF
+}
+
 ctest_build() {  # ctest_build DIR [cmake args...]: configure, build and run the C++ kernel tests
   local dir=$1; shift
   cmake -S . -B "$dir" -G Ninja -DCMAKE_BUILD_TYPE=Release -DSPINQUANT_BUILD_PYTHON=OFF "$@" >/dev/null
@@ -50,6 +64,7 @@ case "${1:-}" in
     shift
     setup_python
     setup_cross
+    setup_arm_executorch
     command -v ninja >/dev/null || "$PY" -m pip -q install ninja
     PATH="$VENV/bin:$PATH"
     ctest_build build/ctest-x86_64

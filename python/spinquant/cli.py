@@ -226,7 +226,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--zeroshot-tasks", help="comma-separated zero-shot tasks (default: all eight)")
     p.add_argument("--seed", type=int, help="seed (default 0)")
     p.set_defaults(func=cmd_pipeline)
+
+    from .export import cli as export_cli
+
+    p = sub.add_parser("export", help="write an ExecuTorch .pte with our kernels as custom ops (= spinquant-export)")
+    export_cli.export_add_arguments(p)
+    p.set_defaults(func=export_cli.export_main)
+    p = sub.add_parser("run", help="generate text from a .pte through the ExecuTorch runtime")
+    export_cli.run_add_arguments(p)
+    p.set_defaults(func=export_cli.run_main)
+    p = sub.add_parser("bench", help="decode ms/token: fp32 eager, XNNPACK 8da4w and ours, side by side")
+    export_cli.bench_add_arguments(p)
+    p.set_defaults(func=export_cli.bench_main)
     return parser
+
+
+def export_main(argv: list[str] | None = None) -> None:
+    """`spinquant-export ...`: the same as `spinquant export ...`."""
+    main(["export", *(sys.argv[1:] if argv is None else argv)])
 
 
 def main(argv: list[str] | None = None) -> None:
