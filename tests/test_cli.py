@@ -103,6 +103,8 @@ def test_pipeline_writes_the_table(tiny_folder, tmp_path):
             "4",
             "--gptq-seq-len",
             "32",
+            "--bench-variants",
+            "",
         ]
     )
     table = (out / "results.md").read_text()

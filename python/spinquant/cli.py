@@ -167,9 +167,9 @@ def cmd_pipeline(a: argparse.Namespace) -> None:
 
     fields = {f.name for f in dataclasses.fields(Settings)}
     given = {k: v for k, v in vars(a).items() if k in fields and v is not None}
-    for key in ("precisions", "w_methods", "zeroshot_tasks"):
+    for key in ("precisions", "w_methods", "zeroshot_tasks", "bench_variants"):
         if key in given:
-            given[key] = tuple(given[key].split(","))
+            given[key] = tuple(x for x in given[key].split(",") if x)
     run(Settings.full(**given) if a.full else Settings(**given))
 
 
@@ -224,6 +224,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gptq-samples", type=int, help="GPTQ calibration samples (default 8; --full 128)")
     p.add_argument("--gptq-seq-len", type=int, help="GPTQ calibration tokens per sample (default 512)")
     p.add_argument("--zeroshot-tasks", help="comma-separated zero-shot tasks (default: all eight)")
+    p.add_argument(
+        "--bench-variants",
+        help="decode benchmark variants, '' to skip (default fp32_eager,w4a8_no_had,"
+        "w4a8_had; --full adds xnnpack_8da4w and w4a4kv4_had)",
+    )
     p.add_argument("--seed", type=int, help="seed (default 0)")
     p.set_defaults(func=cmd_pipeline)
 

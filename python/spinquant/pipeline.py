@@ -25,6 +25,7 @@ from .checkpoint import IncompatibleFileError, load_rotations, save_quantized, s
 from .data import calibration_samples, test_windows
 from .eval.perplexity import perplexity
 from .eval.zeroshot import DEFAULT_TASKS, zeroshot
+from .export.bench import VARIANTS, run_bench
 from .model import Transformer, load_model
 from .plots import channel_maxima, plot_outliers
 from .quant.apply import quantize_model
@@ -56,6 +57,7 @@ class Settings:
     zeroshot_tasks: tuple[str, ...] = DEFAULT_TASKS
     seed: int = 0
     export: bool = True
+    bench_variants: tuple[str, ...] = ("fp32_eager", "w4a8_no_had", "w4a8_had")
 
     @classmethod
     def full(cls, **overrides) -> Settings:
@@ -69,6 +71,7 @@ class Settings:
             ppl_windows=0,
             ppl_seq_len=2048,
             zeroshot_limit=0,
+            bench_variants=VARIANTS,
         )
         return cls(**{**base, **overrides})
 
@@ -209,6 +212,9 @@ def run(s: Settings) -> list[Row]:
                     )
                 rows.append(row)
     write_results(rows, learned, s)
+    if s.bench_variants:
+        console.rule("decode speed through the ExecuTorch runtime (spinquant bench)")
+        run_bench(s.model, s.out_dir / "bench", list(s.bench_variants), threads=[1, 2], runs=3, log=console.print)
     return rows
 
 
