@@ -150,7 +150,7 @@ def learned_rotations(base: Transformer, tokenizer, s: Settings, had: bool) -> t
 def evaluate(model: Transformer, tokenizer, windows, s: Settings, with_zeroshot: bool) -> tuple[float, float | None]:
     """(perplexity, zero-shot average of the headline metrics or None)."""
     ppl = perplexity(model, windows, progress=False)
-    if not with_zeroshot:
+    if not with_zeroshot or s.zeroshot_limit < 0:
         return ppl, None
     limit = s.zeroshot_limit or None
     zs = zeroshot(model, tokenizer, s.zeroshot_tasks, limit=limit, seed=s.seed, progress=False)
@@ -177,7 +177,7 @@ def run(s: Settings) -> list[Row]:
         )
 
     ppl, acc = evaluate(base, tokenizer, windows, s, True)
-    rows = [Row("fp32", "FP32", "-", [ppl], [acc])]
+    rows = [Row("fp32", "FP32", "-", [ppl], [] if acc is None else [acc])]
     plot_rotation_effect(base, learned[True][:2], windows[:1, :256], s.out_dir / "outliers.png")
     zs_precision = s.precisions[-1]
     zs_method = s.w_methods[-1]
