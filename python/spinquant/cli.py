@@ -217,7 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-seq-len", type=int, help="tokens per training step (default 512; --full 2048)")
     p.add_argument("--ppl-windows", type=int, help="perplexity windows (default 8; 0 = whole test split)")
     p.add_argument("--ppl-seq-len", type=int, help="tokens per perplexity window (default 512)")
-    p.add_argument("--zeroshot-limit", type=int, help="zero-shot examples per task (default 40; 0 = all; -1 = skip)")
+    p.add_argument("--zeroshot-limit", type=int, help="zero-shot examples per task (default 10; 0 = all; -1 = skip)")
     p.add_argument("--quarot-seeds", type=int, help="random Hadamard seeds (default 5)")
     p.add_argument("--precisions", help="comma-separated presets (default W4A4KV4; --full all three)")
     p.add_argument("--w-methods", help="comma-separated weight quantizers (default rtn,gptq)")

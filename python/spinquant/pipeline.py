@@ -53,7 +53,7 @@ class Settings:
     ppl_windows: int = 8
     ppl_seq_len: int = 512
     quarot_seeds: int = 5
-    zeroshot_limit: int = 40
+    zeroshot_limit: int = 10
     zeroshot_tasks: tuple[str, ...] = DEFAULT_TASKS
     seed: int = 0
     export: bool = True
