@@ -56,3 +56,13 @@ def test_random_rotations_are_seeded_and_orthonormal():
     assert not torch.equal(R1a, random_rotations(args, seed=6)[0])
     with pytest.raises(ValueError, match="unknown rotation kind"):
         random_rotations(args, seed=0, kind="givens")
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_online_hadamards_alone_are_equivalent(arch):
+    model = tiny_model(arch, seed=4)
+    tokens = torch.randint(0, model.args.vocab_size, (1, 16), generator=torch.Generator().manual_seed(1))
+    expected = logits(model, tokens)
+    apply_rotations(fuse_norms(model), None, None, had=True)
+    assert model.layers[0].mlp.down_proj.online_had and model.layers[0].self_attn.r3
+    assert (logits(model, tokens) - expected).abs().max() < 1e-4

@@ -95,12 +95,9 @@ class Row:
 
 
 def prepare(base: Transformer, cfg: QuantConfig, rotation, had: bool, calib: torch.Tensor | None) -> Transformer:
-    """A quantized copy of `base`: norms fused, (R1, R2) merged if given, R3/R4 on if `had`, then quantized."""
+    """A quantized copy of `base`: norms fused, (R1, R2) merged if given, R3/R4 (R4 folded) if `had`, quantized."""
     model = fuse_norms(copy.deepcopy(base))
-    if rotation is not None:
-        apply_rotations(model, *rotation, had=had)
-    else:
-        set_online_hadamards(model, had)
+    apply_rotations(model, *(rotation if rotation is not None else (None, None)), had=had)  # R4 folds even alone
     return quantize_model(model, cfg, calib if cfg.w_method == "gptq" else None, progress=False)
 
 
