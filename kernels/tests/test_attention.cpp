@@ -10,23 +10,13 @@
 #include <vector>
 
 #include "spinquant/attention.h"
+#include "check.h"
 #include "spinquant/cpu.h"
 #include "spinquant/hadamard.h"
 
 using namespace spinquant;
 
 namespace {
-
-int g_failures = 0;
-#define CHECK(cond, ...)                                                            \
-  do {                                                                              \
-    if (!(cond)) {                                                                  \
-      std::fprintf(stderr, "%s:%d: CHECK(%s) failed: ", __FILE__, __LINE__, #cond); \
-      std::fprintf(stderr, __VA_ARGS__);                                            \
-      std::fprintf(stderr, "\n");                                                   \
-      ++g_failures;                                                                 \
-    }                                                                               \
-  } while (0)
 
 struct Shape {
   int64_t n_heads, n_kv, hd, group;

@@ -8,23 +8,13 @@
 #include <stdexcept>
 #include <vector>
 
+#include "check.h"
 #include "spinquant/cpu.h"
 #include "spinquant/hadamard.h"
 
 using namespace spinquant;
 
 namespace {
-
-int g_failures = 0;
-#define CHECK(cond, ...)                                          \
-  do {                                                            \
-    if (!(cond)) {                                                \
-      std::fprintf(stderr, "%s:%d: CHECK(%s) failed: ", __FILE__, __LINE__, #cond); \
-      std::fprintf(stderr, __VA_ARGS__);                          \
-      std::fprintf(stderr, "\n");                                 \
-      ++g_failures;                                               \
-    }                                                             \
-  } while (0)
 
 using Mat = std::vector<int8_t>;
 
