@@ -12,9 +12,9 @@ from spinquant.cayley import orthogonality_error
 from spinquant.model import tiny_model
 from spinquant.quant.apply import quant_targets
 from spinquant.quant.config import FP, W4A4KV4, QuantConfig
-from spinquant.quant.quantizer import fake_quant_weight
+from spinquant.quant.quantizer import fake_quant_weight, quantize_weight_rtn
 from spinquant.rotation import fuse_norms, random_rotations, rotate_weights
-from spinquant.train import held_out_loss, learn_rotations, quantized_for_training, rotation_loss
+from spinquant.train import held_out_loss, learn_rotations, quantized_for_training, rotation_loss, weight_clips
 
 
 def _model(arch: str = "llama"):
@@ -73,6 +73,21 @@ def test_loss_matches_plain_forward(arch: str, cfg: QuantConfig, had: bool) -> N
     torch.testing.assert_close(fast, ref, rtol=1e-5, atol=1e-5)
 
 
+def test_training_clips_match_the_evaluation_quantizer() -> None:
+    """With clip search, the loss fake-quantizes each weight exactly as the evaluation's RTN does."""
+    model = _model()
+    R1, R2 = random_rotations(model.args, 2, "hadamard")
+    clips = weight_clips(model, W4A4KV4, R1, R2, True)
+    assert set(clips) == {f"{name}.weight" for name, _ in quant_targets(model, W4A4KV4)}
+    assert weight_clips(model, dataclasses.replace(W4A4KV4, w_clip_search=False), R1, R2, True) == {}
+    w = rotate_weights({k: v.detach() for k, v in model.named_parameters()}, model.args, R1.float(), R2.float(), True)
+    key = "layers.1.mlp.down_proj.weight"
+    trained = fake_quant_weight(w[key], 4, W4A4KV4.w_group, True, clips[key])
+    evaluated = quantize_weight_rtn(w[key], 4, W4A4KV4.w_group, True, clip_search=True).dequantize()
+    torch.testing.assert_close(trained, evaluated, rtol=0, atol=1e-6)
+    assert (clips[key] < 1).any()  # the search does clip
+
+
 def test_full_precision_loss_is_rotation_invariant() -> None:
     model = _model()
     tokens = _calib(2, 24)
@@ -88,9 +103,10 @@ def test_learning_lowers_quantized_loss_and_keeps_rotations_orthonormal() -> Non
     model, calib = _peaky_model_and_text()
     R1_0, R2_0 = random_rotations(model.args, 0, "hadamard")
     fp = held_out_loss(model, FP, calib, R1_0, R2_0, True)
-    before = held_out_loss(model, W4A4KV4, calib, R1_0, R2_0, True)
-    R1, R2, history = learn_rotations(model, W4A4KV4, calib, steps=20, lr=1.5, progress=False)
-    after = held_out_loss(model, W4A4KV4, calib, R1, R2, True)
+    cfg = dataclasses.replace(W4A4KV4, w_clip_search=False)  # min/max weight scales: a bigger gap to recover
+    before = held_out_loss(model, cfg, calib, R1_0, R2_0, True)
+    R1, R2, history = learn_rotations(model, cfg, calib, steps=20, lr=1.5, progress=False)
+    after = held_out_loss(model, cfg, calib, R1, R2, True)
     assert len(history) == 20
     assert before > fp + 0.2  # quantization hurts at the random Hadamard start (measured 3.24 vs 2.91)
     assert after < before - 0.1  # learned rotations recover most of it (measured 3.02)
@@ -123,7 +139,7 @@ def test_deterministic() -> None:
 
 def test_resume_after_interruption_equals_straight_run(tmp_path, monkeypatch) -> None:
     calib = _calib()
-    kw = dict(steps=4, lr=1.5, momentum=0.9, seed=1, progress=False, checkpoint_every=2)
+    kw = dict(steps=4, lr=1.5, momentum=0.9, seed=1, progress=False, checkpoint_every=2, clip_every=3)
     R1, R2, history = learn_rotations(_model(), W4A4KV4, calib, **kw)
 
     import spinquant.train as train
@@ -169,5 +185,7 @@ def test_bad_inputs() -> None:
         learn_rotations(_model(), W4A4KV4, _calib().float(), steps=1, progress=False)
     with pytest.raises(ValueError, match="batch_size"):
         learn_rotations(_model(), W4A4KV4, _calib(2), steps=1, batch_size=3, progress=False)
+    with pytest.raises(ValueError, match="clip_every"):
+        learn_rotations(_model(), W4A4KV4, _calib(), steps=1, clip_every=0, progress=False)
     with pytest.raises(ValueError, match="unknown rotation kind"):
         learn_rotations(_model(), W4A4KV4, _calib(), steps=1, init="identity", progress=False)

@@ -30,13 +30,13 @@ from .cayley import CayleySGD, orthogonality_error, qr_retraction
 from .model import Transformer
 from .quant.apply import quant_targets, quantize_model
 from .quant.config import QuantConfig
-from .quant.quantizer import fake_quant_weight
+from .quant.quantizer import fake_quant_weight, search_weight_clip
 from .rotation import random_rotations, rotate_weights, set_online_hadamards
 
 __all__ = ["ORTHOGONALITY_TOL", "held_out_loss", "learn_rotations", "quantized_for_training", "rotation_loss"]
 
 ORTHOGONALITY_TOL = 1e-4  # ||R^T R - I||_F allowed for a learned rotation
-CHECKPOINT_FORMAT = "spinquant-train-state-v1"
+CHECKPOINT_FORMAT = "spinquant-train-state-v2"
 
 
 def _check_inputs(model: Transformer, calib: Tensor, steps: int, batch_size: int, lr: float, every: int) -> None:
@@ -98,11 +98,39 @@ def _block_names(model: Transformer) -> list[list[str]]:
     return [[n for n, _ in layer.named_parameters()] for layer in model.layers]
 
 
-def rotation_loss(model: Transformer, cfg: QuantConfig, tokens: Tensor, R1: Tensor, R2: Tensor, had: bool) -> Tensor:
+def weight_clips(model: Transformer, cfg: QuantConfig, R1: Tensor, R2: Tensor, had: bool) -> dict[str, Tensor]:
+    """MSE clip ratios of every quantized weight under rotation R1/R2 (empty without weight clip search).
+
+    The evaluation quantizes weights with clip search; the training loss uses the same clips so that it
+    optimizes what is evaluated. They change slowly with R, so `learn_rotations` refreshes them now and then.
+    """
+    if not (cfg.quantizes_weights and cfg.w_clip_search):
+        return {}
+    keys = [f"{name}.weight" for name, _ in quant_targets(model, cfg)]
+    with torch.no_grad():
+        base = {k: v.detach() for k, v in model.named_parameters()}
+        for name in ("embed_tokens.weight", "lm_head.weight"):  # only rotated, never needed here unless quantized
+            if name not in keys:
+                base[name] = base[name][:0]
+        w = rotate_weights(base, model.args, R1.float(), R2.float(), had)
+        return {k: search_weight_clip(w[k], cfg.w_bits, cfg.w_group, cfg.w_sym) for k in keys}
+
+
+def rotation_loss(
+    model: Transformer,
+    cfg: QuantConfig,
+    tokens: Tensor,
+    R1: Tensor,
+    R2: Tensor,
+    had: bool,
+    clips: dict[str, Tensor] | None = None,
+) -> Tensor:
     """Next-token cross-entropy of the model rotated by R1/R2 with weights fake-quantized per `cfg`.
 
     The model must have fused norms and its activation/KV quantizers attached (`quantized_for_training`).
+    `clips` (from `weight_clips`) are per-group weight clip ratios; missing ones mean min/max scales.
     """
+    clips = clips or {}
     params = dict(model.named_parameters())
     uniq, inverse = torch.unique(tokens, return_inverse=True)
     head_quantized = cfg.quantizes_weights and cfg.quantize_lm_head
@@ -116,7 +144,7 @@ def rotation_loss(model: Transformer, cfg: QuantConfig, tokens: Tensor, R1: Tens
     if cfg.quantizes_weights:
         for name, _ in quant_targets(model, cfg):
             key = f"{name}.weight"
-            w[key] = fake_quant_weight(w[key], cfg.w_bits, cfg.w_group, cfg.w_sym)
+            w[key] = fake_quant_weight(w[key], cfg.w_bits, cfg.w_group, cfg.w_sym, clips.get(key, 1.0))
     x = F.embedding(inverse, w["embed_tokens.weight"])
     rope = model.rope(tokens.shape[1])
     for i, (layer, names) in enumerate(zip(model.layers, _block_names(model), strict=True)):
@@ -135,7 +163,8 @@ def rotation_loss(model: Transformer, cfg: QuantConfig, tokens: Tensor, R1: Tens
 def held_out_loss(model: Transformer, cfg: QuantConfig, windows: Tensor, R1: Tensor, R2: Tensor, had: bool) -> float:
     """Mean `rotation_loss` over `windows` [n, seq_len] (one window at a time), e.g. before vs after learning."""
     with quantized_for_training(model, cfg, had):
-        losses = [rotation_loss(model, cfg, w[None], R1, R2, had).item() for w in windows]
+        clips = weight_clips(model, cfg, R1, R2, had)
+        losses = [rotation_loss(model, cfg, w[None], R1, R2, had, clips).item() for w in windows]
     return sum(losses) / len(losses)
 
 
@@ -210,6 +239,7 @@ def learn_rotations(
     had: bool = True,
     init: str = "hadamard",
     momentum: float = 0.0,
+    clip_every: int = 8,
     checkpoint_path: str | Path | None = None,
     checkpoint_every: int = 10,
     resume: bool = True,
@@ -220,11 +250,16 @@ def learn_rotations(
     `model` has fused norms (spinquant.rotation.fuse_norms) and is left with its weights untouched, R3/R4
     switched to `had` and no quantizers attached. Step i trains on calib samples chosen by a seeded
     permutation; the state is saved every `checkpoint_every` steps and at the end to `checkpoint_path`, and
-    `resume` continues from it when it belongs to the same run.
+    `resume` continues from it when it belongs to the same run. With weight clip search in `cfg`, the
+    loss uses per-group clip ratios searched every `clip_every` steps (`weight_clips`).
     """
     _check_inputs(model, calib, steps, batch_size, lr, checkpoint_every)
+    if clip_every < 1:
+        raise ValueError(f"clip_every must be positive, got {clip_every}")
     path = None if checkpoint_path is None else Path(checkpoint_path)
-    config = _run_config(model, cfg, calib, steps, lr, batch_size, seed, had=had, init=init, momentum=momentum)
+    config = _run_config(
+        model, cfg, calib, steps, lr, batch_size, seed, had=had, init=init, momentum=momentum, clip_every=clip_every
+    )
     R1_init, R2_init = random_rotations(model.args, seed, init)
     R1 = torch.nn.Parameter(R1_init)
     R2 = [torch.nn.Parameter(r) for r in R2_init]
@@ -232,6 +267,7 @@ def learn_rotations(
     names = ["R1", *(f"R2[{i}]" for i in range(len(R2)))]
     opt = CayleySGD(params, lr=lr, momentum=momentum)
     history: list[float] = []
+    clips: dict[str, Tensor] | None = None
     start = 0
     state = _load_state(path, config) if resume else None
     if state is not None:
@@ -239,13 +275,14 @@ def learn_rotations(
             for p, saved in zip(params, [state["R1"], *state["R2"]], strict=True):
                 p.copy_(saved)
         opt.load_state_dict(state["optimizer"])
-        history, start = list(state["history"]), state["step"]
+        history, start, clips = list(state["history"]), state["step"], state["clips"]
         torch.set_rng_state(state["rng"])
 
     def save(step: int) -> None:
         if path is not None:
             R2_now = torch.stack([p.detach() for p in R2])
             snapshot = {"R1": R1.detach().clone(), "R2": R2_now, "optimizer": opt.state_dict(), "step": step}
+            snapshot["clips"] = clips
             _save_state(path, {**snapshot, "history": history, "rng": torch.get_rng_state(), "config": config})
 
     with quantized_for_training(model, cfg, had):
@@ -254,8 +291,10 @@ def learn_rotations(
             tokens = calib[_batch_indices(calib.shape[0], batch_size, step, seed)]
             for group in opt.param_groups:
                 group["lr"] = _cosine_lr(lr, step, steps)
+            if step % clip_every == 0 or clips is None:
+                clips = weight_clips(model, cfg, R1, torch.stack(R2), had)
             opt.zero_grad(set_to_none=True)
-            loss = rotation_loss(model, cfg, tokens, R1, torch.stack(R2), had)
+            loss = rotation_loss(model, cfg, tokens, R1, torch.stack(R2), had, clips)
             loss.backward()
             opt.step()
             _check_orthogonal(params, names)

@@ -158,12 +158,19 @@ def _search_rows(x: Tensor, bits: int, sym: bool, fp16_scale: bool) -> Tensor:
     return best_clip
 
 
+def search_clip(x: Tensor, bits: int, sym: bool, fp16_scale: bool = True) -> Tensor:
+    """The clip ratio of least squared error per row of the last dim, shape (*x.shape[:-1], 1) (see CLIP_*)."""
+    rows = x.detach().float().reshape(-1, x.shape[-1])
+    chunk = max(1, _SEARCH_CHUNK // max(1, rows.shape[1]))
+    with torch.no_grad(), one_thread():
+        clip = torch.cat([_search_rows(part, bits, sym, fp16_scale) for part in rows.split(chunk)])
+    return clip.reshape(*x.shape[:-1], 1)
+
+
 def search_params(x: Tensor, bits: int, sym: bool, fp16_scale: bool = True) -> tuple[Tensor, Tensor | None]:
     """(scale, zero) over the last dim, with the clip ratio of least squared error per row (see CLIP_*)."""
     rows = x.reshape(-1, x.shape[-1])
-    chunk = max(1, _SEARCH_CHUNK // max(1, rows.shape[1]))
-    with one_thread():
-        clip = torch.cat([_search_rows(part, bits, sym, fp16_scale) for part in rows.split(chunk)])
+    clip = search_clip(rows, bits, sym, fp16_scale)
     scale, zero = quant_params(rows, bits, sym, clip, fp16_scale)
     shape = (*x.shape[:-1], 1)
     return scale.reshape(shape), None if zero is None else zero.reshape(shape)
@@ -235,8 +242,12 @@ def straight_through(x: Tensor, fn: Callable[[Tensor], Tensor]) -> Tensor:
     return fn(x)
 
 
-def fake_quant(x: Tensor, bits: int, sym: bool, group: int = 0, clip: float = 1.0, fp16_scale: bool = False) -> Tensor:
-    """Quantize-dequantize along the last dim in groups (0 = whole row), with an identity gradient."""
+def fake_quant(
+    x: Tensor, bits: int, sym: bool, group: int = 0, clip: float | Tensor = 1.0, fp16_scale: bool = False
+) -> Tensor:
+    """Quantize-dequantize along the last dim in groups (0 = whole row), with an identity gradient.
+
+    `clip` is one ratio or one per group, shaped [..., n_groups, 1] (see `search_clip`)."""
     if bits >= 16:
         return x
 
@@ -248,11 +259,17 @@ def fake_quant(x: Tensor, bits: int, sym: bool, group: int = 0, clip: float = 1.
 
 
 def fake_quant_weight(
-    w: Tensor, bits: int, group: int = 0, sym: bool = True, clip: float = 1.0, fp16_scale: bool = True
+    w: Tensor, bits: int, group: int = 0, sym: bool = True, clip: float | Tensor = 1.0, fp16_scale: bool = True
 ) -> Tensor:
     """Differentiable (straight-through) RTN fake quantization of a [N, K] weight, for rotation training."""
     check_weight_args(w, bits)
     return fake_quant(w, bits, sym, weight_group_size(w.shape[1], group), clip, fp16_scale)
+
+
+def search_weight_clip(w: Tensor, bits: int, group: int = 0, sym: bool = True) -> Tensor:
+    """Per-group MSE clip ratios [N, G, 1] of a [N, K] weight, for `fake_quant_weight(..., clip=...)`."""
+    check_weight_args(w, bits)
+    return search_clip(_group_view(w, weight_group_size(w.shape[1], group)), bits, sym)
 
 
 class ActQuantizer(nn.Module):
