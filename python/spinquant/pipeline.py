@@ -3,7 +3,8 @@
 Methods (rows): fp32; RTN (no rotation); QuaRot-style random Hadamard R1/R2 with R3/R4 (mean and spread over
 seeds); SpinQuant learned R1/R2 without online Hadamards (no_had) and with them (had). Each at the chosen
 precisions (W4A16, W4A8KV8, W4A4KV4) and weight quantizers (RTN, GPTQ). The rotations are learned once per
-variant at `learn_precision` (W4A4KV4 by default) and reused at the other precisions.
+variant at `learn_precision` (W4A4KV4 by default, weights RTN with clip search in the loss) and reused at
+the other precisions and for GPTQ.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from .plots import channel_maxima, plot_outliers
 from .quant.apply import quantize_model
 from .quant.config import QuantConfig
 from .rotation import apply_rotations, fuse_norms, random_rotations, set_online_hadamards
-from .train import held_out_loss, learn_rotations
+from .train import LOSS_VERSION, held_out_loss, learn_rotations
 
 console = Console()
 
@@ -85,6 +86,7 @@ class Row:
     w_method: str
     ppl: list[float] = field(default_factory=list)
     zeroshot: list[float] = field(default_factory=list)
+    seconds: float = 0.0  # quantizing and evaluating every model of the row
 
     def cell(self, values: list[float], fmt: str) -> str:
         if not values:
@@ -106,6 +108,7 @@ def learned_rotations(base: Transformer, tokenizer, s: Settings, had: bool) -> t
     name = f"rotations-{s.learn_precision}-{'had' if had else 'no_had'}.safetensors"
     path = s.out_dir / name
     wanted = {"steps": s.steps, "seq_len": s.train_seq_len, "lr": s.lr, "seed": s.seed, "had": had}
+    wanted["loss_version"] = LOSS_VERSION
     if path.exists():
         try:
             R1, R2, info = load_rotations(path, base)
@@ -157,6 +160,7 @@ def evaluate(model: Transformer, tokenizer, windows, s: Settings, with_zeroshot:
 def run(s: Settings) -> list[Row]:
     """Run the whole job, print the table, write results.json and results.md into s.out_dir."""
     s.out_dir.mkdir(parents=True, exist_ok=True)
+    job_start = time.perf_counter()
     torch.manual_seed(s.seed)
     base, tokenizer = load_model(s.model)
     windows = test_windows(tokenizer, s.ppl_seq_len, s.ppl_windows or None)
@@ -192,6 +196,7 @@ def run(s: Settings) -> list[Row]:
             for method, rotations, had in variants:
                 row = Row(method, precision, w_method)
                 for i, rotation in enumerate(rotations):
+                    row_start = time.perf_counter()
                     model = prepare(base, cfg, rotation, had, gptq_calib)
                     ppl, acc = evaluate(model, tokenizer, windows, s, with_zs and i == 0)
                     row.ppl.append(ppl)
@@ -202,16 +207,21 @@ def run(s: Settings) -> list[Row]:
                             s.out_dir / f"spinquant-{precision}-{w_method}-had.safetensors", model, cfg, had, *rotation
                         )
                     del model
+                    row.seconds += time.perf_counter() - row_start
                     done += 1
                     eta = (time.perf_counter() - start) / done * (total - done)
                     console.print(
                         f"  {precision} {w_method:4s} {method:17s} ppl {ppl:10.2f}  [{done}/{total}, ~{eta:.0f} s left]"
                     )
                 rows.append(row)
-    write_results(rows, learned, s)
+    write_results(rows, learned, s, {"learn_and_evaluate": time.perf_counter() - job_start})
     if s.bench_variants:
         console.rule("decode speed through the ExecuTorch runtime (spinquant bench)")
+        bench_start = time.perf_counter()
         run_bench(s.model, s.out_dir / "bench", list(s.bench_variants), threads=[1, 2], runs=3, log=console.print)
+        seconds = {"learn_and_evaluate": bench_start - job_start, "bench": time.perf_counter() - bench_start}
+        write_results(rows, learned, s, seconds)
+    console.print(f"main job: {(time.perf_counter() - job_start) / 60:.1f} min")
     return rows
 
 
@@ -249,11 +259,12 @@ def markdown(rows: list[Row]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_results(rows: list[Row], learned: dict, s: Settings) -> None:
-    """Print the table and save results.json / results.md (atomic writes)."""
+def write_results(rows: list[Row], learned: dict, s: Settings, seconds: dict[str, float]) -> None:
+    """Print the table and save results.json / results.md (atomic writes); `seconds` = wall time per stage."""
     console.print(table(rows))
     payload = {
         "settings": {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(s).items()},
+        "seconds": seconds,
         "rows": [dataclasses.asdict(r) for r in rows],
         "rotations": {("had" if had else "no_had"): info for had, (_, _, info) in learned.items()},
     }

@@ -33,10 +33,19 @@ from .quant.config import QuantConfig
 from .quant.quantizer import fake_quant_weight, search_weight_clip
 from .rotation import random_rotations, rotate_weights, set_online_hadamards
 
-__all__ = ["ORTHOGONALITY_TOL", "held_out_loss", "learn_rotations", "quantized_for_training", "rotation_loss"]
+__all__ = [
+    "LOSS_VERSION",
+    "ORTHOGONALITY_TOL",
+    "held_out_loss",
+    "learn_rotations",
+    "quantized_for_training",
+    "rotation_loss",
+    "weight_clips",
+]
 
 ORTHOGONALITY_TOL = 1e-4  # ||R^T R - I||_F allowed for a learned rotation
 CHECKPOINT_FORMAT = "spinquant-train-state-v2"
+LOSS_VERSION = 2  # 2: weights fake-quantized with the evaluation's clip search (1: min/max scales)
 
 
 def _check_inputs(model: Transformer, calib: Tensor, steps: int, batch_size: int, lr: float, every: int) -> None:
