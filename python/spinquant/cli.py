@@ -1,4 +1,4 @@
-"""Command line: `spinquant optimize | eval | quantize | pipeline | export | run | bench` and `spinquant-export`."""
+"""Command line: `spinquant optimize|memory|eval|quantize|pipeline|export|run|bench` and `spinquant-export`."""
 
 from __future__ import annotations
 
@@ -143,6 +143,23 @@ def optimize(a: argparse.Namespace, world: World) -> None:
     print(f"wrote {a.out} (loss {history[0]:.4f} -> {history[-1]:.4f})")
 
 
+def cmd_memory(a: argparse.Namespace) -> None:
+    from . import assets
+    from .memory import PUBLIC_SHAPES, memory_table, public_shapes
+    from .model import read_args
+
+    shapes = {}
+    for name in a.models.split(","):
+        if name in PUBLIC_SHAPES:
+            shapes[name] = public_shapes()[name]
+        else:
+            folder = assets.default_model_dir() if name == "default" else Path(name)
+            shapes[folder.name] = read_args(folder)
+    ranks = tuple(int(n) for n in a.ranks.split(","))
+    print(f"Estimated peak GiB per rank of `spinquant optimize`, global batch {a.batch_size} x {a.seq_len} tokens:\n")
+    print(memory_table(shapes, ranks, a.batch_size, a.seq_len))
+
+
 def cmd_eval(a: argparse.Namespace) -> None:
     from .checkpoint import load_quantized
     from .data import test_windows
@@ -212,6 +229,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--dist-timeout", type=float, default=600.0, help="seconds a collective waits for a silent rank before failing"
     )
     p.set_defaults(func=cmd_optimize)
+
+    p = sub.add_parser("memory", help="estimated peak memory per rank of `optimize`, data parallel and --fsdp")
+    p.add_argument(
+        "--models",
+        default="Llama-3.2-1B,Llama-3-8B,Llama-3-70B",
+        help="comma-separated public shapes (Llama-3.2-1B, Llama-3-8B, Llama-3-70B), local HF folders or 'default'",
+    )
+    p.add_argument("--ranks", default="1,2,8", help="comma-separated numbers of ranks")
+    p.add_argument("--batch-size", type=int, default=8, help="global batch (sequences per step)")
+    p.add_argument("--seq-len", type=int, default=2048, help="tokens per sequence")
+    p.set_defaults(func=cmd_memory)
 
     p = sub.add_parser("eval", help="perplexity and zero-shot accuracy of a quantized (rotated) model")
     add_model_args(p)
