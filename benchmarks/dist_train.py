@@ -71,7 +71,7 @@ def main() -> None:
                         "seq_len": a.seq_len,
                         "steps": a.steps,
                         "sec_per_step": round(seconds / a.steps, 2),
-                        "loss_last": round(history[-1], 5),
+                        "losses": [round(x, 5) for x in history],
                         "peak_rss_gib": [round(r / gib, 2) for r in peaks],
                         "estimate_gib": {"train": round(est.train / gib, 2), "load": round(est.load / gib, 2)},
                         "load_average": round(os.getloadavg()[0], 1),
