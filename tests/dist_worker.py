@@ -1,7 +1,7 @@
 """torchrun entry point of test_distributed.py: `spinquant <argv>` with two test hooks from the environment.
 
 SPINQUANT_TEST_FAIL="RANK:STEP:raise|exit": that rank raises (or dies, os._exit) in step STEP (0-based) of this run.
-SPINQUANT_TEST_REPORT=PREFIX: each rank writes PREFIX.RANK.json with how many model weights it holds after learning.
+SPINQUANT_TEST_REPORT=PREFIX: each rank writes PREFIX.RANK.json: the model weights it holds and its learned rotations.
 """
 
 from __future__ import annotations
@@ -40,7 +40,9 @@ def _report_to(prefix: str) -> None:
         local = {n: (p.to_local() if hasattr(p, "to_local") else p).numel() for n, p in model.named_parameters()}
         full = {n: p.numel() for n, p in model.named_parameters()}
         with open(f"{prefix}.{os.environ['RANK']}.json", "w") as f:
-            json.dump({"local": sum(local.values()), "full": sum(full.values())}, f)
+            R1, R2, _ = result
+            rotations = torch.cat([R1.flatten(), R2.flatten()]).tolist()
+            json.dump({"local": sum(local.values()), "full": sum(full.values()), "rotations": rotations}, f)
         return result
 
     train.learn_rotations = learn_and_report

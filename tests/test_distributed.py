@@ -58,10 +58,14 @@ def _assert_same_rotations(path: Path, reference: Path) -> None:
 
 
 def test_two_ranks_learn_the_rotations_of_one_process(tiny_folder, reference, tmp_path) -> None:
-    run = _torchrun(tmp_path, ["--model", str(tiny_folder), *STEPS, "--out", "rot.safetensors"])
+    argv = ["--model", str(tiny_folder), *STEPS, "--out", "rot.safetensors"]
+    run = _torchrun(tmp_path, argv, SPINQUANT_TEST_REPORT=str(tmp_path / "rank"))
     assert run.returncode == 0, run.stderr[-3000:]
     _assert_same_rotations(tmp_path / "rot.safetensors", reference)
     assert run.stdout.count("wrote rot.safetensors") == 1  # rank 0 alone writes
+    ranks = [json.loads((tmp_path / f"rank.{rank}.json").read_text()) for rank in (0, 1)]
+    assert ranks[0]["rotations"] == ranks[1]["rotations"]  # every rank took bit-identical Cayley steps
+    assert ranks[0]["local"] == ranks[0]["full"]  # without --fsdp every rank holds every weight
 
 
 def test_fsdp_shards_weights_and_a_failed_run_resumes(tiny_folder, reference, tmp_path) -> None:
@@ -82,6 +86,7 @@ def test_fsdp_shards_weights_and_a_failed_run_resumes(tiny_folder, reference, tm
     assert held[0]["full"] == held[1]["full"]
     assert sum(h["local"] for h in held) == held[0]["full"]  # every weight lives on exactly one rank
     assert max(h["local"] for h in held) <= held[0]["full"] // 2 + 1024
+    assert held[0]["rotations"] == held[1]["rotations"]
 
 
 def test_single_process_checks() -> None:
