@@ -11,16 +11,18 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.distributed as dist
 from safetensors import safe_open
 from safetensors.torch import load_file
 
 import spinquant
 from spinquant.cli import main
 from spinquant.distributed import World
+from spinquant.fsdp import ShardedLoss
 from spinquant.model import tiny_model
-from spinquant.quant.config import W4A4KV4
-from spinquant.rotation import fuse_norms
-from spinquant.train import learn_rotations
+from spinquant.quant.config import W4A4KV4, QuantConfig
+from spinquant.rotation import fuse_norms, random_rotations
+from spinquant.train import learn_rotations, quantized_for_training, rotation_loss
 
 WORKER = Path(__file__).with_name("dist_worker.py")
 STEPS = ["--steps", "4", "--batch-size", "2", "--seq-len", "32", "--checkpoint-every", "1"]
@@ -98,3 +100,36 @@ def test_single_process_checks() -> None:
     calib = torch.randint(0, 256, (2, 16), generator=torch.Generator().manual_seed(0))
     with pytest.raises(ValueError, match="torchrun"):
         learn_rotations(model, W4A4KV4, calib, steps=1, fsdp=True, progress=False)
+
+
+@pytest.fixture
+def one_rank_group():
+    """A 1-rank gloo process group inside this test process."""
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    yield
+    dist.destroy_process_group()
+
+
+@pytest.mark.parametrize(
+    ("arch", "cfg", "had"),
+    [
+        ("llama", W4A4KV4, True),
+        ("qwen2", W4A4KV4, False),
+        ("llama", QuantConfig.preset("W4A4KV4", quantize_lm_head=True), True),
+    ],
+)
+def test_sharded_loss_equals_rotation_loss(one_rank_group, arch: str, cfg: QuantConfig, had: bool) -> None:
+    tokens = torch.randint(0, 256, (2, 24), generator=torch.Generator().manual_seed(0))
+    results = []
+    for sharded in (False, True):
+        model = fuse_norms(tiny_model(arch, seed=0))
+        R1, R2 = (r.requires_grad_() for r in random_rotations(model.args, 1, "orthogonal"))
+        with quantized_for_training(model, cfg, had):
+            if sharded:
+                loss = ShardedLoss(model, cfg, had)(tokens, R1, R2)
+            else:
+                loss = rotation_loss(model, cfg, tokens, R1, R2, had)
+            loss.backward()
+        results.append((loss.detach(), R1.grad, R2.grad))
+    for plain, sharded in zip(*results, strict=True):
+        torch.testing.assert_close(sharded, plain, rtol=1e-5, atol=1e-6)
