@@ -60,3 +60,6 @@ def test_estimate_shrinks_with_ranks_and_fsdp(capsys) -> None:
     main(["memory", "--models", "Llama-3-8B,Llama-3-70B", "--ranks", "1,8"])
     out = capsys.readouterr().out
     assert out.count("| Llama-3-") == 4 and "global batch 8 x 2048" in out
+    with pytest.raises(SystemExit):
+        main(["memory", "--models", "Llama-4-1T"])
+    assert "neither a shape of Llama-3.2-1B" in capsys.readouterr().err

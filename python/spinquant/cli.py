@@ -154,6 +154,8 @@ def cmd_memory(a: argparse.Namespace) -> None:
             shapes[name] = public_shapes()[name]
         else:
             folder = assets.default_model_dir() if name == "default" else Path(name)
+            if not (folder / "config.json").is_file():
+                raise FileNotFoundError(f"{name!r} is neither a shape of {', '.join(PUBLIC_SHAPES)} nor a model folder")
             shapes[folder.name] = read_args(folder)
     ranks = tuple(int(n) for n in a.ranks.split(","))
     print(f"Estimated peak GiB per rank of `spinquant optimize`, global batch {a.batch_size} x {a.seq_len} tokens:\n")
