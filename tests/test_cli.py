@@ -3,31 +3,8 @@
 import json
 
 import pytest
-import torch
-import transformers
 
-from spinquant import assets
 from spinquant.cli import main
-
-
-@pytest.fixture(scope="module")
-def tiny_folder(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tiny-llama")
-    tokenizer = transformers.AutoTokenizer.from_pretrained(str(assets.default_model_dir()))
-    config = transformers.LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=96,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        tie_word_embeddings=True,
-    )
-    torch.manual_seed(0)
-    transformers.LlamaForCausalLM(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
 
 
 def test_optimize_eval_quantize(tiny_folder, tmp_path, capsys):

@@ -1,4 +1,4 @@
-"""Command line: `spinquant optimize | eval | quantize | pipeline | export | run | bench` and `spinquant-export`."""
+"""Command line: `spinquant optimize|memory|eval|quantize|pipeline|export|run|bench` and `spinquant-export`."""
 
 from __future__ import annotations
 
@@ -7,8 +7,12 @@ import dataclasses
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from .distributed import World
 
 PRESETS = ("FP", "W4A16", "W4A8KV8", "W4A4KV4")
 
@@ -88,6 +92,14 @@ def quantized_model(a: argparse.Namespace, base, tokenizer):
 
 
 def cmd_optimize(a: argparse.Namespace) -> None:
+    from .distributed import process_group
+
+    with process_group(a.dist_timeout) as world:
+        optimize(a, world)
+
+
+def optimize(a: argparse.Namespace, world: World) -> None:
+    """`spinquant optimize` on one rank of `world` (rank 0 of 1 without torchrun); rank 0 writes the file."""
     from .checkpoint import save_rotations
     from .data import calibration_samples
     from .model import load_model
@@ -110,9 +122,13 @@ def cmd_optimize(a: argparse.Namespace) -> None:
         seed=a.seed,
         had=a.had,
         checkpoint_path=resume,
+        checkpoint_every=a.checkpoint_every,
         resume=a.resume,
         progress=True,
+        fsdp=a.fsdp,
     )
+    if not world.is_main:
+        return
     info = {
         "steps": a.steps,
         "seq_len": a.seq_len,
@@ -125,6 +141,25 @@ def cmd_optimize(a: argparse.Namespace) -> None:
     }
     save_rotations(a.out, base, R1, R2, info)
     print(f"wrote {a.out} (loss {history[0]:.4f} -> {history[-1]:.4f})")
+
+
+def cmd_memory(a: argparse.Namespace) -> None:
+    from . import assets
+    from .memory import PUBLIC_SHAPES, memory_table, public_shapes
+    from .model import read_args
+
+    shapes = {}
+    for name in a.models.split(","):
+        if name in PUBLIC_SHAPES:
+            shapes[name] = public_shapes()[name]
+        else:
+            folder = assets.default_model_dir() if name == "default" else Path(name)
+            if not (folder / "config.json").is_file():
+                raise FileNotFoundError(f"{name!r} is neither a shape of {', '.join(PUBLIC_SHAPES)} nor a model folder")
+            shapes[folder.name] = read_args(folder)
+    ranks = tuple(int(n) for n in a.ranks.split(","))
+    print(f"Estimated peak GiB per rank of `spinquant optimize`, global batch {a.batch_size} x {a.seq_len} tokens:\n")
+    print(memory_table(shapes, ranks, a.batch_size, a.seq_len))
 
 
 def cmd_eval(a: argparse.Namespace) -> None:
@@ -188,8 +223,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seq-len", type=int, default=512, help="tokens per sequence (paper: 2048)")
     p.add_argument("--lr", type=float, default=1.5, help="learning rate (paper: 1.5, cosine schedule)")
     p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True, help="resume an interrupted run")
+    p.add_argument("--checkpoint-every", type=int, default=10, help="save the resumable state every N steps")
     p.add_argument("--out", type=Path, default=Path("rotations.safetensors"), help="rotation file to write")
+    g = p.add_argument_group("distributed (under torchrun: README, 'Several processes or machines')")
+    g.add_argument("--fsdp", action="store_true", help="shard the frozen weights over the ranks (FSDP2)")
+    g.add_argument(
+        "--dist-timeout", type=float, default=600.0, help="seconds a collective waits for a silent rank before failing"
+    )
     p.set_defaults(func=cmd_optimize)
+
+    p = sub.add_parser("memory", help="estimated peak memory per rank of `optimize`, data parallel and --fsdp")
+    p.add_argument(
+        "--models",
+        default="Llama-3.2-1B,Llama-3-8B,Llama-3-70B",
+        help="comma-separated public shapes (Llama-3.2-1B, Llama-3-8B, Llama-3-70B), local HF folders or 'default'",
+    )
+    p.add_argument("--ranks", default="1,2,8", help="comma-separated numbers of ranks")
+    p.add_argument("--batch-size", type=int, default=8, help="global batch (sequences per step)")
+    p.add_argument("--seq-len", type=int, default=2048, help="tokens per sequence")
+    p.set_defaults(func=cmd_memory)
 
     p = sub.add_parser("eval", help="perplexity and zero-shot accuracy of a quantized (rotated) model")
     add_model_args(p)
@@ -253,6 +305,7 @@ def export_main(argv: list[str] | None = None) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     from .assets import MissingAssetError
+    from .distributed import DistributedError
 
     args = build_parser().parse_args(argv)
     if getattr(args, "threads", 0):
@@ -262,3 +315,6 @@ def main(argv: list[str] | None = None) -> None:
     except (ValueError, FileNotFoundError, MissingAssetError) as err:
         print(f"spinquant {args.command}: error: {err}", file=sys.stderr)
         sys.exit(2)
+    except DistributedError as err:
+        print(f"spinquant {args.command}: error: {err}", file=sys.stderr)
+        sys.exit(1)

@@ -27,6 +27,8 @@ from torch import Tensor
 from tqdm import tqdm
 
 from .cayley import CayleySGD, orthogonality_error, qr_retraction
+from .distributed import Progress, World
+from .fsdp import ShardedLoss
 from .model import Transformer
 from .quant.apply import quant_targets, quantize_model
 from .quant.config import QuantConfig
@@ -253,6 +255,7 @@ def learn_rotations(
     checkpoint_every: int = 10,
     resume: bool = True,
     progress: bool = True,
+    fsdp: bool = False,
 ) -> tuple[Tensor, Tensor, list[float]]:
     """Learn (R1 [dim, dim], R2 [n_layers, head_dim, head_dim]) in float64; returns them and the step losses.
 
@@ -261,10 +264,18 @@ def learn_rotations(
     permutation; the state is saved every `checkpoint_every` steps and at the end to `checkpoint_path`, and
     `resume` continues from it when it belongs to the same run. With weight clip search in `cfg`, the
     loss uses per-group clip ratios searched every `clip_every` steps (`weight_clips`).
+
+    Under torch.distributed (`spinquant.distributed.process_group`) each rank trains on its slice of every
+    global batch, gradients are averaged, rank 0 alone writes the state, and `fsdp` shards the frozen weights
+    over the ranks (`spinquant.fsdp`; the model is left sharded).
     """
     _check_inputs(model, calib, steps, batch_size, lr, checkpoint_every)
     if clip_every < 1:
         raise ValueError(f"clip_every must be positive, got {clip_every}")
+    world = World.current()
+    world.check_batch(batch_size)
+    if fsdp and not torch.distributed.is_initialized():
+        raise ValueError("fsdp needs a torch.distributed process group: launch with torchrun")
     path = None if checkpoint_path is None else Path(checkpoint_path)
     config = _run_config(
         model, cfg, calib, steps, lr, batch_size, seed, had=had, init=init, momentum=momentum, clip_every=clip_every
@@ -278,7 +289,7 @@ def learn_rotations(
     history: list[float] = []
     clips: dict[str, Tensor] | None = None
     start = 0
-    state = _load_state(path, config) if resume else None
+    state = world.broadcast_object(_load_state(path, config) if resume and world.is_main else None)
     if state is not None:
         with torch.no_grad():
             for p, saved in zip(params, [state["R1"], *state["R2"]], strict=True):
@@ -286,29 +297,42 @@ def learn_rotations(
         opt.load_state_dict(state["optimizer"])
         history, start, clips = list(state["history"]), state["step"], state["clips"]
         torch.set_rng_state(state["rng"])
+    world.broadcast(params)
 
     def save(step: int) -> None:
-        if path is not None:
+        if path is not None and world.is_main:
             R2_now = torch.stack([p.detach() for p in R2])
             snapshot = {"R1": R1.detach().clone(), "R2": R2_now, "optimizer": opt.state_dict(), "step": step}
             snapshot["clips"] = clips
             _save_state(path, {**snapshot, "history": history, "rng": torch.get_rng_state(), "config": config})
 
-    with quantized_for_training(model, cfg, had):
-        bar = tqdm(range(start, steps), initial=start, total=steps, disable=not progress, desc="rotations")
+    with quantized_for_training(model, cfg, had), world.failures(Progress(path, start, start), steps) as where:
+        sharded = ShardedLoss(model, cfg, had) if fsdp else None
+        bar = tqdm(
+            range(start, steps), initial=start, total=steps, disable=not (progress and world.is_main), desc="rotations"
+        )
         for step in bar:
-            tokens = calib[_batch_indices(calib.shape[0], batch_size, step, seed)]
+            where.step = step
+            tokens = world.shard(calib[_batch_indices(calib.shape[0], batch_size, step, seed)])
             for group in opt.param_groups:
                 group["lr"] = _cosine_lr(lr, step, steps)
             if step % clip_every == 0 or clips is None:
-                clips = weight_clips(model, cfg, R1, torch.stack(R2), had)
+                R2_now = torch.stack(R2)
+                clips = (
+                    weight_clips(model, cfg, R1, R2_now, had) if sharded is None else sharded.weight_clips(R1, R2_now)
+                )
             opt.zero_grad(set_to_none=True)
-            loss = rotation_loss(model, cfg, tokens, R1, torch.stack(R2), had, clips)
+            if sharded is None:
+                loss = rotation_loss(model, cfg, tokens, R1, torch.stack(R2), had, clips)
+            else:
+                loss = sharded(tokens, R1, torch.stack(R2), clips)
             loss.backward()
+            world.average_gradients(params)
             opt.step()
             _check_orthogonal(params, names)
-            history.append(loss.item())
+            history.append(world.average(loss.item()))
             bar.set_postfix(loss=f"{history[-1]:.4f}")
             if (step + 1) % checkpoint_every == 0 or step + 1 == steps:
                 save(step + 1)
+                where.saved = step + 1
     return R1.detach().clone(), torch.stack([p.detach() for p in R2]), history

@@ -22,39 +22,42 @@ def rotate_weights(
 ) -> dict[str, Tensor]:
     """A new dict with R1, R2 ([n_layers, head_dim, head_dim]) and the R4 fold applied; other entries as is."""
     out = dict(weights)
-
-    def right(name: str, R: Tensor) -> None:  # W @ R: a linear reading the rotated stream
-        out[name] = out[name] @ R
-
-    def left(name: str, R: Tensor) -> None:  # R^T @ W (bias b @ R): a linear writing the rotated stream
-        out[name] = R.T @ out[name]
-
-    hd = args.head_dim
     if R1 is not None:
-        right("embed_tokens.weight", R1)
-        right("lm_head.weight", R1)
+        out["embed_tokens.weight"] = out["embed_tokens.weight"] @ R1
+        out["lm_head.weight"] = out["lm_head.weight"] @ R1
     for i in range(args.n_layers):
         p = f"layers.{i}."
-        if R1 is not None:
-            for lin in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "mlp.gate_proj", "mlp.up_proj"):
-                right(p + lin + ".weight", R1)
-            for lin in ("self_attn.o_proj", "mlp.down_proj"):
-                left(p + lin + ".weight", R1)
-                if p + lin + ".bias" in out:
-                    out[p + lin + ".bias"] = out[p + lin + ".bias"] @ R1
-        if R2 is not None:
-            r2 = R2[i]
-            wv = out[p + "self_attn.v_proj.weight"]
-            out[p + "self_attn.v_proj.weight"] = torch.einsum(
-                "ji,hjd->hid", r2, wv.view(args.n_kv_heads, hd, -1)
-            ).reshape(wv.shape)
-            if p + "self_attn.v_proj.bias" in out:
-                bv = out[p + "self_attn.v_proj.bias"]
-                out[p + "self_attn.v_proj.bias"] = (bv.view(args.n_kv_heads, hd) @ r2).reshape(bv.shape)
-            wo = out[p + "self_attn.o_proj.weight"]
-            out[p + "self_attn.o_proj.weight"] = (wo.view(wo.shape[0], args.n_heads, hd) @ r2).reshape(wo.shape)
-        if had:
-            out[p + "mlp.down_proj.weight"] = hadamard_transform(out[p + "mlp.down_proj.weight"])
+        layer = {k.removeprefix(p): v for k, v in out.items() if k.startswith(p)}
+        rotated = rotate_layer(layer, args, R1, None if R2 is None else R2[i], had)
+        out.update({p + k: v for k, v in rotated.items()})
+    return out
+
+
+def rotate_layer(
+    weights: dict[str, Tensor], args: ModelArgs, R1: Tensor | None, r2: Tensor | None, had: bool
+) -> dict[str, Tensor]:
+    """`rotate_weights` for one decoder layer: names relative to the layer, r2 [head_dim, head_dim]."""
+    out = dict(weights)
+    hd = args.head_dim
+    if R1 is not None:
+        for lin in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "mlp.gate_proj", "mlp.up_proj"):
+            out[lin + ".weight"] = out[lin + ".weight"] @ R1  # a linear reading the rotated stream: W @ R1
+        for lin in ("self_attn.o_proj", "mlp.down_proj"):
+            out[lin + ".weight"] = R1.T @ out[lin + ".weight"]  # writing it: R1^T @ W, bias b @ R1
+            if lin + ".bias" in out:
+                out[lin + ".bias"] = out[lin + ".bias"] @ R1
+    if r2 is not None:
+        wv = out["self_attn.v_proj.weight"]
+        out["self_attn.v_proj.weight"] = torch.einsum("ji,hjd->hid", r2, wv.view(args.n_kv_heads, hd, -1)).reshape(
+            wv.shape
+        )
+        if "self_attn.v_proj.bias" in out:
+            bv = out["self_attn.v_proj.bias"]
+            out["self_attn.v_proj.bias"] = (bv.view(args.n_kv_heads, hd) @ r2).reshape(bv.shape)
+        wo = out["self_attn.o_proj.weight"]
+        out["self_attn.o_proj.weight"] = (wo.view(wo.shape[0], args.n_heads, hd) @ r2).reshape(wo.shape)
+    if had:
+        out["mlp.down_proj.weight"] = hadamard_transform(out["mlp.down_proj.weight"])
     return out
 
 
