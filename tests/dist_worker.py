@@ -1,7 +1,8 @@
 """torchrun entry point of test_distributed.py: `spinquant <argv>` with two test hooks from the environment.
 
 SPINQUANT_TEST_FAIL="RANK:STEP:raise|exit": that rank raises (or dies, os._exit) in step STEP (0-based) of this run.
-SPINQUANT_TEST_REPORT=PREFIX: each rank writes PREFIX.RANK.json: the model weights it holds and its learned rotations.
+SPINQUANT_TEST_REPORT=PREFIX: each rank writes PREFIX.RANK.json: the model weights it holds and its learned rotations,
+and with --fsdp PREFIX.RANK.pt: {name: (first row, local shard)} of the model as loaded.
 """
 
 from __future__ import annotations
@@ -36,10 +37,14 @@ def _report_to(prefix: str) -> None:
     real_learn = train.learn_rotations
 
     def learn_and_report(model, *args, **kwargs):
+        rank = os.environ["RANK"]
+        if kwargs.get("fsdp"):  # model loaded sharded: this rank's rows of every weight, by first row
+            shards = {n: (p.__create_chunk_list__()[0].offsets[0], p.to_local()) for n, p in model.named_parameters()}
+            torch.save(shards, f"{prefix}.{rank}.pt")
         result = real_learn(model, *args, **kwargs)
         local = {n: (p.to_local() if hasattr(p, "to_local") else p).numel() for n, p in model.named_parameters()}
         full = {n: p.numel() for n, p in model.named_parameters()}
-        with open(f"{prefix}.{os.environ['RANK']}.json", "w") as f:
+        with open(f"{prefix}.{rank}.json", "w") as f:
             R1, R2, _ = result
             rotations = torch.cat([R1.flatten(), R2.flatten()]).tolist()
             json.dump({"local": sum(local.values()), "full": sum(full.values()), "rotations": rotations}, f)

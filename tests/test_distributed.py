@@ -12,14 +12,15 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed as dist
+import transformers
 from safetensors import safe_open
 from safetensors.torch import load_file
 
 import spinquant
 from spinquant.cli import main
 from spinquant.distributed import World
-from spinquant.fsdp import ShardedLoss
-from spinquant.model import tiny_model
+from spinquant.fsdp import ShardedLoss, load_sharded
+from spinquant.model import Transformer, load_transformer, tiny_model
 from spinquant.quant.config import W4A4KV4, QuantConfig
 from spinquant.rotation import fuse_norms, random_rotations
 from spinquant.train import learn_rotations, quantized_for_training, rotation_loss, weight_clips
@@ -38,9 +39,13 @@ def _torchrun(tmp_path: Path, argv: list[str], **env: str) -> subprocess.Complet
     )
 
 
-def _info(path: Path) -> dict:
+def _metadata(path: Path) -> dict[str, str]:
     with safe_open(str(path), framework="pt") as f:
-        return json.loads(f.metadata()["info"])
+        return f.metadata()
+
+
+def _info(path: Path) -> dict:
+    return json.loads(_metadata(path)["info"])
 
 
 @pytest.fixture(scope="module")
@@ -84,11 +89,24 @@ def test_fsdp_shards_weights_and_a_failed_run_resumes(tiny_folder, reference, tm
     resumed = _torchrun(tmp_path, argv, SPINQUANT_TEST_REPORT=str(tmp_path / "held"))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     _assert_same_rotations(tmp_path / "rot.safetensors", reference)
+    assert _metadata(tmp_path / "rot.safetensors")["model"] == _metadata(reference)["model"]  # same identity
     held = [json.loads((tmp_path / f"held.{rank}.json").read_text()) for rank in (0, 1)]
     assert held[0]["full"] == held[1]["full"]
     assert sum(h["local"] for h in held) == held[0]["full"]  # every weight lives on exactly one rank
     assert max(h["local"] for h in held) <= held[0]["full"] // 2 + 1024
     assert held[0]["rotations"] == held[1]["rotations"]
+    _assert_shards_are_rows_of(fuse_norms(load_transformer(tiny_folder)), [tmp_path / f"held.{r}.pt" for r in (0, 1)])
+
+
+def _assert_shards_are_rows_of(full: Transformer, shard_files: list[Path]) -> None:
+    """Each rank's loaded shards are bit-equal to consecutive rows of the fused model, and together cover it."""
+    shards = [torch.load(f, weights_only=True) for f in shard_files]
+    for name, param in full.named_parameters():
+        rows = 0
+        for start, local in (s[name] for s in shards):
+            assert torch.equal(local, param.detach()[start : start + local.shape[0]]), name
+            rows += local.shape[0]
+        assert rows == param.shape[0], name
 
 
 def test_single_process_checks() -> None:
@@ -137,3 +155,22 @@ def test_sharded_loss_equals_rotation_loss(one_rank_group, arch: str, cfg: Quant
     assert results[0][3] and results[0][3].keys() == results[1][3].keys()  # the loss clips like the evaluation
     for plain, sharded in zip(*results, strict=True):
         torch.testing.assert_close(sharded, plain, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("max_shard_size", [None, "4MB"])
+def test_sharded_load_equals_the_fused_model(one_rank_group, tiny_folder, tmp_path, max_shard_size) -> None:
+    """One model.safetensors, or model-0000x-of-0000y.safetensors with an index (the embedding in a file of its own)."""
+    folder = tiny_folder
+    if max_shard_size is not None:
+        folder = tmp_path / "sharded"
+        hf_model = transformers.LlamaForCausalLM.from_pretrained(tiny_folder)
+        hf_model.save_pretrained(folder, max_shard_size=max_shard_size)
+        assert (folder / "model.safetensors.index.json").is_file()
+    full = fuse_norms(load_transformer(tiny_folder))
+    model = load_sharded(folder)
+    assert model.norms_fused and model.identity == {**full.identity, "name": folder.name}
+    torch.testing.assert_close(model.rope(8), full.rope(8), rtol=0, atol=0)
+    for name, param in full.named_parameters():
+        assert torch.equal(model.get_parameter(name).to_local(), param.detach()), name
+    with pytest.raises(ValueError, match="fsdp=True"):
+        learn_rotations(model, W4A4KV4, torch.zeros(2, 16, dtype=torch.long), steps=1, progress=False)

@@ -106,7 +106,7 @@ def optimize(a: argparse.Namespace, world: World) -> None:
     from .rotation import fuse_norms, set_online_hadamards
     from .train import learn_rotations
 
-    base, tokenizer = load_model(a.model)
+    base, tokenizer = load_model(a.model, sharded=a.fsdp)
     cfg = quant_config(a)
     calib = calibration_samples(tokenizer, a.steps * a.batch_size, a.seq_len, seed=a.seed)
     model = fuse_norms(base)

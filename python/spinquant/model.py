@@ -28,6 +28,10 @@ SUPPORTED_ARCHITECTURES = {
 }
 
 
+FINGERPRINT_TENSORS = ("embed_tokens.weight", "layers.0.self_attn.q_proj.weight")
+FINGERPRINT_FLOATS = 4096
+
+
 class UnsupportedModelError(ValueError):
     """The model folder holds an architecture or feature spinquant cannot run."""
 
@@ -329,24 +333,37 @@ def load_transformer(path: str | Path) -> Transformer:
     return model
 
 
-def load_model(path: str | Path | None = None):
-    """(Transformer, tokenizer) from a local HF folder; None loads the default SmolLM2-135M offline."""
+def load_model(path: str | Path | None = None, sharded: bool = False):
+    """(Transformer, tokenizer) from a local HF folder; None loads the default SmolLM2-135M offline.
+
+    `sharded`: fused and FSDP-sharded over the process group, each rank reading only its rows (`fsdp.load_sharded`).
+    """
     from transformers import AutoTokenizer
 
     from . import assets
 
     folder = Path(path) if path is not None else assets.default_model_dir()
-    model = load_transformer(folder)
+    if sharded:
+        from .fsdp import load_sharded
+
+        model = load_sharded(folder)
+    else:
+        model = load_transformer(folder)
     return model, AutoTokenizer.from_pretrained(str(folder))
 
 
 def model_identity(model: Transformer) -> dict:
     """Architecture, shapes and a fingerprint of the original weights, to refuse files made for another model."""
+    return weights_identity(model.args, {name: model.get_parameter(name) for name in FINGERPRINT_TENSORS})
+
+
+def weights_identity(args: ModelArgs, tensors: dict[str, Tensor]) -> dict:
+    """`model_identity` from the FINGERPRINT_TENSORS (only their first FINGERPRINT_FLOATS values are read)."""
     digest = hashlib.sha256()
-    for name in ("embed_tokens.weight", "layers.0.self_attn.q_proj.weight"):
-        digest.update(model.get_parameter(name).detach().float().flatten()[:4096].numpy().tobytes())
-    args = asdict(model.args)
-    return {"arch": args["arch"], "args": args, "fingerprint": digest.hexdigest()[:16]}
+    for name in FINGERPRINT_TENSORS:
+        digest.update(tensors[name].detach().float().flatten()[:FINGERPRINT_FLOATS].numpy().tobytes())
+    fields = asdict(args)
+    return {"arch": fields["arch"], "args": fields, "fingerprint": digest.hexdigest()[:16]}
 
 
 def tiny_args(arch: str = "llama", **overrides) -> ModelArgs:

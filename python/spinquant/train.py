@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from .cayley import CayleySGD, orthogonality_error, qr_retraction
 from .distributed import Progress, World
-from .fsdp import ShardedLoss
+from .fsdp import ShardedLoss, is_sharded
 from .model import Transformer
 from .quant.apply import quant_targets, quantize_model
 from .quant.config import QuantConfig
@@ -267,7 +267,7 @@ def learn_rotations(
 
     Under torch.distributed (`spinquant.distributed.process_group`) each rank trains on its slice of every
     global batch, gradients are averaged, rank 0 alone writes the state, and `fsdp` shards the frozen weights
-    over the ranks (`spinquant.fsdp`; the model is left sharded).
+    over the ranks (`spinquant.fsdp`; the model is left sharded), or keeps those of a model from `load_sharded`.
     """
     _check_inputs(model, calib, steps, batch_size, lr, checkpoint_every)
     if clip_every < 1:
@@ -276,6 +276,8 @@ def learn_rotations(
     world.check_batch(batch_size)
     if fsdp and not torch.distributed.is_initialized():
         raise ValueError("fsdp needs a torch.distributed process group: launch with torchrun")
+    if is_sharded(model) and not fsdp:
+        raise ValueError("this model's weights are FSDP-sharded (spinquant.fsdp): learn with fsdp=True")
     path = None if checkpoint_path is None else Path(checkpoint_path)
     config = _run_config(
         model, cfg, calib, steps, lr, batch_size, seed, had=had, init=init, momentum=momentum, clip_every=clip_every
