@@ -55,6 +55,7 @@ def test_estimate_shrinks_with_ranks_and_fsdp(capsys) -> None:
     assert one.train > two.train > eight.train and one.frozen == eight.frozen
     sharded = estimate_memory(args, 8, 8, 2048, fsdp=True)
     assert sharded.frozen < one.frozen / 2 and sharded.train < eight.train
+    assert sharded.load < eight.load / 6  # --fsdp loads 1/8 of the weights (and rows of the largest tensor)
     with pytest.raises(ValueError, match="divisible"):
         estimate_memory(args, 3, 8, 2048, fsdp=False)
     main(["memory", "--models", "Llama-3-8B,Llama-3-70B", "--ranks", "1,8"])

@@ -11,7 +11,9 @@ The terms follow what train.py and fsdp.py keep alive (fp32 weights and activati
 - logits: LOGIT_FLOATS per token and vocabulary entry (logits, the shifted copy, log-softmax, its gradient)
 - rotations: R1 and R2 with gradient, momentum and all-reduce buffer, and the Cayley step's dim x dim temporaries
 - runtime: Python, torch, transformers and the tokenizer (RUNTIME_BYTES, measured)
-Loading is not sharded: each process holds the checkpoint's tensors as fp32 and the fp32 model at once (LOAD_BYTES).
+Loading: without FSDP each process holds the checkpoint's tensors as fp32 and the fp32 model at once (LOAD_BYTES);
+with FSDP (`fsdp.load_sharded`) a rank holds its 1/N of the fp32 weights plus the rows it is reading of the largest
+tensor, twice (the mapped file pages and the fp32 copy).
 """
 
 from __future__ import annotations
@@ -81,6 +83,11 @@ def _layer_params(args: ModelArgs) -> tuple[int, int, int]:
     return linear + bias + 2 * args.dim, linear, linear + args.dim * (q + kv)
 
 
+def _largest_tensor(args: ModelArgs) -> int:
+    """Elements of the model's largest tensor (the embedding, or an MLP or q/o weight)."""
+    return args.dim * max(args.vocab_size, args.hidden_dim, args.n_heads * args.head_dim)
+
+
 def n_params(args: ModelArgs) -> int:
     """Parameters of our Transformer for `args` (lm_head always untied)."""
     return 2 * args.vocab_size * args.dim + args.dim + args.n_layers * _layer_params(args)[0]
@@ -132,18 +139,19 @@ def estimate_memory(args: ModelArgs, ranks: int, batch: int, seq_len: int, fsdp:
         logits=4 * LOGIT_FLOATS * tokens * args.vocab_size,
         rotations=rotations,
         runtime=RUNTIME_BYTES,
-        load=RUNTIME_BYTES + LOAD_BYTES * total,
+        load=RUNTIME_BYTES + (4 * (total + 2 * _largest_tensor(args)) // ranks if fsdp else LOAD_BYTES * total),
     )
 
 
 def memory_table(shapes: dict[str, ModelArgs], ranks: tuple[int, ...], batch: int, seq_len: int) -> str:
     """Markdown table: estimated GiB per rank, data parallel vs --fsdp, for each shape and number of ranks."""
     lines = [
-        "| model | ranks | data parallel: step | --fsdp: step | loading (either) |",
-        "|---|---:|---:|---:|---:|",
+        "| model | ranks | data parallel: step | loading | --fsdp: step | loading |",
+        "|---|---:|---:|---:|---:|---:|",
     ]
     for name, args in shapes.items():
         for n in ranks:
-            dp, sharded = (estimate_memory(args, n, batch, seq_len, fsdp) for fsdp in (False, True))
-            lines.append(f"| {name} | {n} | {dp.train / GIB:.1f} | {sharded.train / GIB:.1f} | {dp.load / GIB:.1f} |")
+            dp, fs = (estimate_memory(args, n, batch, seq_len, fsdp) for fsdp in (False, True))
+            cells = (dp.train, dp.load, fs.train, fs.load)
+            lines.append(f"| {name} | {n} | " + " | ".join(f"{c / GIB:.1f}" for c in cells) + " |")
     return "\n".join(lines)
