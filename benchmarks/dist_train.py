@@ -5,7 +5,8 @@ the estimate of `spinquant.memory` for the same run.
     PYTHONPATH=python torchrun --standalone --nproc_per_node 2 benchmarks/dist_train.py --steps 4 --batch-size 2 \
         --seq-len 256 --threads 1 [--fsdp]
 
-Prints one JSON line (rank 0). Steps are timed after loading, between barriers; RSS peaks include loading.
+Prints one JSON line (rank 0). Steps are timed after loading, between barriers; RSS peaks include loading (and
+are also reported right after loading, tokenizing and fusing).
 """
 
 from __future__ import annotations
@@ -41,10 +42,11 @@ def main() -> None:
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     with process_group() as world:
-        base, tokenizer = load_model(None)
+        base, tokenizer = load_model(None, sharded=a.fsdp)  # --fsdp: each rank reads only its shards
         model = fuse_norms(base)
         calib = calibration_samples(tokenizer, a.steps * a.batch_size, a.seq_len, seed=0)
         cfg = QuantConfig.preset(a.precision)
+        load_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
         if world.size > 1:
             dist.barrier()
         start = time.perf_counter()
@@ -55,9 +57,9 @@ def main() -> None:
             dist.barrier()
         seconds = time.perf_counter() - start
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-        peaks = [rss] * world.size
+        peaks = [(load_rss, rss)] * world.size
         if world.size > 1:
-            dist.all_gather_object(peaks, rss)
+            dist.all_gather_object(peaks, (load_rss, rss))
         if world.is_main:
             est = estimate_memory(model.args, world.size, a.batch_size, a.seq_len, a.fsdp)
             gib = 2**30
@@ -72,7 +74,8 @@ def main() -> None:
                         "steps": a.steps,
                         "sec_per_step": round(seconds / a.steps, 2),
                         "losses": [round(x, 5) for x in history],
-                        "peak_rss_gib": [round(r / gib, 2) for r in peaks],
+                        "peak_rss_after_load_gib": [round(r / gib, 2) for r, _ in peaks],
+                        "peak_rss_gib": [round(r / gib, 2) for _, r in peaks],
                         "estimate_gib": {"train": round(est.train / gib, 2), "load": round(est.load / gib, 2)},
                         "load_average": round(os.getloadavg()[0], 1),
                     }
