@@ -114,14 +114,17 @@ PackedInt4 prepack(const uint8_t* qweight, const uint16_t* scales_f16, const uin
   }
   w.Kp = w.goff[w.G];
   const int64_t row_bytes = (K + 1) / 2, G = w.G;
+  // The messages are built only on failure (millions of entries are checked at load time).
   if (w.asymmetric)
     for (int64_t i = 0; i < N * G; ++i)
-      check(zeros[i] <= 15, "int4 prepack: zero point " + std::to_string(zeros[i]) + " at index " +
-                                std::to_string(i) + " is outside [0, 15]; zero points are 4-bit codes");
+      if (zeros[i] > 15)
+        check(false, "int4 prepack: zero point " + std::to_string(zeros[i]) + " at index " + std::to_string(i) +
+                         " is outside [0, 15]; zero points are 4-bit codes");
 
   for (int64_t i = 0; i < N * G; ++i)
-    check((scales_f16[i] & 0x7c00) != 0x7c00, "int4 prepack: scale at index " + std::to_string(i) +
-                                                   " is inf or nan; requantize the weight with finite scales");
+    if ((scales_f16[i] & 0x7c00) == 0x7c00)
+      check(false, "int4 prepack: scale at index " + std::to_string(i) +
+                       " is inf or nan; requantize the weight with finite scales");
   w.codes = AlignedBytes(static_cast<size_t>(w.NB * w.Kp * 8));
   w.scales.assign(w.NB * G * kRows, 0);
   if (w.asymmetric) w.zeros.assign(w.NB * G * kRows, 0);
