@@ -4,7 +4,7 @@
 //   spinquant::hadamard.out(x, hk, *, out)
 //   spinquant::int4_linear.out(x, qweight, scales, zeros?, bias?, group, act_bits, act_clip, *, out)
 //   spinquant::kv_attention.out(q, k, v, cache(a!), input_pos, n_kv_heads, bits, group, *, out)
-//   spinquant::attention.out(q, k_cache, v_cache, input_pos, *, out): float-cache attention (loops, here)
+//   spinquant::attention.out(q, k_cache, v_cache, input_pos, *, out): attention over float caches
 //   spinquant::rms_norm.out / rope.out / silu_mul.out: fused element-wise steps (small loops, here)
 //
 // Weights arrive in the int4 storage layout (docs/INT4_FORMAT.md); they are prepacked once into the kernels'
@@ -112,14 +112,18 @@ struct PackEntry {
 std::mutex g_pack_mu;
 std::map<PackKey, PackEntry> g_pack_cache;
 
-// A few bytes spread over the weight and its scales: catches a different program reusing the same addresses.
+// The first and last 8 bytes of the weight and of its scales: catches a different program reusing the same
+// addresses while touching 4 cache lines a call (the storage is not otherwise read after prepacking).
 Sample sample_bytes(const Tensor& qweight, const Tensor& scales) {
   Sample s{};
   size_t j = 0;
   for (const Tensor* t : {&qweight, &scales}) {
     const auto* p = static_cast<const uint8_t*>(t->const_data_ptr());
     const size_t n = t->nbytes();
-    for (size_t i = 0; i < 16; ++i, ++j) s[j] = n ? p[(n - 1) * i / 15] : 0;
+    for (size_t i = 0; i < 16; ++i, ++j) {
+      const size_t at = i < 8 ? i : (n + i >= 16 ? n + i - 16 : 0);  // bytes 0..7 and n-8..n-1
+      s[j] = n ? p[std::min(at, n - 1)] : 0;
+    }
   }
   return s;
 }
@@ -194,8 +198,8 @@ struct CacheView {
   float* scales[2];
   float* zeros[2];
 
-  spinquant::detail::KVHeadView head(int64_t h) const {
-    spinquant::detail::KVHeadView v{};
+  spinquant::KVHeadView head(int64_t h) const {
+    spinquant::KVHeadView v{};
     for (int w = 0; w < 2; ++w) {
       v.codes[w] = codes[w] + h * seq * row_bytes;
       v.scales[w] = scales[w] + h * seq * groups;
@@ -211,25 +215,17 @@ struct CacheView {
 
   // Quantizes x [dim] into row `pos` of head h of K (w = 0) or V (w = 1).
   void store(int w, int64_t h, int64_t pos, const float* x) const {
-    uint8_t q[512];
     const int64_t r = h * seq + pos;
-    uint8_t* dst = codes[w] + r * row_bytes;
-    for (int64_t g = 0; g < groups; ++g)
-      spinquant::quantize_group_asym(x + g * group, group, bits, q + g * group, scales[w] + r * groups + g,
-                                     zeros[w] + r * groups + g);
-    if (bits == 8) {
-      std::memcpy(dst, q, dim);
-    } else {
-      for (int64_t d = 0; d < dim; d += 2) dst[d / 2] = static_cast<uint8_t>(q[d] | (q[d + 1] << 4));
-    }
+    spinquant::store_row_asym(x, dim, group, bits, codes[w] + r * row_bytes, scales[w] + r * groups,
+                              zeros[w] + r * groups);
   }
 };
 
 bool make_cache_view(KernelRuntimeContext& ctx, Tensor& cache, int64_t hkv, int64_t dim, int64_t bits,
                      int64_t group, CacheView* v) {
   group = group > 0 ? group : dim;
-  if (!check(ctx, (bits == 4 || bits == 8) && dim % group == 0 && dim <= 512 && dim % 2 == 0,
-             "kv_attention: bits must be 4 or 8, group must divide head_dim (even, <= 512)"))
+  if (!check(ctx, (bits == 4 || bits == 8) && dim % group == 0 && dim % 2 == 0,
+             "kv_attention: bits must be 4 or 8, group must divide head_dim (even)"))
     return false;
   const int64_t groups = dim / group, row_bytes = dim * bits / 8;
   const int64_t per_pos = 2 * hkv * (row_bytes + 8 * groups);
@@ -264,30 +260,28 @@ Tensor& kv_attention_out(KernelRuntimeContext& ctx, const Tensor& q, const Tenso
     return out;
   CacheView cv{};
   if (!make_cache_view(ctx, cache, n_kv_heads, q.size(2), bits, group, &cv)) return out;
-  const int64_t T = q.size(0), H = q.size(1), D = q.size(2), r = H / n_kv_heads;
+  const int64_t T = q.size(0), H = q.size(1), D = q.size(2);
   const int64_t start = input_pos.const_data_ptr<int64_t>()[0];
   if (!check(ctx, start >= 0 && start + T <= cv.seq, "kv_attention: positions exceed the cache (max_seq_len)"))
     return out;
   const float* kp = k.const_data_ptr<float>();
   const float* vp = v.const_data_ptr<float>();
-  for (int64_t t = 0; t < T; ++t)
-    for (int64_t h = 0; h < n_kv_heads; ++h) {
-      cv.store(0, h, start + t, kp + (t * n_kv_heads + h) * D);
-      cv.store(1, h, start + t, vp + (t * n_kv_heads + h) * D);
+  std::vector<int64_t> pos(static_cast<size_t>(T));
+  std::vector<spinquant::KVHeadView> heads(static_cast<size_t>(n_kv_heads));
+  for (int64_t h = 0; h < n_kv_heads; ++h) heads[h] = cv.head(h);
+  try {
+    for (int64_t t = 0; t < T; ++t) {
+      pos[t] = start + t;
+      for (int64_t h = 0; h < n_kv_heads; ++h) {
+        cv.store(0, h, start + t, kp + (t * n_kv_heads + h) * D);
+        cv.store(1, h, start + t, vp + (t * n_kv_heads + h) * D);
+      }
     }
-  const float scale = 1.0f / std::sqrt(static_cast<float>(D));
-  const spinquant::detail::AttendFn attend = spinquant::detail::attend_kernel();
-  const float* qp = q.const_data_ptr<float>();
-  float* op = out.mutable_data_ptr<float>();
-  spinquant::parallel_for(T * n_kv_heads, g_threads.load(), [&](int64_t i0, int64_t i1) {
-    std::vector<float> scratch;
-    for (int64_t i = i0; i < i1; ++i) {
-      const int64_t t = i / n_kv_heads, h = i % n_kv_heads, len = start + t + 1;
-      scratch.resize(r * len + r * D);
-      const int64_t off = (t * H + h * r) * D;
-      attend(qp + off, r, cv.head(h), len, scale, op + off, scratch.data());
-    }
-  });
+    spinquant::attention(heads.data(), n_kv_heads, q.const_data_ptr<float>(), T, H, pos.data(),
+                         out.mutable_data_ptr<float>(), 0.0f, g_threads.load());
+  } catch (const std::exception& e) {
+    fail(ctx, std::string("kv_attention: ") + e.what());
+  }
   return out;
 }
 
@@ -359,34 +353,6 @@ Tensor& silu_mul_out(KernelRuntimeContext& ctx, const Tensor& gate_up, Tensor& o
 }
 
 // ---- attention over float caches -----------------------------------------------------------------------
-// A float-cache counterpart of kernels/' quant_kv_attention (which handles 4/8-bit caches only); it reads only
-// the positions each query sees instead of the whole cache.
-
-void attend_float(const float* q, int64_t r, const float* k, const float* v, int64_t len, int64_t D, float scale,
-                  float* out, std::vector<float>& p) {
-  p.resize(len);
-  for (int64_t i = 0; i < r; ++i) {
-    const float* qi = q + i * D;
-    float mx = -INFINITY;
-    for (int64_t j = 0; j < len; ++j) {
-      const float* kj = k + j * D;
-      float dot = 0.0f;
-#pragma omp simd reduction(+ : dot)
-      for (int64_t d = 0; d < D; ++d) dot += qi[d] * kj[d];
-      p[j] = dot * scale;
-      mx = std::max(mx, p[j]);
-    }
-    float sum = 0.0f;
-    for (int64_t j = 0; j < len; ++j) sum += (p[j] = std::exp(p[j] - mx));
-    float* oi = out + i * D;
-    std::fill(oi, oi + D, 0.0f);
-    for (int64_t j = 0; j < len; ++j) {
-      const float w = p[j] / sum;
-      const float* vj = v + j * D;
-      for (int64_t d = 0; d < D; ++d) oi[d] += w * vj[d];
-    }
-  }
-}
 
 Tensor& attention_out(KernelRuntimeContext& ctx, const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
                       const Tensor& input_pos, Tensor& out) {
@@ -403,21 +369,19 @@ Tensor& attention_out(KernelRuntimeContext& ctx, const Tensor& q, const Tensor& 
       !resize(ctx, out, sizes_of(q)))
     return out;
   const int64_t T = q.size(0), H = q.size(1), D = q.size(2), hkv = k_cache.size(0), S = k_cache.size(1);
-  const int64_t r = H / hkv;
   const int64_t* pos = input_pos.const_data_ptr<int64_t>();
   for (int64_t t = 0; t < T; ++t)
     if (!check(ctx, pos[t] >= 0 && pos[t] < S, "attention: a position exceeds the cache (max_seq_len)")) return out;
-  const float scale = 1.0f / std::sqrt(static_cast<float>(D));
-  const float* qp = q.const_data_ptr<float>();
-  float* op = out.mutable_data_ptr<float>();
-  spinquant::parallel_for(T * hkv, g_threads.load(), [&](int64_t i0, int64_t i1) {
-    std::vector<float> p;
-    for (int64_t i = i0; i < i1; ++i) {
-      const int64_t t = i / hkv, h = i % hkv, off = (t * H + h * r) * D;
-      attend_float(qp + off, r, k_cache.const_data_ptr<float>() + h * S * D,
-                   v_cache.const_data_ptr<float>() + h * S * D, pos[t] + 1, D, scale, op + off, p);
-    }
-  });
+  std::vector<spinquant::KVHeadView> heads(static_cast<size_t>(hkv));
+  for (int64_t h = 0; h < hkv; ++h)
+    heads[h] = spinquant::float_head_view(k_cache.const_data_ptr<float>() + h * S * D,
+                                          v_cache.const_data_ptr<float>() + h * S * D, D);
+  try {
+    spinquant::attention(heads.data(), hkv, q.const_data_ptr<float>(), T, H, pos, out.mutable_data_ptr<float>(),
+                         0.0f, g_threads.load());
+  } catch (const std::exception& e) {
+    fail(ctx, std::string("attention: ") + e.what());
+  }
   return out;
 }
 
