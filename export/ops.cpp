@@ -5,7 +5,7 @@
 //   spinquant::int4_linear.out(x, qweight, scales, zeros?, bias?, group, act_bits, act_clip, *, out)
 //   spinquant::kv_attention.out(q, k, v, cache(a!), input_pos, n_kv_heads, bits, group, *, out)
 //   spinquant::attention.out(q, k_cache, v_cache, input_pos, *, out): attention over float caches
-//   spinquant::rms_norm.out / rope.out / silu_mul.out: fused element-wise steps (small loops, here)
+//   spinquant::rms_norm.out / rope.out (+ R3 when given hk) / silu_mul.out: fused element-wise steps (loops, here)
 //
 // Weights arrive in the int4 storage layout (docs/INT4_FORMAT.md); they are prepacked once into the kernels'
 // layout and cached by the address of the program's constant data (plus a sampled fingerprint), so a decode
@@ -53,6 +53,10 @@ bool fail(KernelRuntimeContext& ctx, const std::string& msg) {
 
 bool check(KernelRuntimeContext& ctx, bool ok, const char* msg) { return ok || fail(ctx, msg); }
 
+// Threads for a step of about `work` multiply-adds: one below what a second thread pays for (decode's small
+// transforms and short-context attention), else the configured count.
+int op_threads(int64_t work) { return work < (int64_t{1} << 16) ? 1 : g_threads.load(); }
+
 bool resize(KernelRuntimeContext& ctx, Tensor& out, const std::vector<SizesType>& sizes) {
   return check(ctx, executorch::runtime::resize_tensor(out, {sizes.data(), sizes.size()}) == Error::Ok,
                "cannot resize the output tensor");
@@ -63,14 +67,20 @@ std::vector<SizesType> sizes_of(const Tensor& t) { return {t.sizes().begin(), t.
 // ---- hadamard ------------------------------------------------------------------------------------------
 
 const spinquant::HadamardTransform& hadamard_for(int64_t n, const int8_t* hk, int64_t K) {
+  struct Entry {
+    int64_t n;
+    std::vector<int8_t> hk;
+    std::unique_ptr<spinquant::HadamardTransform> t;
+  };
   static std::mutex mu;
-  static std::map<std::pair<int64_t, std::string>, std::unique_ptr<spinquant::HadamardTransform>> cache;
+  static std::vector<Entry> cache;  // a few sizes a model: a linear search without building keys
   std::lock_guard<std::mutex> lock(mu);
-  auto key = std::make_pair(n, std::string(reinterpret_cast<const char*>(hk), K * K));
-  auto it = cache.find(key);
-  if (it == cache.end())
-    it = cache.emplace(key, std::make_unique<spinquant::HadamardTransform>(n, K > 1 ? hk : nullptr, K)).first;
-  return *it->second;
+  for (const Entry& e : cache)
+    if (e.n == n && static_cast<int64_t>(e.hk.size()) == K * K && std::equal(e.hk.begin(), e.hk.end(), hk))
+      return *e.t;
+  cache.push_back(Entry{n, std::vector<int8_t>(hk, hk + K * K),
+                        std::make_unique<spinquant::HadamardTransform>(n, K > 1 ? hk : nullptr, K)});
+  return *cache.back().t;
 }
 
 Tensor& hadamard_out(KernelRuntimeContext& ctx, const Tensor& x, const Tensor& hk, Tensor& out) {
@@ -85,7 +95,7 @@ Tensor& hadamard_out(KernelRuntimeContext& ctx, const Tensor& x, const Tensor& h
     const auto& t = hadamard_for(n, hk.const_data_ptr<int8_t>(), hk.size(0));
     float* y = out.mutable_data_ptr<float>();
     if (y != x.const_data_ptr<float>()) std::memcpy(y, x.const_data_ptr<float>(), x.nbytes());
-    t.apply(y, n ? x.numel() / n : 0, g_threads.load());
+    t.apply(y, n ? x.numel() / n : 0, op_threads(x.numel()));
   } catch (const std::exception& e) {
     fail(ctx, std::string("hadamard: ") + e.what());
   }
@@ -278,7 +288,7 @@ Tensor& kv_attention_out(KernelRuntimeContext& ctx, const Tensor& q, const Tenso
       }
     }
     spinquant::attention(heads.data(), n_kv_heads, q.const_data_ptr<float>(), T, H, pos.data(),
-                         out.mutable_data_ptr<float>(), 0.0f, g_threads.load());
+                         out.mutable_data_ptr<float>(), 0.0f, op_threads(T * (start + T) * (H + n_kv_heads) * D));
   } catch (const std::exception& e) {
     fail(ctx, std::string("kv_attention: ") + e.what());
   }
@@ -311,12 +321,15 @@ Tensor& rms_norm_out(KernelRuntimeContext& ctx, const Tensor& x, const Tensor& w
   return out;
 }
 
-Tensor& rope_out(KernelRuntimeContext& ctx, const Tensor& x, const Tensor& cos, const Tensor& sin, Tensor& out) {
+Tensor& rope_out(KernelRuntimeContext& ctx, const Tensor& x, const Tensor& cos, const Tensor& sin,
+                 const std::optional<Tensor>& hk, Tensor& out) {
   if (!check_float(ctx, x, out, "rope: x must be float32") ||
       !check(ctx, x.dim() == 3 && x.size(2) % 2 == 0, "rope: x must be [T, heads, head_dim] (even head_dim)") ||
       !check(ctx, cos.dim() == 2 && sin.dim() == 2 && cos.size(0) == x.size(0) && cos.size(1) == x.size(2) &&
                       sin.size(0) == x.size(0) && sin.size(1) == x.size(2),
              "rope: cos and sin must be float32 [T, head_dim]") ||
+      !check(ctx, !hk || (hk->scalar_type() == ScalarType::Char && hk->dim() == 2 && hk->size(0) == hk->size(1)),
+             "rope: hk must be an int8 [K, K] matrix") ||
       !resize(ctx, out, sizes_of(x)))
     return out;
   const int64_t T = x.size(0), H = x.size(1), D = x.size(2), half = D / 2;
@@ -331,6 +344,14 @@ Tensor& rope_out(KernelRuntimeContext& ctx, const Tensor& x, const Tensor& cos, 
         yr[i] = a * c[i] + (-b) * s[i];
         yr[i + half] = b * c[i + half] + a * s[i + half];
       }
+    }
+  }
+  if (hk) {  // R3: the Hadamard transform over head_dim of every head
+    try {
+      hadamard_for(D, hk->const_data_ptr<int8_t>(), hk->size(0)).apply(out.mutable_data_ptr<float>(), T * H,
+                                                                         op_threads(T * H * D));
+    } catch (const std::exception& e) {
+      fail(ctx, std::string("rope: ") + e.what());
     }
   }
   return out;
@@ -377,8 +398,10 @@ Tensor& attention_out(KernelRuntimeContext& ctx, const Tensor& q, const Tensor& 
     heads[h] = spinquant::float_head_view(k_cache.const_data_ptr<float>() + h * S * D,
                                           v_cache.const_data_ptr<float>() + h * S * D, D);
   try {
+    int64_t len = 0;
+    for (int64_t t = 0; t < T; ++t) len = std::max(len, pos[t] + 1);
     spinquant::attention(heads.data(), hkv, q.const_data_ptr<float>(), T, H, pos, out.mutable_data_ptr<float>(),
-                         0.0f, g_threads.load());
+                         0.0f, op_threads(T * len * (H + hkv) * D));
   } catch (const std::exception& e) {
     fail(ctx, std::string("attention: ") + e.what());
   }

@@ -48,6 +48,7 @@ class OpsProgram(nn.Module):
             self.register_buffer(f"l{i}_bias", torch.randn(n, generator=GEN) if bias else None)
             self.cases.append((st["dequant"], group, act_bits, clip, sym))
         self.register_buffer("norm_w", 1 + 0.3 * torch.randn(16, generator=GEN))
+        self.register_buffer("hk_rope", base_hadamard(16)[1])  # R3 inside rope over head_dim 16
 
     def forward(self, *xs: torch.Tensor) -> tuple:
         outs = [sq.hadamard(xs[i], getattr(self, f"hk{i}")) for i in range(len(HADAMARD_SIZES))]
@@ -68,6 +69,7 @@ class OpsProgram(nn.Module):
         x, cos, sin = xs[-3:]
         outs.append(sq.rms_norm(x.view(-1, 16), self.norm_w, 1e-5))
         outs.append(sq.rope(x, cos, sin))
+        outs.append(sq.rope(x, cos, sin, self.hk_rope))
         outs.append(sq.silu_mul(x))
         return tuple(outs)
 
