@@ -4,7 +4,7 @@
 //   spinquant::hadamard.out(x, hk, *, out)
 //   spinquant::int4_linear.out(x, qweight, scales, zeros?, bias?, group, act_bits, act_clip, *, out)
 //   spinquant::kv_attention.out(q, k, v, cache(a!), input_pos, n_kv_heads, bits, group, *, out)
-//   spinquant::attention.out(q, k_cache, v_cache, input_pos, *, out): attention over float caches
+//   spinquant::attention.out(q, k, v, k_cache(a!), v_cache(b!), input_pos, *, out): float-cache attention
 //   spinquant::rms_norm.out / rope.out (+ R3 when given hk) / silu_mul.out: fused element-wise steps (loops, here)
 //
 // Weights arrive in the int4 storage layout (docs/INT4_FORMAT.md); they are prepacked once into the kernels'
@@ -375,31 +375,40 @@ Tensor& silu_mul_out(KernelRuntimeContext& ctx, const Tensor& gate_up, Tensor& o
 
 // ---- attention over float caches -----------------------------------------------------------------------
 
-Tensor& attention_out(KernelRuntimeContext& ctx, const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
-                      const Tensor& input_pos, Tensor& out) {
-  if (!check(ctx, q.scalar_type() == ScalarType::Float && k_cache.scalar_type() == ScalarType::Float &&
-                      v_cache.scalar_type() == ScalarType::Float && q.dim() == 3 && k_cache.dim() == 3 &&
-                      v_cache.dim() == 3,
-             "attention: q [T, H, D] and caches [Hkv, S, D] must be float32") ||
+Tensor& attention_out(KernelRuntimeContext& ctx, const Tensor& q, const Tensor& k, const Tensor& v, Tensor& k_cache,
+                      Tensor& v_cache, const Tensor& input_pos, Tensor& out) {
+  if (!check(ctx, q.scalar_type() == ScalarType::Float && k.scalar_type() == ScalarType::Float &&
+                      v.scalar_type() == ScalarType::Float && k_cache.scalar_type() == ScalarType::Float &&
+                      v_cache.scalar_type() == ScalarType::Float && q.dim() == 3 && k.dim() == 3 && v.dim() == 3 &&
+                      k_cache.dim() == 3 && v_cache.dim() == 3,
+             "attention: q [T, H, D], k and v [T, Hkv, D] and caches [Hkv, S, D] must be float32") ||
       !check(ctx, k_cache.size(0) == v_cache.size(0) && k_cache.size(1) == v_cache.size(1) &&
                       k_cache.size(2) == q.size(2) && v_cache.size(2) == q.size(2) &&
-                      q.size(1) % k_cache.size(0) == 0,
-             "attention: cache shapes do not match q") ||
+                      q.size(1) % k_cache.size(0) == 0 && k.size(0) == q.size(0) && v.size(0) == q.size(0) &&
+                      k.size(1) == k_cache.size(0) && v.size(1) == k_cache.size(0) && k.size(2) == q.size(2) &&
+                      v.size(2) == q.size(2),
+             "attention: k, v or cache shapes do not match q") ||
       !check(ctx, input_pos.scalar_type() == ScalarType::Long && input_pos.numel() == q.size(0),
              "attention: input_pos must be int64 [T]") ||
       !resize(ctx, out, sizes_of(q)))
     return out;
   const int64_t T = q.size(0), H = q.size(1), D = q.size(2), hkv = k_cache.size(0), S = k_cache.size(1);
   const int64_t* pos = input_pos.const_data_ptr<int64_t>();
-  for (int64_t t = 0; t < T; ++t)
+  int64_t len = 0;
+  for (int64_t t = 0; t < T; ++t) {
     if (!check(ctx, pos[t] >= 0 && pos[t] < S, "attention: a position exceeds the cache (max_seq_len)")) return out;
+    len = std::max(len, pos[t] + 1);
+  }
+  float* kc = k_cache.mutable_data_ptr<float>();
+  float* vc = v_cache.mutable_data_ptr<float>();
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t h = 0; h < hkv; ++h) {
+      std::memcpy(kc + (h * S + pos[t]) * D, k.const_data_ptr<float>() + (t * hkv + h) * D, D * sizeof(float));
+      std::memcpy(vc + (h * S + pos[t]) * D, v.const_data_ptr<float>() + (t * hkv + h) * D, D * sizeof(float));
+    }
   std::vector<spinquant::KVHeadView> heads(static_cast<size_t>(hkv));
-  for (int64_t h = 0; h < hkv; ++h)
-    heads[h] = spinquant::float_head_view(k_cache.const_data_ptr<float>() + h * S * D,
-                                          v_cache.const_data_ptr<float>() + h * S * D, D);
+  for (int64_t h = 0; h < hkv; ++h) heads[h] = spinquant::float_head_view(kc + h * S * D, vc + h * S * D, D);
   try {
-    int64_t len = 0;
-    for (int64_t t = 0; t < T; ++t) len = std::max(len, pos[t] + 1);
     spinquant::attention(heads.data(), hkv, q.const_data_ptr<float>(), T, H, pos, out.mutable_data_ptr<float>(),
                          0.0f, op_threads(T * len * (H + hkv) * D));
   } catch (const std::exception& e) {

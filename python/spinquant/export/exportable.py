@@ -162,9 +162,7 @@ class ExportAttention(nn.Module):
         return self.o_proj(out.reshape(t, self.n_heads * self.head_dim))
 
     def _float_attention(self, q: Tensor, k: Tensor, v: Tensor, input_pos: Tensor) -> Tensor:
-        self.k_cache[:, input_pos] = k.transpose(0, 1)
-        self.v_cache[:, input_pos] = v.transpose(0, 1)
-        return sq.attention(q, self.k_cache, self.v_cache, input_pos)
+        return sq.attention(q, k, v, self.k_cache, self.v_cache, input_pos)  # writes the caches too
 
 
 class ExportBlock(nn.Module):

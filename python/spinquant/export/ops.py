@@ -14,8 +14,8 @@ plain PyTorch. The CPU implementation is the eager reference the native runtime 
 - `rms_norm(x, weight, eps)`, `rope(x, cos, sin, hk=None)`, `silu_mul(gate_up)`: fused element-wise steps of
   the decoder (one runtime op each instead of 3 to 10 portable ones); `rope` with `hk` also applies R3 (the
   Hadamard transform over head_dim) to its output.
-- `attention(q, k_cache, v_cache, input_pos)`: causal GQA attention over float caches [Hkv, S, D] that the
-  graph has already updated (reads positions 0 .. input_pos[t] only).
+- `attention(q, k, v, k_cache, v_cache, input_pos)`: write k, v into the layer's float caches [Hkv, S, D] at
+  input_pos, then causal GQA attention over them (reads positions 0 .. input_pos[t] only).
 """
 
 from __future__ import annotations
@@ -285,14 +285,16 @@ _register_elementwise(
 
 # ---- attention over float caches ------------------------------------------------------------------------
 
-_lib.define("attention(Tensor q, Tensor k_cache, Tensor v_cache, Tensor input_pos) -> Tensor")
-_lib.define(
-    "attention.out(Tensor q, Tensor k_cache, Tensor v_cache, Tensor input_pos, *, Tensor(a!) out) -> Tensor(a!)"
-)
+_FLOAT_ATTN_ARGS = "Tensor q, Tensor k, Tensor v, Tensor(a!) k_cache, Tensor(b!) v_cache, Tensor input_pos"
+_lib.define(f"attention({_FLOAT_ATTN_ARGS}) -> Tensor")
+_lib.define(f"attention.out({_FLOAT_ATTN_ARGS}, *, Tensor(c!) out) -> Tensor(c!)")
 
 
-def _attention_ref(q: Tensor, k_cache: Tensor, v_cache: Tensor, input_pos: Tensor) -> Tensor:
-    """q [T, H, D] at positions input_pos over float caches [Hkv, S, D] (already holding those positions)."""
+def _attention_ref(q: Tensor, k: Tensor, v: Tensor, k_cache: Tensor, v_cache: Tensor, input_pos: Tensor) -> Tensor:
+    """Write k, v [T, Hkv, D] into the float caches [Hkv, S, D] at input_pos, then causal GQA attention of
+    q [T, H, D] over them (positions 0 .. input_pos[t] only)."""
+    k_cache[:, input_pos] = k.transpose(0, 1)
+    v_cache[:, input_pos] = v.transpose(0, 1)
     length = int(input_pos.max()) + 1
     mask = torch.arange(length)[None, :] <= input_pos[:, None]
     out = F.scaled_dot_product_attention(
@@ -305,6 +307,20 @@ def _attention_ref(q: Tensor, k_cache: Tensor, v_cache: Tensor, input_pos: Tenso
     return out[0].transpose(0, 1).contiguous()
 
 
-_register_elementwise("attention", _attention_ref, lambda q, k_cache, v_cache, input_pos: torch.empty_like(q))
+@torch.library.impl(_lib, "attention", "CPU")
+def _attention_cpu(q, k, v, k_cache, v_cache, input_pos) -> Tensor:
+    return _attention_ref(q, k, v, k_cache, v_cache, input_pos)
+
+
+@torch.library.impl(_lib, "attention.out", "CPU")
+def _attention_out_cpu(q, k, v, k_cache, v_cache, input_pos, *, out) -> Tensor:
+    y = _attention_ref(q, k, v, k_cache, v_cache, input_pos)
+    return out.resize_(y.shape).copy_(y)
+
+
+@torch.library.register_fake(f"{NAMESPACE}::attention")
+def _attention_fake(q, k, v, k_cache, v_cache, input_pos) -> Tensor:
+    return torch.empty_like(q)
+
 
 OPS = ("hadamard", "int4_linear", "kv_attention", "rms_norm", "rope", "silu_mul", "attention")
