@@ -13,11 +13,6 @@
 namespace spinquant::int4::detail {
 namespace {
 
-// Decode (one token) streams the codes once: prefetch this far ahead in the codes, past the end of a matrix
-// into the next one packed after it (prepacking happens in call order). Tuned on SmolLM2's shapes: 8 KiB
-// gave the fastest decode GEMVs from DRAM (1 KiB - 32 KiB tried).
-constexpr int64_t kPrefetchBytes = 8192;
-
 void quantize_avx512(const float* x, int64_t K, int bits, float clip, uint8_t* codes, float* scale,
                      int32_t* zero) {
   __m512 vlo = _mm512_set1_ps(x[0]), vhi = vlo;
