@@ -1,9 +1,10 @@
 """`spinquant bench`: decode ms/token and prefill tokens/s of fp32 eager, ExecuTorch XNNPACK 8da4w and our
 programs (W4A8 no_had, W4A8 had, W4A4KV4 had), built from the same model, timed on the same prompt in one run.
 
-Every setting runs `runs` times (prefill the prompt, then greedy-decode `new_tokens`); medians are reported
-in a markdown table, a JSON file and a bar chart. A warning is printed (and recorded) when the machine is
-already loaded, because other work on these cores halves the speed.
+Every setting runs `runs` times (prefill the prompt, then greedy-decode `new_tokens`), in rounds that visit
+every (variant, threads) setting once, so that load from other work drifting during the run hits every
+setting alike; medians are reported in a markdown table, a JSON file and a bar chart. A warning is printed
+(and recorded) when the machine is already loaded, because other work on these cores halves the speed.
 """
 
 from __future__ import annotations
@@ -187,12 +188,26 @@ def streamed_bytes(model, group: int) -> int:
 # ---- the run -------------------------------------------------------------------------------------------
 
 
-def measure(runner, ids: list[int], threads: int, new_tokens: int, runs: int, name: str) -> Result:
-    runner.set_threads(threads)
-    time_run(runner, ids, 4)  # warm-up: prepacking, caches, thread pools
-    load = warn_if_loaded()
-    prefill, decode = zip(*(time_run(runner, ids, new_tokens) for _ in range(runs)), strict=True)
-    return Result(name, threads, statistics.median(decode), statistics.median(prefill), list(decode), load)
+def measure(runners: dict, ids: list[int], threads: list[int], new_tokens: int, runs: int) -> list[Result]:
+    """Time every (variant, threads) setting `runs` times in interleaved rounds; medians per setting."""
+    settings = [(name, t) for name in runners for t in threads]
+    for name, t in settings:  # warm-up: prepacking, caches, thread pools
+        runners[name].set_threads(t)
+        time_run(runners[name], ids, 4)
+    samples: dict = {key: [] for key in settings}
+    loads: dict = {key: [] for key in settings}
+    for _ in range(runs):
+        load = warn_if_loaded()
+        for name, t in settings:
+            runners[name].set_threads(t)
+            samples[name, t].append(time_run(runners[name], ids, new_tokens))
+            loads[name, t].append(load)
+    results = []
+    for name, t in settings:
+        prefill, decode = zip(*samples[name, t], strict=True)
+        med = statistics.median
+        results.append(Result(name, t, med(decode), med(prefill), list(decode), med(loads[name, t])))
+    return results
 
 
 def markdown(results: list[Result], floors: dict[int, float]) -> str:
@@ -268,7 +283,7 @@ def run_bench(
     folder = model_path or str(assets.default_model_dir())
     tokenizer = AutoTokenizer.from_pretrained(folder)
     ids = prompt_ids(tokenizer, prompt_len)
-    results, floors, ppl = [], {}, None
+    runners, floors, ppl = {}, {}, None
     for name in variants:
         runner, seconds, nbytes = build_variant(name, model_path, out, max_seq_len, seed)
         log(f"{name}: ready in {seconds:.0f} s")
@@ -276,13 +291,14 @@ def run_bench(
             floors = {t: nbytes / (BANDWIDTH_GBS[t] * 1e9) * 1e3 for t in threads if t in BANDWIDTH_GBS}
             window = test_windows(tokenizer, min(ppl_tokens, max_seq_len), 1)[0]
             ppl = perplexity_pair(runner.eager, runner.model, window)
+            runner.eager = None
             log(f"{name}: perplexity on {len(window)} wiki tokens: eager {ppl[0]:.4f}, .pte {ppl[1]:.4f}")
-        for t in threads:
-            r = measure(runner, ids, t, new_tokens, runs, name)
-            log(
-                f"  {t} thread(s): decode {r.decode_ms_per_token:.2f} ms/token, prefill {r.prefill_tok_per_s:.0f} tok/s"
-            )
-            results.append(r)
+        runners[name] = runner
+    results = measure(runners, ids, threads, new_tokens, runs)
+    for r in results:
+        log(f"  {r.variant}, {r.threads} thread(s): decode {r.decode_ms_per_token:.2f} ms/token, "
+            f"prefill {r.prefill_tok_per_s:.0f} tok/s")
+    for runner in runners.values():
         if isinstance(runner, PteRunner):
             runner.close()
     table = markdown(results, floors)
