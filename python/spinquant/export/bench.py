@@ -100,6 +100,9 @@ class PteRunner:
 
         set_threads(n)
         portable_lib._unsafe_reset_threadpool(n)
+        # The program runs on ExecuTorch's and our thread pools; torch only takes the argmax here, which its
+        # intra-op threads (left at 2 by the eager runner) would slow down by milliseconds on a busy machine.
+        torch.set_num_threads(1)
 
     def forward(self, ids: list[int], start: int) -> int:
         pos = torch.arange(start, start + len(ids))
