@@ -40,6 +40,7 @@ class Result:
     prefill_tok_per_s: float
     decode_runs: list[float]
     load_before: float
+    decode_cpu_ms_per_token: float = 0.0  # process CPU time (all threads, spinning included), median
 
 
 def machine_load() -> float:
@@ -112,16 +113,17 @@ class PteRunner:
         self.model.close()
 
 
-def time_run(runner, ids: list[int], new_tokens: int) -> tuple[float, float]:
-    """(prefill tokens/s, decode ms/token) of one prefill + greedy decode."""
+def time_run(runner, ids: list[int], new_tokens: int) -> tuple[float, float, float]:
+    """(prefill tokens/s, decode ms/token, decode CPU ms/token) of one prefill + greedy decode. The process CPU
+    time stays meaningful when other work shares the cores (wall time then includes waiting for a core)."""
     t0 = time.perf_counter()
     token = runner.forward(ids, 0)
     prefill = time.perf_counter() - t0
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     for i in range(new_tokens):
         token = runner.forward([token], len(ids) + i)
-    decode = time.perf_counter() - t0
-    return len(ids) / prefill, 1000.0 * decode / new_tokens
+    decode, cpu = time.perf_counter() - t0, time.process_time() - c0
+    return len(ids) / prefill, 1000.0 * decode / new_tokens, 1000.0 * cpu / new_tokens
 
 
 # ---- building the variants from one model --------------------------------------------------------------
@@ -207,21 +209,21 @@ def measure(runners: dict, ids: list[int], threads: list[int], new_tokens: int, 
             loads[name, t].append(load)
     results = []
     for name, t in settings:
-        prefill, decode = zip(*samples[name, t], strict=True)
+        prefill, decode, cpu = zip(*samples[name, t], strict=True)
         med = statistics.median
-        results.append(Result(name, t, med(decode), med(prefill), list(decode), med(loads[name, t])))
+        results.append(Result(name, t, med(decode), med(prefill), list(decode), med(loads[name, t]), med(cpu)))
     return results
 
 
 def markdown(results: list[Result], floors: dict[int, float]) -> str:
     lines = [
-        "| variant | threads | decode ms/token (median) | prefill tok/s (median) | load before |",
-        "|---|---:|---:|---:|---:|",
+        "| variant | threads | decode ms/token (median) | prefill tok/s (median) | load before | decode CPU ms/token |",
+        "|---|---:|---:|---:|---:|---:|",
     ]
     for r in results:
         lines.append(
             f"| {r.variant} | {r.threads} | {r.decode_ms_per_token:.2f} | {r.prefill_tok_per_s:.0f} | "
-            f"{r.load_before:.2f} |"
+            f"{r.load_before:.2f} | {r.decode_cpu_ms_per_token:.2f} |"
         )
     for t, ms in sorted(floors.items()):
         lines.append(
