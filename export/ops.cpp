@@ -20,13 +20,13 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
-#include <map>
 #include <memory>
 #include <mutex>
 #include <optional>
 #include <stdexcept>
 #include <string>
 #include <tuple>
+#include <unordered_map>
 #include <vector>
 
 #include "spinquant/attention.h"
@@ -107,8 +107,14 @@ Tensor& hadamard_out(KernelRuntimeContext& ctx, const Tensor& x, const Tensor& h
 struct PackKey {
   const void *qweight, *scales, *zeros;
   int64_t N, K, group;
-  bool operator<(const PackKey& o) const {
-    return std::tie(qweight, scales, zeros, N, K, group) < std::tie(o.qweight, o.scales, o.zeros, o.N, o.K, o.group);
+  bool operator==(const PackKey& o) const {
+    return std::tie(qweight, scales, zeros, N, K, group) == std::tie(o.qweight, o.scales, o.zeros, o.N, o.K, o.group);
+  }
+};
+
+struct PackKeyHash {
+  size_t operator()(const PackKey& k) const {
+    return std::hash<const void*>()(k.qweight) ^ (std::hash<const void*>()(k.scales) << 1);
   }
 };
 
@@ -119,21 +125,20 @@ struct PackEntry {
   std::shared_ptr<spinquant::int4::PackedInt4> packed;
 };
 
+// A hash map: a decode step looks up ~200 weights whose cache entries fell out of the caches in between (the
+// step streams far more than the last-level cache), so every pointer followed is a trip to memory.
 std::mutex g_pack_mu;
-std::map<PackKey, PackEntry> g_pack_cache;
+std::unordered_map<PackKey, PackEntry, PackKeyHash> g_pack_cache;
 
-// The first and last 8 bytes of the weight and of its scales: catches a different program reusing the same
-// addresses while touching 4 cache lines a call (the storage is not otherwise read after prepacking).
+// The first 16 bytes of the weight and of its scales: catches a different program reusing the same addresses
+// (the storage is not otherwise read after prepacking; two cache lines a call).
 Sample sample_bytes(const Tensor& qweight, const Tensor& scales) {
   Sample s{};
   size_t j = 0;
   for (const Tensor* t : {&qweight, &scales}) {
     const auto* p = static_cast<const uint8_t*>(t->const_data_ptr());
     const size_t n = t->nbytes();
-    for (size_t i = 0; i < 16; ++i, ++j) {
-      const size_t at = i < 8 ? i : (n + i >= 16 ? n + i - 16 : 0);  // bytes 0..7 and n-8..n-1
-      s[j] = n ? p[std::min(at, n - 1)] : 0;
-    }
+    for (size_t i = 0; i < 16; ++i, ++j) s[j] = i < n ? p[i] : 0;
   }
   return s;
 }
