@@ -4,8 +4,8 @@
 //   spinquant::hadamard.out(x, hk, *, out)
 //   spinquant::int4_linear.out(x, qweight, scales, zeros?, bias?, group, act_bits, act_clip, *, out)
 //   spinquant::kv_attention.out(q, k, v, cache(a!), input_pos, n_kv_heads, bits, group, *, out)
-//   spinquant::attention.out(q, k_cache, v_cache, input_pos, *, out): float-cache attention (loops, here)
-//   spinquant::rms_norm.out / rope.out / silu_mul.out: fused element-wise steps (small loops, here)
+//   spinquant::attention.out(q, k, v, k_cache(a!), v_cache(b!), input_pos, *, out): float-cache attention
+//   spinquant::rms_norm.out / rope.out (+ R3 when given hk) / silu_mul.out: fused element-wise steps (loops, here)
 //
 // Weights arrive in the int4 storage layout (docs/INT4_FORMAT.md); they are prepacked once into the kernels'
 // layout and cached by the address of the program's constant data (plus a sampled fingerprint), so a decode
@@ -20,13 +20,13 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
-#include <map>
 #include <memory>
 #include <mutex>
 #include <optional>
 #include <stdexcept>
 #include <string>
 #include <tuple>
+#include <unordered_map>
 #include <vector>
 
 #include "spinquant/attention.h"
@@ -53,6 +53,10 @@ bool fail(KernelRuntimeContext& ctx, const std::string& msg) {
 
 bool check(KernelRuntimeContext& ctx, bool ok, const char* msg) { return ok || fail(ctx, msg); }
 
+// Threads for a step of about `work` multiply-adds: one below what a second thread pays for (decode's small
+// transforms and short-context attention), else the configured count.
+int op_threads(int64_t work) { return work < (int64_t{1} << 16) ? 1 : g_threads.load(); }
+
 bool resize(KernelRuntimeContext& ctx, Tensor& out, const std::vector<SizesType>& sizes) {
   return check(ctx, executorch::runtime::resize_tensor(out, {sizes.data(), sizes.size()}) == Error::Ok,
                "cannot resize the output tensor");
@@ -63,14 +67,20 @@ std::vector<SizesType> sizes_of(const Tensor& t) { return {t.sizes().begin(), t.
 // ---- hadamard ------------------------------------------------------------------------------------------
 
 const spinquant::HadamardTransform& hadamard_for(int64_t n, const int8_t* hk, int64_t K) {
+  struct Entry {
+    int64_t n;
+    std::vector<int8_t> hk;
+    std::unique_ptr<spinquant::HadamardTransform> t;
+  };
   static std::mutex mu;
-  static std::map<std::pair<int64_t, std::string>, std::unique_ptr<spinquant::HadamardTransform>> cache;
+  static std::vector<Entry> cache;  // a few sizes a model: a linear search without building keys
   std::lock_guard<std::mutex> lock(mu);
-  auto key = std::make_pair(n, std::string(reinterpret_cast<const char*>(hk), K * K));
-  auto it = cache.find(key);
-  if (it == cache.end())
-    it = cache.emplace(key, std::make_unique<spinquant::HadamardTransform>(n, K > 1 ? hk : nullptr, K)).first;
-  return *it->second;
+  for (const Entry& e : cache)
+    if (e.n == n && static_cast<int64_t>(e.hk.size()) == K * K && std::equal(e.hk.begin(), e.hk.end(), hk))
+      return *e.t;
+  cache.push_back(Entry{n, std::vector<int8_t>(hk, hk + K * K),
+                        std::make_unique<spinquant::HadamardTransform>(n, K > 1 ? hk : nullptr, K)});
+  return *cache.back().t;
 }
 
 Tensor& hadamard_out(KernelRuntimeContext& ctx, const Tensor& x, const Tensor& hk, Tensor& out) {
@@ -85,7 +95,7 @@ Tensor& hadamard_out(KernelRuntimeContext& ctx, const Tensor& x, const Tensor& h
     const auto& t = hadamard_for(n, hk.const_data_ptr<int8_t>(), hk.size(0));
     float* y = out.mutable_data_ptr<float>();
     if (y != x.const_data_ptr<float>()) std::memcpy(y, x.const_data_ptr<float>(), x.nbytes());
-    t.apply(y, n ? x.numel() / n : 0, g_threads.load());
+    t.apply(y, n ? x.numel() / n : 0, op_threads(x.numel()));
   } catch (const std::exception& e) {
     fail(ctx, std::string("hadamard: ") + e.what());
   }
@@ -97,8 +107,14 @@ Tensor& hadamard_out(KernelRuntimeContext& ctx, const Tensor& x, const Tensor& h
 struct PackKey {
   const void *qweight, *scales, *zeros;
   int64_t N, K, group;
-  bool operator<(const PackKey& o) const {
-    return std::tie(qweight, scales, zeros, N, K, group) < std::tie(o.qweight, o.scales, o.zeros, o.N, o.K, o.group);
+  bool operator==(const PackKey& o) const {
+    return std::tie(qweight, scales, zeros, N, K, group) == std::tie(o.qweight, o.scales, o.zeros, o.N, o.K, o.group);
+  }
+};
+
+struct PackKeyHash {
+  size_t operator()(const PackKey& k) const {
+    return std::hash<const void*>()(k.qweight) ^ (std::hash<const void*>()(k.scales) << 1);
   }
 };
 
@@ -109,17 +125,20 @@ struct PackEntry {
   std::shared_ptr<spinquant::int4::PackedInt4> packed;
 };
 
+// A hash map: a decode step looks up ~200 weights whose cache entries fell out of the caches in between (the
+// step streams far more than the last-level cache), so every pointer followed is a trip to memory.
 std::mutex g_pack_mu;
-std::map<PackKey, PackEntry> g_pack_cache;
+std::unordered_map<PackKey, PackEntry, PackKeyHash> g_pack_cache;
 
-// A few bytes spread over the weight and its scales: catches a different program reusing the same addresses.
+// The first 16 bytes of the weight and of its scales: catches a different program reusing the same addresses
+// (the storage is not otherwise read after prepacking; two cache lines a call).
 Sample sample_bytes(const Tensor& qweight, const Tensor& scales) {
   Sample s{};
   size_t j = 0;
   for (const Tensor* t : {&qweight, &scales}) {
     const auto* p = static_cast<const uint8_t*>(t->const_data_ptr());
     const size_t n = t->nbytes();
-    for (size_t i = 0; i < 16; ++i, ++j) s[j] = n ? p[(n - 1) * i / 15] : 0;
+    for (size_t i = 0; i < 16; ++i, ++j) s[j] = i < n ? p[i] : 0;
   }
   return s;
 }
@@ -194,8 +213,8 @@ struct CacheView {
   float* scales[2];
   float* zeros[2];
 
-  spinquant::detail::KVHeadView head(int64_t h) const {
-    spinquant::detail::KVHeadView v{};
+  spinquant::KVHeadView head(int64_t h) const {
+    spinquant::KVHeadView v{};
     for (int w = 0; w < 2; ++w) {
       v.codes[w] = codes[w] + h * seq * row_bytes;
       v.scales[w] = scales[w] + h * seq * groups;
@@ -211,25 +230,17 @@ struct CacheView {
 
   // Quantizes x [dim] into row `pos` of head h of K (w = 0) or V (w = 1).
   void store(int w, int64_t h, int64_t pos, const float* x) const {
-    uint8_t q[512];
     const int64_t r = h * seq + pos;
-    uint8_t* dst = codes[w] + r * row_bytes;
-    for (int64_t g = 0; g < groups; ++g)
-      spinquant::quantize_group_asym(x + g * group, group, bits, q + g * group, scales[w] + r * groups + g,
-                                     zeros[w] + r * groups + g);
-    if (bits == 8) {
-      std::memcpy(dst, q, dim);
-    } else {
-      for (int64_t d = 0; d < dim; d += 2) dst[d / 2] = static_cast<uint8_t>(q[d] | (q[d + 1] << 4));
-    }
+    spinquant::store_row_asym(x, dim, group, bits, codes[w] + r * row_bytes, scales[w] + r * groups,
+                              zeros[w] + r * groups);
   }
 };
 
 bool make_cache_view(KernelRuntimeContext& ctx, Tensor& cache, int64_t hkv, int64_t dim, int64_t bits,
                      int64_t group, CacheView* v) {
   group = group > 0 ? group : dim;
-  if (!check(ctx, (bits == 4 || bits == 8) && dim % group == 0 && dim <= 512 && dim % 2 == 0,
-             "kv_attention: bits must be 4 or 8, group must divide head_dim (even, <= 512)"))
+  if (!check(ctx, (bits == 4 || bits == 8) && dim % group == 0 && dim % 2 == 0,
+             "kv_attention: bits must be 4 or 8, group must divide head_dim (even)"))
     return false;
   const int64_t groups = dim / group, row_bytes = dim * bits / 8;
   const int64_t per_pos = 2 * hkv * (row_bytes + 8 * groups);
@@ -264,30 +275,28 @@ Tensor& kv_attention_out(KernelRuntimeContext& ctx, const Tensor& q, const Tenso
     return out;
   CacheView cv{};
   if (!make_cache_view(ctx, cache, n_kv_heads, q.size(2), bits, group, &cv)) return out;
-  const int64_t T = q.size(0), H = q.size(1), D = q.size(2), r = H / n_kv_heads;
+  const int64_t T = q.size(0), H = q.size(1), D = q.size(2);
   const int64_t start = input_pos.const_data_ptr<int64_t>()[0];
   if (!check(ctx, start >= 0 && start + T <= cv.seq, "kv_attention: positions exceed the cache (max_seq_len)"))
     return out;
   const float* kp = k.const_data_ptr<float>();
   const float* vp = v.const_data_ptr<float>();
-  for (int64_t t = 0; t < T; ++t)
-    for (int64_t h = 0; h < n_kv_heads; ++h) {
-      cv.store(0, h, start + t, kp + (t * n_kv_heads + h) * D);
-      cv.store(1, h, start + t, vp + (t * n_kv_heads + h) * D);
+  std::vector<int64_t> pos(static_cast<size_t>(T));
+  std::vector<spinquant::KVHeadView> heads(static_cast<size_t>(n_kv_heads));
+  for (int64_t h = 0; h < n_kv_heads; ++h) heads[h] = cv.head(h);
+  try {
+    for (int64_t t = 0; t < T; ++t) {
+      pos[t] = start + t;
+      for (int64_t h = 0; h < n_kv_heads; ++h) {
+        cv.store(0, h, start + t, kp + (t * n_kv_heads + h) * D);
+        cv.store(1, h, start + t, vp + (t * n_kv_heads + h) * D);
+      }
     }
-  const float scale = 1.0f / std::sqrt(static_cast<float>(D));
-  const spinquant::detail::AttendFn attend = spinquant::detail::attend_kernel();
-  const float* qp = q.const_data_ptr<float>();
-  float* op = out.mutable_data_ptr<float>();
-  spinquant::parallel_for(T * n_kv_heads, g_threads.load(), [&](int64_t i0, int64_t i1) {
-    std::vector<float> scratch;
-    for (int64_t i = i0; i < i1; ++i) {
-      const int64_t t = i / n_kv_heads, h = i % n_kv_heads, len = start + t + 1;
-      scratch.resize(r * len + r * D);
-      const int64_t off = (t * H + h * r) * D;
-      attend(qp + off, r, cv.head(h), len, scale, op + off, scratch.data());
-    }
-  });
+    spinquant::attention(heads.data(), n_kv_heads, q.const_data_ptr<float>(), T, H, pos.data(),
+                         out.mutable_data_ptr<float>(), 0.0f, op_threads(T * (start + T) * (H + n_kv_heads) * D));
+  } catch (const std::exception& e) {
+    fail(ctx, std::string("kv_attention: ") + e.what());
+  }
   return out;
 }
 
@@ -317,12 +326,15 @@ Tensor& rms_norm_out(KernelRuntimeContext& ctx, const Tensor& x, const Tensor& w
   return out;
 }
 
-Tensor& rope_out(KernelRuntimeContext& ctx, const Tensor& x, const Tensor& cos, const Tensor& sin, Tensor& out) {
+Tensor& rope_out(KernelRuntimeContext& ctx, const Tensor& x, const Tensor& cos, const Tensor& sin,
+                 const std::optional<Tensor>& hk, Tensor& out) {
   if (!check_float(ctx, x, out, "rope: x must be float32") ||
       !check(ctx, x.dim() == 3 && x.size(2) % 2 == 0, "rope: x must be [T, heads, head_dim] (even head_dim)") ||
       !check(ctx, cos.dim() == 2 && sin.dim() == 2 && cos.size(0) == x.size(0) && cos.size(1) == x.size(2) &&
                       sin.size(0) == x.size(0) && sin.size(1) == x.size(2),
              "rope: cos and sin must be float32 [T, head_dim]") ||
+      !check(ctx, !hk || (hk->scalar_type() == ScalarType::Char && hk->dim() == 2 && hk->size(0) == hk->size(1)),
+             "rope: hk must be an int8 [K, K] matrix") ||
       !resize(ctx, out, sizes_of(x)))
     return out;
   const int64_t T = x.size(0), H = x.size(1), D = x.size(2), half = D / 2;
@@ -337,6 +349,14 @@ Tensor& rope_out(KernelRuntimeContext& ctx, const Tensor& x, const Tensor& cos, 
         yr[i] = a * c[i] + (-b) * s[i];
         yr[i + half] = b * c[i + half] + a * s[i + half];
       }
+    }
+  }
+  if (hk) {  // R3: the Hadamard transform over head_dim of every head
+    try {
+      hadamard_for(D, hk->const_data_ptr<int8_t>(), hk->size(0)).apply(out.mutable_data_ptr<float>(), T * H,
+                                                                         op_threads(T * H * D));
+    } catch (const std::exception& e) {
+      fail(ctx, std::string("rope: ") + e.what());
     }
   }
   return out;
@@ -359,65 +379,46 @@ Tensor& silu_mul_out(KernelRuntimeContext& ctx, const Tensor& gate_up, Tensor& o
 }
 
 // ---- attention over float caches -----------------------------------------------------------------------
-// A float-cache counterpart of kernels/' quant_kv_attention (which handles 4/8-bit caches only); it reads only
-// the positions each query sees instead of the whole cache.
 
-void attend_float(const float* q, int64_t r, const float* k, const float* v, int64_t len, int64_t D, float scale,
-                  float* out, std::vector<float>& p) {
-  p.resize(len);
-  for (int64_t i = 0; i < r; ++i) {
-    const float* qi = q + i * D;
-    float mx = -INFINITY;
-    for (int64_t j = 0; j < len; ++j) {
-      const float* kj = k + j * D;
-      float dot = 0.0f;
-#pragma omp simd reduction(+ : dot)
-      for (int64_t d = 0; d < D; ++d) dot += qi[d] * kj[d];
-      p[j] = dot * scale;
-      mx = std::max(mx, p[j]);
-    }
-    float sum = 0.0f;
-    for (int64_t j = 0; j < len; ++j) sum += (p[j] = std::exp(p[j] - mx));
-    float* oi = out + i * D;
-    std::fill(oi, oi + D, 0.0f);
-    for (int64_t j = 0; j < len; ++j) {
-      const float w = p[j] / sum;
-      const float* vj = v + j * D;
-      for (int64_t d = 0; d < D; ++d) oi[d] += w * vj[d];
-    }
-  }
-}
-
-Tensor& attention_out(KernelRuntimeContext& ctx, const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
-                      const Tensor& input_pos, Tensor& out) {
-  if (!check(ctx, q.scalar_type() == ScalarType::Float && k_cache.scalar_type() == ScalarType::Float &&
-                      v_cache.scalar_type() == ScalarType::Float && q.dim() == 3 && k_cache.dim() == 3 &&
-                      v_cache.dim() == 3,
-             "attention: q [T, H, D] and caches [Hkv, S, D] must be float32") ||
+Tensor& attention_out(KernelRuntimeContext& ctx, const Tensor& q, const Tensor& k, const Tensor& v, Tensor& k_cache,
+                      Tensor& v_cache, const Tensor& input_pos, Tensor& out) {
+  if (!check(ctx, q.scalar_type() == ScalarType::Float && k.scalar_type() == ScalarType::Float &&
+                      v.scalar_type() == ScalarType::Float && k_cache.scalar_type() == ScalarType::Float &&
+                      v_cache.scalar_type() == ScalarType::Float && q.dim() == 3 && k.dim() == 3 && v.dim() == 3 &&
+                      k_cache.dim() == 3 && v_cache.dim() == 3,
+             "attention: q [T, H, D], k and v [T, Hkv, D] and caches [Hkv, S, D] must be float32") ||
       !check(ctx, k_cache.size(0) == v_cache.size(0) && k_cache.size(1) == v_cache.size(1) &&
                       k_cache.size(2) == q.size(2) && v_cache.size(2) == q.size(2) &&
-                      q.size(1) % k_cache.size(0) == 0,
-             "attention: cache shapes do not match q") ||
+                      q.size(1) % k_cache.size(0) == 0 && k.size(0) == q.size(0) && v.size(0) == q.size(0) &&
+                      k.size(1) == k_cache.size(0) && v.size(1) == k_cache.size(0) && k.size(2) == q.size(2) &&
+                      v.size(2) == q.size(2),
+             "attention: k, v or cache shapes do not match q") ||
       !check(ctx, input_pos.scalar_type() == ScalarType::Long && input_pos.numel() == q.size(0),
              "attention: input_pos must be int64 [T]") ||
       !resize(ctx, out, sizes_of(q)))
     return out;
   const int64_t T = q.size(0), H = q.size(1), D = q.size(2), hkv = k_cache.size(0), S = k_cache.size(1);
-  const int64_t r = H / hkv;
   const int64_t* pos = input_pos.const_data_ptr<int64_t>();
-  for (int64_t t = 0; t < T; ++t)
+  int64_t len = 0;
+  for (int64_t t = 0; t < T; ++t) {
     if (!check(ctx, pos[t] >= 0 && pos[t] < S, "attention: a position exceeds the cache (max_seq_len)")) return out;
-  const float scale = 1.0f / std::sqrt(static_cast<float>(D));
-  const float* qp = q.const_data_ptr<float>();
-  float* op = out.mutable_data_ptr<float>();
-  spinquant::parallel_for(T * hkv, g_threads.load(), [&](int64_t i0, int64_t i1) {
-    std::vector<float> p;
-    for (int64_t i = i0; i < i1; ++i) {
-      const int64_t t = i / hkv, h = i % hkv, off = (t * H + h * r) * D;
-      attend_float(qp + off, r, k_cache.const_data_ptr<float>() + h * S * D,
-                   v_cache.const_data_ptr<float>() + h * S * D, pos[t] + 1, D, scale, op + off, p);
+    len = std::max(len, pos[t] + 1);
+  }
+  float* kc = k_cache.mutable_data_ptr<float>();
+  float* vc = v_cache.mutable_data_ptr<float>();
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t h = 0; h < hkv; ++h) {
+      std::memcpy(kc + (h * S + pos[t]) * D, k.const_data_ptr<float>() + (t * hkv + h) * D, D * sizeof(float));
+      std::memcpy(vc + (h * S + pos[t]) * D, v.const_data_ptr<float>() + (t * hkv + h) * D, D * sizeof(float));
     }
-  });
+  std::vector<spinquant::KVHeadView> heads(static_cast<size_t>(hkv));
+  for (int64_t h = 0; h < hkv; ++h) heads[h] = spinquant::float_head_view(kc + h * S * D, vc + h * S * D, D);
+  try {
+    spinquant::attention(heads.data(), hkv, q.const_data_ptr<float>(), T, H, pos, out.mutable_data_ptr<float>(),
+                         0.0f, op_threads(T * len * (H + hkv) * D));
+  } catch (const std::exception& e) {
+    fail(ctx, std::string("attention: ") + e.what());
+  }
   return out;
 }
 

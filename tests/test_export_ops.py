@@ -48,6 +48,7 @@ class OpsProgram(nn.Module):
             self.register_buffer(f"l{i}_bias", torch.randn(n, generator=GEN) if bias else None)
             self.cases.append((st["dequant"], group, act_bits, clip, sym))
         self.register_buffer("norm_w", 1 + 0.3 * torch.randn(16, generator=GEN))
+        self.register_buffer("hk_rope", base_hadamard(16)[1])  # R3 inside rope over head_dim 16
 
     def forward(self, *xs: torch.Tensor) -> tuple:
         outs = [sq.hadamard(xs[i], getattr(self, f"hk{i}")) for i in range(len(HADAMARD_SIZES))]
@@ -68,6 +69,7 @@ class OpsProgram(nn.Module):
         x, cos, sin = xs[-3:]
         outs.append(sq.rms_norm(x.view(-1, 16), self.norm_w, 1e-5))
         outs.append(sq.rope(x, cos, sin))
+        outs.append(sq.rope(x, cos, sin, self.hk_rope))
         outs.append(sq.silu_mul(x))
         return tuple(outs)
 
@@ -177,6 +179,49 @@ def test_kv_attention_prefill_then_decode(tmp_path, bits, group):
     ref = F.scaled_dot_product_attention(
         qkv[0].transpose(0, 1)[None], kf[None], vf[None], is_causal=True, enable_gqa=True
     )[0].transpose(0, 1)
+    torch.testing.assert_close(eager(*[x[6:7] for x in qkv], torch.tensor([6])), ref[6:7], atol=1e-5, rtol=1e-5)
+
+
+class FloatKVProgram(nn.Module):
+    """One float-cache attention layer: the op writes k, v into the caches (mutable buffers) and attends."""
+
+    def __init__(self, hkv: int, d: int, seq: int):
+        super().__init__()
+        self.register_buffer("k_cache", torch.zeros(hkv, seq, d))
+        self.register_buffer("v_cache", torch.zeros(hkv, seq, d))
+
+    def forward(self, q, k, v, pos):
+        return sq.attention(q, k, v, self.k_cache, self.v_cache, pos)
+
+
+def test_float_attention_prefill_then_decode(tmp_path):
+    from executorch.exir import EdgeCompileConfig, ExecutorchBackendConfig, to_edge
+    from torch.export import Dim
+
+    from spinquant.export.runtime import _runtime, load_library
+
+    h, hkv, d, seq = 6, 2, 20, 12  # head_dim 20: the SIMD paths fall back to the reference
+    qkv = [torch.randn(7, n, d, generator=GEN) for n in (h, hkv, hkv)]
+    eager = FloatKVProgram(hkv, d, seq)
+    t = Dim("t", min=1, max=seq)
+    ep = torch.export.export(
+        FloatKVProgram(hkv, d, seq),
+        (*[x[:4] for x in qkv], torch.arange(4)),
+        dynamic_shapes=({0: t}, {0: t}, {0: t}, {0: t}),
+        strict=False,
+    )
+    prog = to_edge(ep, compile_config=EdgeCompileConfig(_check_ir_validity=False))
+    prog = prog.to_executorch(ExecutorchBackendConfig(run_reinplace_pass=True))
+    load_library()
+    write_atomic(tmp_path / "attn.pte", prog.buffer)
+    method = _runtime().load_program(tmp_path / "attn.pte").load_method("forward")
+    for a, b in [(0, 5), (5, 6), (6, 7)]:  # prefill 5 positions, then two decode steps
+        args = [x[a:b] for x in qkv] + [torch.arange(a, b)]
+        torch.testing.assert_close(method.execute(args)[0], eager(*args), atol=2e-5, rtol=1e-5)
+    ref = F.scaled_dot_product_attention(
+        qkv[0].transpose(0, 1)[None], qkv[1].transpose(0, 1)[None], qkv[2].transpose(0, 1)[None],
+        is_causal=True, enable_gqa=True,
+    )[0].transpose(0, 1)  # fmt: skip
     torch.testing.assert_close(eager(*[x[6:7] for x in qkv], torch.tensor([6])), ref[6:7], atol=1e-5, rtol=1e-5)
 
 

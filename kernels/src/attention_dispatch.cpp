@@ -1,5 +1,5 @@
-// QuantKVCache (validation, quantization on append) and quant_kv_attention (R3 on q, the split of
-// (token, KV head) jobs over threads, the per-ISA kernel choice).
+// QuantKVCache (validation, quantization on append), attention over head views (the split of (token, KV head)
+// jobs over threads, the per-ISA kernel choice) and quant_kv_attention (R3 on q).
 #include <algorithm>
 #include <cmath>
 #include <stdexcept>
@@ -63,18 +63,24 @@ QuantKVCache::QuantKVCache(int64_t n_kv_heads, int64_t head_dim, int64_t max_seq
   }
 }
 
-void QuantKVCache::store_row(int which, int64_t head, int64_t pos, const float* x, uint8_t* codes) {
-  const int64_t row = head * max_seq_ + pos;
-  float* s = scales_[which].data() + row * groups();
-  float* z = zeros_[which].data() + row * groups();
-  for (int64_t g = 0; g < groups(); ++g)
-    quantize_group_asym(x + g * group_, group_, bits_, codes + g * group_, s + g, z + g);
-  uint8_t* dst = codes_[which].data() + row * row_bytes();
-  if (bits_ == 8) {
-    std::copy(codes, codes + head_dim_, dst);
-    return;
+void store_row_asym(const float* x, int64_t head_dim, int64_t group, int bits, uint8_t* codes, float* scales,
+                    float* zeros) {
+  thread_local std::vector<uint8_t> unpacked;  // 4-bit rows: one code a byte first (grown once, reused)
+  uint8_t* q = codes;
+  if (bits == 4) {
+    if (static_cast<int64_t>(unpacked.size()) < head_dim) unpacked.resize(static_cast<size_t>(head_dim));
+    q = unpacked.data();
   }
-  for (int64_t b = 0; b < row_bytes(); ++b) dst[b] = static_cast<uint8_t>(codes[2 * b] | (codes[2 * b + 1] << 4));
+  for (int64_t g = 0; g < head_dim / group; ++g)
+    quantize_group_asym(x + g * group, group, bits, q + g * group, scales + g, zeros + g);
+  if (bits == 4)
+    for (int64_t b = 0; b < head_dim / 2; ++b) codes[b] = static_cast<uint8_t>(q[2 * b] | (q[2 * b + 1] << 4));
+}
+
+void QuantKVCache::store_row(int which, int64_t head, int64_t pos, const float* x) {
+  const int64_t row = head * max_seq_ + pos;
+  store_row_asym(x, head_dim_, group_, bits_, codes_[which].data() + row * row_bytes(),
+                 scales_[which].data() + row * groups(), zeros_[which].data() + row * groups());
 }
 
 void QuantKVCache::append(const float* k, const float* v, int64_t T, int64_t start_pos) {
@@ -97,17 +103,16 @@ void QuantKVCache::append(const float* k, const float* v, int64_t T, int64_t sta
     HadamardTransform(head_dim_, nullptr, 1).apply(rotated.data(), T * n_kv_heads_, 1);
     k = rotated.data();
   }
-  std::vector<uint8_t> codes(static_cast<size_t>(head_dim_));
   for (int64_t t = 0; t < T; ++t)
     for (int64_t h = 0; h < n_kv_heads_; ++h) {
-      store_row(0, h, start_pos + t, k + t * row_floats + h * head_dim_, codes.data());
-      store_row(1, h, start_pos + t, v + t * row_floats + h * head_dim_, codes.data());
+      store_row(0, h, start_pos + t, k + t * row_floats + h * head_dim_);
+      store_row(1, h, start_pos + t, v + t * row_floats + h * head_dim_);
     }
   length_ = start_pos + T;
 }
 
-detail::KVHeadView QuantKVCache::head_view(int64_t head) const {
-  detail::KVHeadView kv{};
+KVHeadView QuantKVCache::head_view(int64_t head) const {
+  KVHeadView kv{};
   for (int w = 0; w < 2; ++w) {
     kv.codes[w] = codes_[w].data() + head * max_seq_ * row_bytes();
     kv.scales[w] = scales_[w].data() + head * max_seq_ * groups();
@@ -121,6 +126,47 @@ detail::KVHeadView QuantKVCache::head_view(int64_t head) const {
   return kv;
 }
 
+KVHeadView float_head_view(const float* k, const float* v, int64_t head_dim) {
+  KVHeadView kv{};
+  kv.codes[0] = reinterpret_cast<const uint8_t*>(k);
+  kv.codes[1] = reinterpret_cast<const uint8_t*>(v);
+  kv.head_dim = kv.group = head_dim;
+  kv.groups = 1;
+  kv.row_bytes = head_dim * 4;
+  kv.bits = 32;
+  return kv;
+}
+
+void attention(const KVHeadView* heads, int64_t n_kv, const float* q, int64_t T, int64_t n_heads, const int64_t* pos,
+               float* out, float scale, int threads) {
+  if (T < 0) fail("attention: T must be >= 0, got " + str(T));
+  if (n_kv <= 0 || n_heads <= 0 || n_heads % n_kv != 0)
+    fail("attention: n_heads " + str(n_heads) + " must be a positive multiple of n_kv_heads " + str(n_kv));
+  if (T == 0) return;
+  if (heads == nullptr || q == nullptr || out == nullptr || pos == nullptr) fail("attention: null argument");
+  const int64_t hd = heads[0].head_dim, r = n_heads / n_kv, row_floats = n_heads * hd;
+  int64_t max_len = 0;
+  for (int64_t t = 0; t < T; ++t) {
+    if (pos[t] < 0) fail("attention: negative position " + str(pos[t]));
+    max_len = std::max(max_len, pos[t] + 1);
+  }
+  if (!(scale > 0.0f)) scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(hd)));
+  const detail::AttendFn attend = detail::attend_kernel();
+  const int64_t work = T * max_len * (r + 1) * hd;
+  const int nt = threads > 0 ? threads
+                             : static_cast<int>(std::clamp<int64_t>(work / kMinWorkPerThread, 1, hardware_threads()));
+  parallel_for(T * n_kv, nt, [&](int64_t j0, int64_t j1) {
+    thread_local std::vector<float> scratch;  // grown once, reused by every call on this thread
+    const size_t need = static_cast<size_t>(r * (max_len + hd));
+    if (scratch.size() < need) scratch.resize(need);
+    for (int64_t job = j0; job < j1; ++job) {
+      const int64_t t = job / n_kv, h = job % n_kv;
+      const int64_t off = t * row_floats + h * r * hd;
+      attend(q + off, r, heads[h], pos[t] + 1, scale, out + off, scratch.data());
+    }
+  });
+}
+
 void quant_kv_attention(const QuantKVCache& cache, const float* q, int64_t T, int64_t n_heads, int64_t start_pos,
                         float* out, float scale, int threads) {
   const int64_t n_kv = cache.n_kv_heads(), hd = cache.head_dim();
@@ -132,27 +178,17 @@ void quant_kv_attention(const QuantKVCache& cache, const float* q, int64_t T, in
          " need those keys in the cache, which holds " + str(cache.length()) + " (append k/v first)");
   if (T == 0) return;
   if (q == nullptr || out == nullptr) fail("attention: null q or out");
-  if (!(scale > 0.0f)) scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(hd)));
-  const int64_t r = n_heads / n_kv, row_floats = n_heads * hd;
   std::vector<float> rotated;
   if (cache.rotate_qk()) {
-    rotated.assign(q, q + T * row_floats);
+    rotated.assign(q, q + T * n_heads * hd);
     HadamardTransform(hd, nullptr, 1).apply(rotated.data(), T * n_heads, 1);
     q = rotated.data();
   }
-  const detail::AttendFn attend = detail::attend_kernel();
-  const int64_t jobs = T * n_kv, max_len = start_pos + T;
-  const int64_t work = T * max_len * (r + 1) * hd;
-  const int nt = threads > 0 ? threads
-                             : static_cast<int>(std::clamp<int64_t>(work / kMinWorkPerThread, 1, hardware_threads()));
-  parallel_for(jobs, nt, [&](int64_t j0, int64_t j1) {
-    std::vector<float> scratch(static_cast<size_t>(r * (max_len + hd)));
-    for (int64_t job = j0; job < j1; ++job) {
-      const int64_t t = job / n_kv, h = job % n_kv;
-      const int64_t off = t * row_floats + h * r * hd;
-      attend(q + off, r, cache.head_view(h), start_pos + t + 1, scale, out + off, scratch.data());
-    }
-  });
+  std::vector<KVHeadView> heads(static_cast<size_t>(n_kv));
+  for (int64_t h = 0; h < n_kv; ++h) heads[h] = cache.head_view(h);
+  std::vector<int64_t> pos(static_cast<size_t>(T));
+  for (int64_t t = 0; t < T; ++t) pos[t] = start_pos + t;
+  attention(heads.data(), n_kv, q, T, n_heads, pos.data(), out, scale, threads);
 }
 
 namespace detail {

@@ -5,8 +5,9 @@
 // fma(a, b, c) = a * b + c, max, hsum, hsum4 (four vectors' sums at once), hmax, round (to nearest even),
 // pow2 (2^n for integral n in [-126, 127]), codes8 (W codes from a pointer as floats) and codes4_pair
 // (2W codes from W bytes: the low nibbles, i.e. even channels, then the high nibbles, as floats).
-// Dequantized values are computed as in the reference, (code - zero) * scale; only the summation order
-// of dot products and the exp differ, so results match the reference to float rounding.
+// Dequantized values are computed as in the reference, (code - zero) * scale (float caches, "32 bits", are
+// read as they are); only the summation order of dot products and the exp differ, so results match the
+// reference to float rounding.
 #pragma once
 
 #include <algorithm>
@@ -37,7 +38,7 @@ struct AttentionSimd {
     return V::mul(p, V::pow2(n));
   }
 
-  // Vectors per code load: 8-bit codes come W at a time in channel order; 4-bit codes come 2W at a time
+  // Vectors per code load: 8-bit codes and floats come W at a time in channel order; 4-bit codes come 2W at a time
   // (W bytes) as two vectors, the even channels then the odd ones (low and high nibbles) -- the "paired"
   // layout that q and the V accumulators use at 4 bits (converted once per call, see attend_bits).
   template <int Bits>
@@ -55,7 +56,9 @@ struct AttentionSimd {
     const float* scales;
     const float* zeros;
   };
+  template <int Bits>
   static Row row(const KVHeadView& kv, int which, int64_t j) {
+    if constexpr (Bits == 32) return {kv.codes[which] + j * kv.row_bytes, nullptr, nullptr};
     return {kv.codes[which] + j * kv.row_bytes, kv.scales[which] + j * kv.groups, kv.zeros[which] + j * kv.groups};
   }
 
@@ -63,6 +66,10 @@ struct AttentionSimd {
   // (code - zero) * scale, exactly as the reference.
   template <int Bits>
   static void dequant(const Row& r, int64_t d, int64_t g, T* v) {
+    if constexpr (Bits == 32) {
+      v[0] = V::load(reinterpret_cast<const float*>(r.codes) + d);
+      return;
+    }
     const T z = V::set1(r.zeros[g]), s = V::set1(r.scales[g]);
     if constexpr (Bits == 8) {
       v[0] = V::mul(V::sub(V::codes8(r.codes + d), z), s);
@@ -103,7 +110,7 @@ struct AttentionSimd {
       for (int t = 0; t < 4; ++t) acc[i][t] = V::zero();
 #pragma GCC unroll 4
     for (int t = 0; t < TB; ++t) {
-      const Row r = row(kv, 0, j0 + t);
+      const Row r = row<Bits>(kv, 0, j0 + t);
       for (int64_t g = 0, d = 0; g < kv.groups; ++g)
         for (const int64_t end = d + kv.group; d < end; d += kStep<Bits> * W) {
           T k[kStep<Bits>];
@@ -185,7 +192,7 @@ struct AttentionSimd {
 #pragma GCC unroll 4
       for (int u = 0; u < NV; ++u) acc[i][u] = V::zero();
     for (int64_t j = 0; j < len; ++j) {
-      const Row r = row(kv, 1, j);
+      const Row r = row<Bits>(kv, 1, j);
       T pj[RB];
 #pragma GCC unroll 4
       for (int i = 0; i < RB; ++i) pj[i] = V::set1(p[i * len + j]);
@@ -233,7 +240,9 @@ struct AttentionSimd {
 
   static void attend(const float* q, int64_t r, const KVHeadView& kv, int64_t len, float scale, float* out,
                      float* scratch) {
-    if (kv.bits == 8)
+    if (kv.bits == 32)
+      attend_bits<32>(q, r, kv, len, scale, out, scratch);
+    else if (kv.bits == 8)
       attend_bits<8>(q, r, kv, len, scale, out, scratch);
     else
       attend_bits<4>(q, r, kv, len, scale, out, scratch);

@@ -26,6 +26,13 @@ int pick_threads(int threads, int64_t rows, int64_t n) {
   return static_cast<int>(std::clamp<int64_t>((rows * n) / kMinFloatsPerThread, 1, hardware_threads()));
 }
 
+// n floats of this thread's scratch, grown once and reused (decode transforms one short row a call).
+float* thread_scratch(int64_t n) {
+  thread_local std::vector<float> buf;
+  if (static_cast<int64_t>(buf.size()) < n) buf.resize(static_cast<size_t>(n));
+  return buf.data();
+}
+
 }  // namespace
 
 bool is_hadamard_matrix(const int8_t* hk, int64_t K) {
@@ -63,8 +70,8 @@ void HadamardTransform::apply(float* x, int64_t rows, int threads) const {
   if (x == nullptr) throw std::invalid_argument("hadamard: null data pointer");
   const detail::HadamardRowFn row = detail::hadamard_row_kernel();
   parallel_for(rows, pick_threads(threads, rows, n_), [&](int64_t r0, int64_t r1) {
-    std::vector<float> scratch(K_ > 1 ? static_cast<size_t>(n_) : 0);
-    for (int64_t r = r0; r < r1; ++r) row(x + r * n_, *this, scratch.data());
+    float* scratch = thread_scratch(K_ > 1 ? n_ : 0);
+    for (int64_t r = r0; r < r1; ++r) row(x + r * n_, *this, scratch);
   });
 }
 
@@ -75,11 +82,11 @@ void HadamardTransform::apply_f16(uint16_t* x, int64_t rows, int threads) const 
   const detail::HadamardRowFn row = detail::hadamard_row_kernel();
   const detail::HalfConverters cvt = detail::half_converters();
   parallel_for(rows, pick_threads(threads, rows, n_), [&](int64_t r0, int64_t r1) {
-    std::vector<float> buf(static_cast<size_t>(2 * n_));  // the widened row, then the K-mixing scratch
+    float* buf = thread_scratch(2 * n_);  // the widened row, then the K-mixing scratch
     for (int64_t r = r0; r < r1; ++r) {
-      cvt.widen(x + r * n_, buf.data(), n_);
-      row(buf.data(), *this, buf.data() + n_);
-      cvt.narrow(buf.data(), x + r * n_, n_);
+      cvt.widen(x + r * n_, buf, n_);
+      row(buf, *this, buf + n_);
+      cvt.narrow(buf, x + r * n_, n_);
     }
   });
 }

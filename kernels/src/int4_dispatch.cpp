@@ -1,9 +1,9 @@
 // The int4 dispatch table and the driver shared by every ISA: validate, quantize or pad the
 // activations per token, then split (tokens x row blocks) over the thread pool.
 #include <algorithm>
+#include <memory>
 #include <stdexcept>
 #include <string>
-#include <vector>
 
 #include "int4_kernels.h"
 #include "spinquant/parallel.h"
@@ -35,19 +35,21 @@ void check_clip(float clip) {
     throw std::invalid_argument("int4: act_clip must be in (0, 1] (got " + std::to_string(clip) + ")");
 }
 
-// Quantizes token m into the packed K layout and its per-group code sums.
+// Quantizes token m into the packed K layout and its per-group code sums. `row` (K bytes) is scratch,
+// unused when the layout has no padding (every group a multiple of 8 long): then codes go straight to dst.
 void quantize_token(const detail::Kernels& kern, const PackedInt4& w, const float* x, int bits, float clip,
                     uint8_t* row, uint8_t* dst, float* scale, int32_t* zero, int32_t* gsum) {
-  kern.quantize(x, w.K, bits, clip, row, scale, zero);
+  const bool padded = w.Kp != w.K;
+  kern.quantize(x, w.K, bits, clip, padded ? row : dst, scale, zero);
   for (int64_t g = 0; g < w.G; ++g) {
-    const uint8_t* src = row + g * w.group;
     uint8_t* out = dst + w.goff[g];
     int32_t sum = 0;
-    for (int32_t i = 0; i < w.glen[g]; ++i) {
-      out[i] = src[i];
-      sum += src[i];
+    if (padded) {
+      const uint8_t* src = row + g * w.group;
+      for (int32_t i = 0; i < w.glen[g]; ++i) out[i] = src[i];
+      for (int64_t p = w.glen[g]; p < w.goff[g + 1] - w.goff[g]; ++p) out[p] = 0;
     }
-    for (int64_t p = w.glen[g]; p < w.goff[g + 1] - w.goff[g]; ++p) out[p] = 0;
+    for (int32_t i = 0; i < w.glen[g]; ++i) sum += out[i];
     gsum[g] = sum;
   }
 }
@@ -66,6 +68,31 @@ void pad_token(const PackedInt4& w, const float* x, float* dst, float* gsum) {
     gsum[g] = sum;
   }
 }
+
+// Growing buffers (never shrunk, never zero-filled) for the activations of one linear call.
+class Scratch {
+ public:
+  uint8_t* bytes(int64_t n) { return bytes_.get(n); }
+  int32_t* ints(int64_t n) { return ints_.get(n); }
+  float* floats(int64_t n) { return floats_.get(n); }
+
+ private:
+  template <class T>
+  struct Buffer {
+    std::unique_ptr<T[]> data;
+    int64_t size = 0;
+    T* get(int64_t n) {
+      if (n > size) {
+        data.reset(new T[static_cast<size_t>(n)]);
+        size = n;
+      }
+      return data.get();
+    }
+  };
+  Buffer<uint8_t> bytes_;
+  Buffer<int32_t> ints_;
+  Buffer<float> floats_;
+};
 
 }  // namespace
 
@@ -90,32 +117,31 @@ void linear(const PackedInt4& w, const float* x, int64_t M, float* y, const Line
   job.act_bits = bits;
   job.bias = params.bias;
   job.y = y;
-  std::vector<uint8_t> codes, rows;
-  std::vector<float> scale, xpad, fsum;
-  std::vector<int32_t> zero, gsum;
+  // Per-thread scratch kept across calls: decode runs hundreds of small linears a token.
+  thread_local Scratch s;
   if (bits == 16) {
-    xpad.resize(M * w.Kp);
-    fsum.resize(M * w.G);
+    float* xpad = s.floats(M * w.Kp + M * w.G);
+    float* fsum = xpad + M * w.Kp;
     parallel_for(M, params.threads, [&](int64_t m0, int64_t m1) {
-      for (int64_t m = m0; m < m1; ++m) pad_token(w, x + m * w.K, &xpad[m * w.Kp], &fsum[m * w.G]);
+      for (int64_t m = m0; m < m1; ++m) pad_token(w, x + m * w.K, xpad + m * w.Kp, fsum + m * w.G);
     });
-    job.xpad = xpad.data();
-    job.x_gsum = fsum.data();
+    job.xpad = xpad;
+    job.x_gsum = fsum;
   } else {
-    codes.resize(M * w.Kp);
-    rows.resize(M * w.K);
-    scale.resize(M);
-    zero.resize(M);
-    gsum.resize(M * w.G);
+    uint8_t* codes = s.bytes(M * w.Kp + (w.Kp != w.K ? M * w.K : 0));
+    uint8_t* rows = codes + M * w.Kp;
+    int32_t* ints = s.ints(M * w.G + M);
+    int32_t* gsum = ints + M;
+    float* scale = s.floats(M);
     parallel_for(M, params.threads, [&](int64_t m0, int64_t m1) {
       for (int64_t m = m0; m < m1; ++m)
-        quantize_token(kern, w, x + m * w.K, bits, params.act_clip, &rows[m * w.K], &codes[m * w.Kp],
-                       &scale[m], &zero[m], &gsum[m * w.G]);
+        quantize_token(kern, w, x + m * w.K, bits, params.act_clip, rows + m * w.K, codes + m * w.Kp, scale + m,
+                       ints + m, gsum + m * w.G);
     });
-    job.codes = codes.data();
-    job.a_scale = scale.data();
-    job.a_zero = zero.data();
-    job.a_gsum = gsum.data();
+    job.codes = codes;
+    job.a_scale = scale;
+    job.a_zero = ints;
+    job.a_gsum = gsum;
   }
 
   // Tasks: row blocks split over the threads; when there are too few blocks, tokens are split too.

@@ -2,22 +2,58 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <mutex>
 #include <stdexcept>
 #include <string>
 
 #include "int4_kernels.h"
 
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
+
 namespace spinquant::int4 {
 
-AlignedBytes::AlignedBytes(size_t n) : size_(n) {
-  size_t rounded = (n + 63) / 64 * 64;
-  void* p = std::aligned_alloc(64, rounded == 0 ? 64 : rounded);
+namespace {
+
+constexpr size_t kHugePage = size_t{2} << 20;
+constexpr size_t kChunk = 8 * kHugePage;  // buffers above kChunk / 4 get chunks of their own
+
+// A zeroed block of at least n bytes, 2 MiB aligned, advised as huge pages where the OS has them.
+std::shared_ptr<uint8_t> new_chunk(size_t n) {
+  n = (n + kHugePage - 1) / kHugePage * kHugePage;
+  void* p = std::aligned_alloc(kHugePage, n);
   if (p == nullptr) throw std::bad_alloc();
-  std::memset(p, 0, rounded == 0 ? 64 : rounded);
-  ptr_.reset(static_cast<uint8_t*>(p));
+#if defined(MADV_HUGEPAGE)
+  madvise(p, n, MADV_HUGEPAGE);  // a hint: without transparent huge pages the buffer works the same
+#endif
+  std::memset(p, 0, n);
+  return std::shared_ptr<uint8_t>(static_cast<uint8_t*>(p), [](uint8_t* q) { std::free(q); });
 }
 
-void AlignedBytes::Free::operator()(uint8_t* p) const { std::free(p); }
+}  // namespace
+
+AlignedBytes::AlignedBytes(size_t n) : size_(n) {
+  const size_t rounded = std::max<size_t>(64, (n + 63) / 64 * 64);
+  if (rounded > kChunk / 4) {
+    ptr_ = new_chunk(rounded);
+    return;
+  }
+  static std::mutex mu;
+  static std::weak_ptr<uint8_t> current;  // weak: the chunk goes when its last buffer does
+  static size_t used = 0;
+  std::lock_guard<std::mutex> lock(mu);
+  std::shared_ptr<uint8_t> chunk = current.lock();
+  if (!chunk || used + rounded > kChunk) {
+    chunk = new_chunk(kChunk);
+    current = chunk;
+    used = 0;
+  }
+  ptr_ = std::shared_ptr<uint8_t>(chunk, chunk.get() + used);  // shares ownership of the chunk
+  used += rounded;
+}
 
 size_t PackedInt4::packed_bytes() const {
   return codes.size() + scales.size() * sizeof(uint16_t) + zeros.size();
@@ -114,14 +150,17 @@ PackedInt4 prepack(const uint8_t* qweight, const uint16_t* scales_f16, const uin
   }
   w.Kp = w.goff[w.G];
   const int64_t row_bytes = (K + 1) / 2, G = w.G;
+  // The messages are built only on failure (millions of entries are checked at load time).
   if (w.asymmetric)
     for (int64_t i = 0; i < N * G; ++i)
-      check(zeros[i] <= 15, "int4 prepack: zero point " + std::to_string(zeros[i]) + " at index " +
-                                std::to_string(i) + " is outside [0, 15]; zero points are 4-bit codes");
+      if (zeros[i] > 15)
+        check(false, "int4 prepack: zero point " + std::to_string(zeros[i]) + " at index " + std::to_string(i) +
+                         " is outside [0, 15]; zero points are 4-bit codes");
 
   for (int64_t i = 0; i < N * G; ++i)
-    check((scales_f16[i] & 0x7c00) != 0x7c00, "int4 prepack: scale at index " + std::to_string(i) +
-                                                   " is inf or nan; requantize the weight with finite scales");
+    if ((scales_f16[i] & 0x7c00) == 0x7c00)
+      check(false, "int4 prepack: scale at index " + std::to_string(i) +
+                       " is inf or nan; requantize the weight with finite scales");
   w.codes = AlignedBytes(static_cast<size_t>(w.NB * w.Kp * 8));
   w.scales.assign(w.NB * G * kRows, 0);
   if (w.asymmetric) w.zeros.assign(w.NB * G * kRows, 0);

@@ -1,4 +1,4 @@
-// Quantized-KV attention: cache codes / scales / zeros bit-identical to an independent implementation of the
+// KV-cache attention: quantized cache codes / scales / zeros bit-identical to an independent implementation of the
 // quantization convention, outputs of every ISA path close to a double-precision reference computed here from
 // those codes, causal GQA over prefill chunks and decode steps, R3 rotation, clear errors on bad input.
 #include <algorithm>
@@ -182,6 +182,56 @@ void run_shape(const Shape& s, uint32_t seed) {
   CHECK(cache.length() == pos, "length %lld, expected %lld", (long long)cache.length(), (long long)pos);
 }
 
+// Float caches through attention(): every ISA close to a double reference and to the scalar path; positions
+// need not be consecutive (a query sees rows 0 .. pos[t] of the [max_seq][head_dim] cache).
+void run_float(int64_t n_heads, int64_t n_kv, int64_t hd, uint32_t seed) {
+  std::mt19937 rng(seed);
+  const int64_t max_seq = 40, r = n_heads / n_kv;
+  const auto kc = randn(n_kv * max_seq * hd, rng), vc = randn(n_kv * max_seq * hd, rng);
+  std::vector<KVHeadView> heads;
+  for (int64_t h = 0; h < n_kv; ++h)
+    heads.push_back(float_head_view(kc.data() + h * max_seq * hd, vc.data() + h * max_seq * hd, hd));
+  for (const std::vector<int64_t>& pos : {std::vector<int64_t>{0}, {5}, {39}, {3, 4, 5, 6, 7}, {17, 2, 30}}) {
+    const int64_t T = static_cast<int64_t>(pos.size());
+    const auto q = randn(T * n_heads * hd, rng, 2.0f);
+    std::vector<double> want(q.size());
+    for (int64_t t = 0; t < T; ++t)
+      for (int64_t h = 0; h < n_heads; ++h) {
+        const float* qh = q.data() + (t * n_heads + h) * hd;
+        const float* K = kc.data() + (h / r) * max_seq * hd;
+        const float* V = vc.data() + (h / r) * max_seq * hd;
+        std::vector<double> sc(pos[t] + 1);
+        for (int64_t j = 0; j <= pos[t]; ++j) {
+          double dot = 0;
+          for (int64_t d = 0; d < hd; ++d) dot += static_cast<double>(qh[d]) * K[j * hd + d];
+          sc[j] = dot / std::sqrt(static_cast<double>(hd));
+        }
+        const double mx = *std::max_element(sc.begin(), sc.end());
+        double sum = 0;
+        for (auto& x : sc) sum += (x = std::exp(x - mx));
+        for (int64_t d = 0; d < hd; ++d) {
+          double acc = 0;
+          for (int64_t j = 0; j <= pos[t]; ++j) acc += sc[j] * V[j * hd + d];
+          want[(t * n_heads + h) * hd + d] = acc / sum;
+        }
+      }
+    const Shape s{n_heads, n_kv, hd, hd, 32, false};
+    std::vector<float> scalar;
+    for (Isa isa : isas()) {
+      force_isa(isa);
+      std::vector<float> out(q.size(), -1.0f);
+      attention(heads.data(), n_kv, q.data(), T, n_heads, pos.data(), out.data(), 0.0f, 1);
+      compare(out, want, isa_name(isa), s, pos[0], T, 2e-5);
+      if (isa == Isa::Scalar) scalar = out;
+      compare(out, std::vector<double>(scalar.begin(), scalar.end()), "vs scalar", s, pos[0], T, 2e-5);
+      std::vector<float> out2(q.size());
+      attention(heads.data(), n_kv, q.data(), T, n_heads, pos.data(), out2.data(), 0.0f, 2);
+      CHECK(out2 == out, "float cache: threads=2 differs from threads=1 (%s)", isa_name(isa));
+    }
+    reset_isa();
+  }
+}
+
 template <class F>
 void expect_invalid(F f, const char* what) {
   bool thrown = false;
@@ -232,6 +282,11 @@ int main() {
   run_shape({6, 2, 40, 8, 4, false}, seed++);        // groups of 8 at 4 bits: AVX2 / AVX-512 fall back
   run_shape({4, 2, 48, 16, 4, false}, seed++);        // groups of 16: AVX2 and NEON vectorized, AVX-512 falls back
   run_shape({4, 2, 20, 10, 8, false}, seed++);       // groups of 10: every SIMD path falls back
+  run_float(9, 3, 64, seed++);                       // SmolLM2's attention
+  run_float(4, 4, 128, seed++);
+  run_float(8, 1, 16, seed++);                       // one AVX-512 vector a row
+  run_float(6, 2, 12, seed++);                       // head_dim 12: every SIMD path falls back
+  run_float(1, 1, 1, seed++);
   check_errors();
   if (g_failures) {
     std::fprintf(stderr, "%d failure(s)\n", g_failures);

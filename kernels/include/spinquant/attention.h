@@ -1,4 +1,4 @@
-// Attention over a quantized KV cache (decode and prefill), grouped-query, causal.
+// Attention over a quantized (4 / 8-bit) or float32 KV cache (decode and prefill), grouped-query, causal.
 //
 // Cache convention (shared with the Python fake quantizer): K and V rows are quantized per token and KV head
 // in groups of `group` consecutive head_dim channels, asymmetric, b = 4 or 8 bits:
@@ -16,8 +16,10 @@
 
 namespace spinquant {
 
-namespace detail {
-// One KV head of the cache, as the kernels see it.
+// One KV head of a cache as the kernels read it; the ExecuTorch ops build views of their own buffers.
+// bits 4 / 8: K and V rows of row_bytes codes (layout above), scales / zeros [..][groups] float32.
+// bits 32: float rows, codes[w] pointing at float32 [..][head_dim] (row_bytes = 4 * head_dim, group =
+// head_dim, groups = 1); scales and zeros are unused (may be null).
 struct KVHeadView {
   const uint8_t* codes[2];  // K, V rows of row_bytes
   const float* scales[2];
@@ -25,7 +27,9 @@ struct KVHeadView {
   int64_t head_dim, group, groups, row_bytes;
   int bits;
 };
-}  // namespace detail
+
+// The view of a float32 K and V cache head: rows [..][head_dim].
+KVHeadView float_head_view(const float* k, const float* v, int64_t head_dim);
 
 class QuantKVCache {
  public:
@@ -56,10 +60,10 @@ class QuantKVCache {
   const float* zeros(int which) const { return zeros_[which].data(); }
 
   // The kernels' view of one KV head.
-  detail::KVHeadView head_view(int64_t head) const;
+  KVHeadView head_view(int64_t head) const;
 
  private:
-  void store_row(int which, int64_t head, int64_t pos, const float* x, uint8_t* codes);
+  void store_row(int which, int64_t head, int64_t pos, const float* x);
 
   int64_t n_kv_heads_, head_dim_, max_seq_, group_;
   int bits_;
@@ -72,14 +76,23 @@ class QuantKVCache {
 // Quantizes one group of g floats by the convention above: unpacked codes, scale, zero.
 void quantize_group_asym(const float* x, int64_t g, int bits, uint8_t* codes, float* scale, float* zero);
 
-// out[t, h, :] = softmax(scale * q[t, h] . K[0 .. start_pos + t]) @ V[0 .. start_pos + t] with query head h
-// reading KV head h / (n_heads / n_kv_heads). q, out float32 [T, n_heads, head_dim]; the cache must already
-// hold positions up to start_pos + T - 1. scale <= 0 means 1 / sqrt(head_dim); threads <= 0: automatic.
+// Quantizes one cache row x [head_dim] (groups of `group`, 4 or 8 bits) into its stored form: row_bytes packed
+// codes, groups scales and zeros. Throws std::invalid_argument on NaN or infinity.
+void store_row_asym(const float* x, int64_t head_dim, int64_t group, int bits, uint8_t* codes, float* scales,
+                    float* zeros);
+
+// out[t, h, :] = softmax(scale * q[t, h] . K[0 .. pos[t]]) @ V[0 .. pos[t]] over heads[h / (n_heads /
+// n_kv_heads)] (grouped-query, causal): q, out float32 [T, n_heads, head_dim]; every view holds rows up to
+// max(pos) and shares head_dim and bits. scale <= 0 means 1 / sqrt(head_dim); threads <= 0: automatic.
+void attention(const KVHeadView* heads, int64_t n_kv_heads, const float* q, int64_t T, int64_t n_heads,
+               const int64_t* pos, float* out, float scale = 0.0f, int threads = 0);
+
+// attention() over a QuantKVCache, queries at positions start_pos .. start_pos + T - 1 (R3 on q when the cache
+// rotates): the cache must already hold positions up to start_pos + T - 1.
 void quant_kv_attention(const QuantKVCache& cache, const float* q, int64_t T, int64_t n_heads, int64_t start_pos,
                         float* out, float scale = 0.0f, int threads = 0);
 
 namespace detail {
-
 
 // r query heads sharing one KV head at one position, attending to cache rows 0 .. len - 1:
 // q, out [r][head_dim]; scratch holds r * len + r * head_dim floats. Implemented per ISA.

@@ -44,20 +44,23 @@ namespace spinquant::int4 {
 
 constexpr int kRows = 16;  // rows interleaved per block
 
-// 64-byte aligned heap buffer of bytes.
+// Zero-initialized, 64-byte aligned buffer of bytes (move-only). On Linux it is carved from 2 MiB-aligned
+// chunks advised as transparent huge pages, shared by several buffers and freed with the last of them:
+// a decode step streams every packed weight once, and 4 KiB pages would cost a TLB miss every 4 KiB.
 class AlignedBytes {
  public:
   AlignedBytes() = default;
   explicit AlignedBytes(size_t n);
+  AlignedBytes(AlignedBytes&&) = default;
+  AlignedBytes& operator=(AlignedBytes&&) = default;
+  AlignedBytes(const AlignedBytes&) = delete;
+  AlignedBytes& operator=(const AlignedBytes&) = delete;
   uint8_t* data() { return ptr_.get(); }
   const uint8_t* data() const { return ptr_.get(); }
   size_t size() const { return size_; }
 
  private:
-  struct Free {
-    void operator()(uint8_t* p) const;
-  };
-  std::unique_ptr<uint8_t, Free> ptr_;
+  std::shared_ptr<uint8_t> ptr_;  // aliases the chunk it lives in
   size_t size_ = 0;
 };
 

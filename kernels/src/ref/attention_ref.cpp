@@ -1,5 +1,5 @@
-// Scalar reference of quantized-KV attention: dequantize each cached row exactly as the convention says,
-// float dot products in order, a max-subtracted softmax with std::exp, float accumulation of V.
+// Scalar reference of KV-cache attention: dequantize each cached row exactly as the convention says (float
+// rows as they are), float dot products in order, a max-subtracted softmax with std::exp, float accumulation of V.
 #include <algorithm>
 #include <cmath>
 
@@ -12,6 +12,10 @@ namespace {
 // Row j of cache tensor `which` (0 K, 1 V) as floats: (code - zero) * scale.
 void dequant_row(const KVHeadView& kv, int which, int64_t j, float* out) {
   const uint8_t* row = kv.codes[which] + j * kv.row_bytes;
+  if (kv.bits == 32) {  // float cache
+    std::copy_n(reinterpret_cast<const float*>(row), kv.head_dim, out);
+    return;
+  }
   const float* s = kv.scales[which] + j * kv.groups;
   const float* z = kv.zeros[which] + j * kv.groups;
   for (int64_t d = 0; d < kv.head_dim; ++d) {

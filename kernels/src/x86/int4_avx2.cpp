@@ -97,6 +97,7 @@ void tile_codes(const Job& job, int64_t m0, int64_t b) {
     const uint8_t* ap = job.codes + m0 * w.Kp + w.goff[g];
     const int64_t chunks = (w.goff[g + 1] - w.goff[g]) / 8;
     for (int64_t c = 0; c < chunks; ++c) {
+      if (MT == 1) _mm_prefetch(reinterpret_cast<const char*>(wp + c * 64 + kPrefetchBytes), _MM_HINT_T0);
       const __m256i v0 = _mm256_load_si256(reinterpret_cast<const __m256i*>(wp + c * 64));
       const __m256i v1 = _mm256_load_si256(reinterpret_cast<const __m256i*>(wp + c * 64 + 32));
       const __m256i lo0 = _mm256_and_si256(v0, nib), hi0 = _mm256_and_si256(_mm256_srli_epi16(v0, 4), nib);

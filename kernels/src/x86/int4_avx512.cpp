@@ -80,6 +80,7 @@ void tile_codes(const Job& job, int64_t m0, int64_t b) {
     const uint8_t* ap = job.codes + m0 * w.Kp + w.goff[g];
     const int64_t chunks = (w.goff[g + 1] - w.goff[g]) / 8;
     auto step = [&](int64_t c, int parity) {
+      if (MT == 1) _mm_prefetch(reinterpret_cast<const char*>(wp + c * 64 + kPrefetchBytes), _MM_HINT_T0);
       const __m512i v = _mm512_load_si512(wp + c * 64);
       const __m512i lo = _mm512_and_si512(v, nib), hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), nib);
       for (int i = 0; i < MT; ++i) {

@@ -1,9 +1,10 @@
 """`spinquant bench`: decode ms/token and prefill tokens/s of fp32 eager, ExecuTorch XNNPACK 8da4w and our
 programs (W4A8 no_had, W4A8 had, W4A4KV4 had), built from the same model, timed on the same prompt in one run.
 
-Every setting runs `runs` times (prefill the prompt, then greedy-decode `new_tokens`); medians are reported
-in a markdown table, a JSON file and a bar chart. A warning is printed (and recorded) when the machine is
-already loaded, because other work on these cores halves the speed.
+Every setting runs `runs` times (prefill the prompt, then greedy-decode `new_tokens`), in rounds that visit
+every (variant, threads) setting once, so that load from other work drifting during the run hits every
+setting alike; medians are reported in a markdown table, a JSON file and a bar chart. A warning is printed
+(and recorded) when the machine is already loaded, because other work on these cores halves the speed.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ class Result:
     prefill_tok_per_s: float
     decode_runs: list[float]
     load_before: float
+    decode_cpu_ms_per_token: float = 0.0  # process CPU time (all threads, spinning included), median
 
 
 def machine_load() -> float:
@@ -99,6 +101,9 @@ class PteRunner:
 
         set_threads(n)
         portable_lib._unsafe_reset_threadpool(n)
+        # The program runs on ExecuTorch's and our thread pools; torch only takes the argmax here, which its
+        # intra-op threads (left at 2 by the eager runner) would slow down by milliseconds on a busy machine.
+        torch.set_num_threads(1)
 
     def forward(self, ids: list[int], start: int) -> int:
         pos = torch.arange(start, start + len(ids))
@@ -108,16 +113,17 @@ class PteRunner:
         self.model.close()
 
 
-def time_run(runner, ids: list[int], new_tokens: int) -> tuple[float, float]:
-    """(prefill tokens/s, decode ms/token) of one prefill + greedy decode."""
+def time_run(runner, ids: list[int], new_tokens: int) -> tuple[float, float, float]:
+    """(prefill tokens/s, decode ms/token, decode CPU ms/token) of one prefill + greedy decode. The process CPU
+    time stays meaningful when other work shares the cores (wall time then includes waiting for a core)."""
     t0 = time.perf_counter()
     token = runner.forward(ids, 0)
     prefill = time.perf_counter() - t0
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     for i in range(new_tokens):
         token = runner.forward([token], len(ids) + i)
-    decode = time.perf_counter() - t0
-    return len(ids) / prefill, 1000.0 * decode / new_tokens
+    decode, cpu = time.perf_counter() - t0, time.process_time() - c0
+    return len(ids) / prefill, 1000.0 * decode / new_tokens, 1000.0 * cpu / new_tokens
 
 
 # ---- building the variants from one model --------------------------------------------------------------
@@ -187,23 +193,37 @@ def streamed_bytes(model, group: int) -> int:
 # ---- the run -------------------------------------------------------------------------------------------
 
 
-def measure(runner, ids: list[int], threads: int, new_tokens: int, runs: int, name: str) -> Result:
-    runner.set_threads(threads)
-    time_run(runner, ids, 4)  # warm-up: prepacking, caches, thread pools
-    load = warn_if_loaded()
-    prefill, decode = zip(*(time_run(runner, ids, new_tokens) for _ in range(runs)), strict=True)
-    return Result(name, threads, statistics.median(decode), statistics.median(prefill), list(decode), load)
+def measure(runners: dict, ids: list[int], threads: list[int], new_tokens: int, runs: int) -> list[Result]:
+    """Time every (variant, threads) setting `runs` times in interleaved rounds; medians per setting."""
+    settings = [(name, t) for name in runners for t in threads]
+    for name, t in settings:  # warm-up: prepacking, caches, thread pools
+        runners[name].set_threads(t)
+        time_run(runners[name], ids, 4)
+    samples: dict = {key: [] for key in settings}
+    loads: dict = {key: [] for key in settings}
+    for _ in range(runs):
+        load = warn_if_loaded()
+        for name, t in settings:
+            runners[name].set_threads(t)
+            samples[name, t].append(time_run(runners[name], ids, new_tokens))
+            loads[name, t].append(load)
+    results = []
+    for name, t in settings:
+        prefill, decode, cpu = zip(*samples[name, t], strict=True)
+        med = statistics.median
+        results.append(Result(name, t, med(decode), med(prefill), list(decode), med(loads[name, t]), med(cpu)))
+    return results
 
 
 def markdown(results: list[Result], floors: dict[int, float]) -> str:
     lines = [
-        "| variant | threads | decode ms/token (median) | prefill tok/s (median) | load before |",
-        "|---|---:|---:|---:|---:|",
+        "| variant | threads | decode ms/token (median) | prefill tok/s (median) | load before | decode CPU ms/token |",
+        "|---|---:|---:|---:|---:|---:|",
     ]
     for r in results:
         lines.append(
             f"| {r.variant} | {r.threads} | {r.decode_ms_per_token:.2f} | {r.prefill_tok_per_s:.0f} | "
-            f"{r.load_before:.2f} |"
+            f"{r.load_before:.2f} | {r.decode_cpu_ms_per_token:.2f} |"
         )
     for t, ms in sorted(floors.items()):
         lines.append(
@@ -268,7 +288,7 @@ def run_bench(
     folder = model_path or str(assets.default_model_dir())
     tokenizer = AutoTokenizer.from_pretrained(folder)
     ids = prompt_ids(tokenizer, prompt_len)
-    results, floors, ppl = [], {}, None
+    runners, floors, ppl = {}, {}, None
     for name in variants:
         runner, seconds, nbytes = build_variant(name, model_path, out, max_seq_len, seed)
         log(f"{name}: ready in {seconds:.0f} s")
@@ -276,13 +296,14 @@ def run_bench(
             floors = {t: nbytes / (BANDWIDTH_GBS[t] * 1e9) * 1e3 for t in threads if t in BANDWIDTH_GBS}
             window = test_windows(tokenizer, min(ppl_tokens, max_seq_len), 1)[0]
             ppl = perplexity_pair(runner.eager, runner.model, window)
+            runner.eager = None
             log(f"{name}: perplexity on {len(window)} wiki tokens: eager {ppl[0]:.4f}, .pte {ppl[1]:.4f}")
-        for t in threads:
-            r = measure(runner, ids, t, new_tokens, runs, name)
-            log(
-                f"  {t} thread(s): decode {r.decode_ms_per_token:.2f} ms/token, prefill {r.prefill_tok_per_s:.0f} tok/s"
-            )
-            results.append(r)
+        runners[name] = runner
+    results = measure(runners, ids, threads, new_tokens, runs)
+    for r in results:
+        log(f"  {r.variant}, {r.threads} thread(s): decode {r.decode_ms_per_token:.2f} ms/token, "
+            f"prefill {r.prefill_tok_per_s:.0f} tok/s")
+    for runner in runners.values():
         if isinstance(runner, PteRunner):
             runner.close()
     table = markdown(results, floors)

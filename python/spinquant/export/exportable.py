@@ -3,9 +3,10 @@
 `forward(tokens [1, T] int64, input_pos [T] int64) -> logits [1, T, V]` runs T consecutive positions (prefill
 when T > 1, one decode step when T = 1) against a KV cache held as mutable buffers, updated in place. Weights
 of quantized linears are buffers in the int4 storage layout of docs/INT4_FORMAT.md and run through
-`spinquant::int4_linear` (activations quantized per token inside the op); online Hadamards (R3 on q/k, R4 on
-the down_proj input) run through `spinquant::hadamard`. The KV cache is float32 (no KV quantization) or the
-4/8-bit layout of `spinquant::kv_attention`.
+`spinquant::int4_linear` (activations quantized per token inside the op; q/k/v and gate/up each share one
+call); online Hadamards run through `spinquant::hadamard` (R4 on the down_proj input) and inside
+`spinquant::rope` (R3 on q/k). The KV cache is float32 (no KV quantization) or the 4/8-bit layout of
+`spinquant::kv_attention`.
 """
 
 from __future__ import annotations
@@ -86,18 +87,21 @@ class ExportLinear(nn.Module):
         )
 
 
-def _concat_linears(name: str, a: ExportLinear, b: ExportLinear) -> ExportLinear | None:
-    """One int4 linear computing [a(x), b(x)] (rows stacked), or None when the two cannot share a call."""
-    same = (a.quantized and b.quantized and not a.online_had and not b.online_had and a.group == b.group
-            and (a.act_bits, a.act_clip) == (b.act_bits, b.act_clip) and (a.zeros is None) == (b.zeros is None)
-            and a.bias is None and b.bias is None)  # fmt: skip
+def _concat_linears(parts: list[ExportLinear]) -> ExportLinear | None:
+    """One int4 linear computing [p(x) for p in parts] (rows stacked), or None when they cannot share a call."""
+    a = parts[0]
+    same = all(
+        p.quantized and not p.online_had and p.group == a.group and (p.act_bits, p.act_clip) == (a.act_bits, a.act_clip)
+        and (p.zeros is None) == (a.zeros is None) and (p.bias is None) == (a.bias is None)
+        for p in parts
+    )  # fmt: skip
     if not same:
         return None
     fused = copy.copy(a)
     fused._buffers = dict(a._buffers)
-    for key in ("qweight", "scales", "zeros"):
+    for key in ("qweight", "scales", "zeros", "bias"):
         if a._buffers.get(key) is not None:
-            fused._buffers[key] = torch.cat([a._buffers[key], b._buffers[key]])
+            fused._buffers[key] = torch.cat([p._buffers[key] for p in parts])
     return fused
 
 
@@ -123,9 +127,12 @@ class ExportAttention(nn.Module):
         super().__init__()
         attn = block.self_attn
         self.n_heads, self.n_kv_heads, self.head_dim = attn.n_heads, attn.n_kv_heads, attn.head_dim
-        self.q_proj, self.k_proj, self.v_proj, self.o_proj = (
+        q, k, v, self.o_proj = (
             ExportLinear(f"{name}.{p}", getattr(attn, p)) for p in ("q_proj", "k_proj", "v_proj", "o_proj")
         )
+        self.qkv = _concat_linears([q, k, v])  # one GEMV (one activation quantization) for q, k and v
+        if self.qkv is None:
+            self.q_proj, self.k_proj, self.v_proj = q, k, v
         self.r3 = bool(attn.r3)
         if self.r3:
             self.register_buffer("hk", _hadamard_base(self.head_dim))
@@ -139,12 +146,15 @@ class ExportAttention(nn.Module):
             self.register_buffer("kv_cache", torch.zeros(lay.nbytes, dtype=torch.uint8))
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, input_pos: Tensor) -> Tensor:
-        t = x.shape[0]
-        q = sq.rope(self.q_proj(x).view(t, self.n_heads, self.head_dim), cos, sin)
-        k = sq.rope(self.k_proj(x).view(t, self.n_kv_heads, self.head_dim), cos, sin)
-        v = self.v_proj(x).view(t, self.n_kv_heads, self.head_dim)
-        if self.r3:
-            q, k = sq.hadamard(q, self.hk), sq.hadamard(k, self.hk)
+        t, hd, hkv = x.shape[0], self.head_dim, self.n_kv_heads
+        if self.qkv is not None:
+            q, k, v = self.qkv(x).split([self.n_heads * hd, hkv * hd, hkv * hd], dim=-1)
+        else:
+            q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        r3 = self.hk if self.r3 else None  # R3 runs inside rope
+        q = sq.rope(q.reshape(t, self.n_heads, hd), cos, sin, r3)
+        k = sq.rope(k.reshape(t, hkv, hd), cos, sin, r3)
+        v = v.reshape(t, hkv, hd)
         if self.kv_bits == 16:
             out = self._float_attention(q, k, v, input_pos)
         else:
@@ -152,9 +162,7 @@ class ExportAttention(nn.Module):
         return self.o_proj(out.reshape(t, self.n_heads * self.head_dim))
 
     def _float_attention(self, q: Tensor, k: Tensor, v: Tensor, input_pos: Tensor) -> Tensor:
-        self.k_cache[:, input_pos] = k.transpose(0, 1)
-        self.v_cache[:, input_pos] = v.transpose(0, 1)
-        return sq.attention(q, self.k_cache, self.v_cache, input_pos)
+        return sq.attention(q, k, v, self.k_cache, self.v_cache, input_pos)  # writes the caches too
 
 
 class ExportBlock(nn.Module):
@@ -166,7 +174,7 @@ class ExportBlock(nn.Module):
         self.attn = ExportAttention(f"{name}.self_attn", block, max_seq_len)
         mlp = block.mlp
         gate, up = (ExportLinear(f"{name}.mlp.{p}", getattr(mlp, p)) for p in ("gate_proj", "up_proj"))
-        self.gate_up = _concat_linears(name, gate, up)  # one GEMV streaming both weights
+        self.gate_up = _concat_linears([gate, up])  # one GEMV streaming both weights
         if self.gate_up is None:
             self.gate_proj, self.up_proj = gate, up
         self.down_proj = ExportLinear(f"{name}.mlp.down_proj", mlp.down_proj)

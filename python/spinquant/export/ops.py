@@ -11,10 +11,11 @@ plain PyTorch. The CPU implementation is the eager reference the native runtime 
 - `kv_attention(q, k, v, cache, input_pos, n_kv_heads, bits, group)`: quantize k, v into the layer's
   quantized KV cache (one uint8 buffer, see `kv_cache_layout`) at positions input_pos, then causal
   grouped-query attention of q over the cache. q [T, H, D], k/v [T, Hkv, D] -> [T, H, D].
-- `rms_norm(x, weight, eps)`, `rope(x, cos, sin)`, `silu_mul(gate_up)`: fused element-wise steps of the
-  decoder (one runtime op each instead of 3 to 10 portable ones).
-- `attention(q, k_cache, v_cache, input_pos)`: causal GQA attention over float caches [Hkv, S, D] that the
-  graph has already updated (reads positions 0 .. input_pos[t] only).
+- `rms_norm(x, weight, eps)`, `rope(x, cos, sin, hk=None)`, `silu_mul(gate_up)`: fused element-wise steps of
+  the decoder (one runtime op each instead of 3 to 10 portable ones); `rope` with `hk` also applies R3 (the
+  Hadamard transform over head_dim) to its output.
+- `attention(q, k, v, k_cache, v_cache, input_pos)`: write k, v into the layer's float caches [Hkv, S, D] at
+  input_pos, then causal GQA attention over them (reads positions 0 .. input_pos[t] only).
 """
 
 from __future__ import annotations
@@ -241,8 +242,8 @@ def _kv_attention_fake(q, k, v, cache, input_pos, n_kv_heads, bits, group) -> Te
 
 _lib.define("rms_norm(Tensor x, Tensor weight, float eps) -> Tensor")
 _lib.define("rms_norm.out(Tensor x, Tensor weight, float eps, *, Tensor(a!) out) -> Tensor(a!)")
-_lib.define("rope(Tensor x, Tensor cos, Tensor sin) -> Tensor")
-_lib.define("rope.out(Tensor x, Tensor cos, Tensor sin, *, Tensor(a!) out) -> Tensor(a!)")
+_lib.define("rope(Tensor x, Tensor cos, Tensor sin, Tensor? hk=None) -> Tensor")
+_lib.define("rope.out(Tensor x, Tensor cos, Tensor sin, Tensor? hk=None, *, Tensor(a!) out) -> Tensor(a!)")
 _lib.define("silu_mul(Tensor gate_up) -> Tensor")
 _lib.define("silu_mul.out(Tensor gate_up, *, Tensor(a!) out) -> Tensor(a!)")
 
@@ -251,11 +252,12 @@ def _rms_norm_ref(x: Tensor, weight: Tensor, eps: float) -> Tensor:
     return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * weight
 
 
-def _rope_ref(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """x [T, H, D], cos/sin [T, D]: HF rotate-half rotary embedding."""
+def _rope_ref(x: Tensor, cos: Tensor, sin: Tensor, hk: Tensor | None = None) -> Tensor:
+    """x [T, H, D], cos/sin [T, D]: HF rotate-half rotary embedding, then (hk given: R3) `hadamard` per head."""
     half = x.shape[-1] // 2
     rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-    return x * cos[:, None] + rotated * sin[:, None]
+    y = x * cos[:, None] + rotated * sin[:, None]
+    return y if hk is None else _hadamard_ref(y, hk)
 
 
 def _silu_mul_ref(gate_up: Tensor) -> Tensor:
@@ -276,21 +278,23 @@ def _register_elementwise(name: str, ref, fake) -> None:
 
 
 _register_elementwise("rms_norm", _rms_norm_ref, lambda x, weight, eps: torch.empty_like(x))
-_register_elementwise("rope", _rope_ref, lambda x, cos, sin: torch.empty_like(x))
+_register_elementwise("rope", _rope_ref, lambda x, cos, sin, hk=None: torch.empty_like(x))
 _register_elementwise(
     "silu_mul", _silu_mul_ref, lambda gate_up: gate_up.new_empty([*gate_up.shape[:-1], gate_up.shape[-1] // 2])
 )
 
 # ---- attention over float caches ------------------------------------------------------------------------
 
-_lib.define("attention(Tensor q, Tensor k_cache, Tensor v_cache, Tensor input_pos) -> Tensor")
-_lib.define(
-    "attention.out(Tensor q, Tensor k_cache, Tensor v_cache, Tensor input_pos, *, Tensor(a!) out) -> Tensor(a!)"
-)
+_FLOAT_ATTN_ARGS = "Tensor q, Tensor k, Tensor v, Tensor(a!) k_cache, Tensor(b!) v_cache, Tensor input_pos"
+_lib.define(f"attention({_FLOAT_ATTN_ARGS}) -> Tensor")
+_lib.define(f"attention.out({_FLOAT_ATTN_ARGS}, *, Tensor(c!) out) -> Tensor(c!)")
 
 
-def _attention_ref(q: Tensor, k_cache: Tensor, v_cache: Tensor, input_pos: Tensor) -> Tensor:
-    """q [T, H, D] at positions input_pos over float caches [Hkv, S, D] (already holding those positions)."""
+def _attention_ref(q: Tensor, k: Tensor, v: Tensor, k_cache: Tensor, v_cache: Tensor, input_pos: Tensor) -> Tensor:
+    """Write k, v [T, Hkv, D] into the float caches [Hkv, S, D] at input_pos, then causal GQA attention of
+    q [T, H, D] over them (positions 0 .. input_pos[t] only)."""
+    k_cache[:, input_pos] = k.transpose(0, 1)
+    v_cache[:, input_pos] = v.transpose(0, 1)
     length = int(input_pos.max()) + 1
     mask = torch.arange(length)[None, :] <= input_pos[:, None]
     out = F.scaled_dot_product_attention(
@@ -303,6 +307,20 @@ def _attention_ref(q: Tensor, k_cache: Tensor, v_cache: Tensor, input_pos: Tenso
     return out[0].transpose(0, 1).contiguous()
 
 
-_register_elementwise("attention", _attention_ref, lambda q, k_cache, v_cache, input_pos: torch.empty_like(q))
+@torch.library.impl(_lib, "attention", "CPU")
+def _attention_cpu(q, k, v, k_cache, v_cache, input_pos) -> Tensor:
+    return _attention_ref(q, k, v, k_cache, v_cache, input_pos)
+
+
+@torch.library.impl(_lib, "attention.out", "CPU")
+def _attention_out_cpu(q, k, v, k_cache, v_cache, input_pos, *, out) -> Tensor:
+    y = _attention_ref(q, k, v, k_cache, v_cache, input_pos)
+    return out.resize_(y.shape).copy_(y)
+
+
+@torch.library.register_fake(f"{NAMESPACE}::attention")
+def _attention_fake(q, k, v, k_cache, v_cache, input_pos) -> Tensor:
+    return torch.empty_like(q)
+
 
 OPS = ("hadamard", "int4_linear", "kv_attention", "rms_norm", "rope", "silu_mul", "attention")
