@@ -270,7 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ppl-windows", type=int, help="perplexity windows (default 8; 0 = whole test split)")
     p.add_argument("--ppl-seq-len", type=int, help="tokens per perplexity window (default 512)")
     p.add_argument("--zeroshot-limit", type=int, help="zero-shot examples per task (default 10; 0 = all; -1 = skip)")
-    p.add_argument("--quarot-seeds", type=int, help="random Hadamard seeds (default 5)")
+    p.add_argument("--quarot-seeds", type=int, help="random Hadamard seeds (default 3; --full 5)")
     p.add_argument("--precisions", help="comma-separated presets (default W4A4KV4; --full all three)")
     p.add_argument("--w-methods", help="comma-separated weight quantizers (default rtn,gptq)")
     p.add_argument("--gptq-samples", type=int, help="GPTQ calibration samples (default 8; --full 128)")
@@ -278,8 +278,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--zeroshot-tasks", help="comma-separated zero-shot tasks (default: all eight)")
     p.add_argument(
         "--bench-variants",
-        help="decode benchmark variants, '' to skip (default fp32_eager,w4a8_no_had,"
-        "w4a8_had; --full adds xnnpack_8da4w and w4a4kv4_had)",
+        help="decode benchmark variants, '' to skip (default fp32_eager,xnnpack_8da4w,w4a8_no_had,"
+        "w4a8_had; --full adds w4a4kv4_had)",
     )
     p.add_argument("--seed", type=int, help="seed (default 0)")
     p.set_defaults(func=cmd_pipeline)

@@ -53,16 +53,17 @@ class Settings:
     gptq_seq_len: int = 512
     ppl_windows: int = 8
     ppl_seq_len: int = 512
-    quarot_seeds: int = 5
+    quarot_seeds: int = 3
     zeroshot_limit: int = 10
     zeroshot_tasks: tuple[str, ...] = DEFAULT_TASKS
     seed: int = 0
     export: bool = True
-    bench_variants: tuple[str, ...] = ("fp32_eager", "w4a8_no_had", "w4a8_had")
+    bench_variants: tuple[str, ...] = ("fp32_eager", "xnnpack_8da4w", "w4a8_no_had", "w4a8_had")
 
     @classmethod
     def full(cls, **overrides) -> Settings:
-        """Paper-like sizes: 100 steps x 2048 tokens, 128 GPTQ samples, whole test split, full zero-shot sets."""
+        """Paper-like sizes: 100 steps x 2048 tokens, 128 GPTQ samples, whole test split, full zero-shot sets,
+        5 QuaRot seeds, every benchmark variant."""
         base = dict(
             precisions=("W4A16", "W4A8KV8", "W4A4KV4"),
             steps=100,
@@ -72,6 +73,7 @@ class Settings:
             ppl_windows=0,
             ppl_seq_len=2048,
             zeroshot_limit=0,
+            quarot_seeds=5,
             bench_variants=VARIANTS,
         )
         return cls(**{**base, **overrides})

@@ -301,8 +301,10 @@ def run_bench(
         runners[name] = runner
     results = measure(runners, ids, threads, new_tokens, runs)
     for r in results:
-        log(f"  {r.variant}, {r.threads} thread(s): decode {r.decode_ms_per_token:.2f} ms/token, "
-            f"prefill {r.prefill_tok_per_s:.0f} tok/s")
+        log(
+            f"  {r.variant}, {r.threads} thread(s): decode {r.decode_ms_per_token:.2f} ms/token, "
+            f"prefill {r.prefill_tok_per_s:.0f} tok/s"
+        )
     for runner in runners.values():
         if isinstance(runner, PteRunner):
             runner.close()
