@@ -134,6 +134,27 @@ def test_runtime_kernels_match_eager(tmp_path):
         torch.testing.assert_close(g, w, atol=2e-5, rtol=1e-5)
 
 
+def _kv_method(program: nn.Module, qkv: list[torch.Tensor], seq: int, path):
+    """`program(q, k, v, pos)` exported with a dynamic token count, written to `path`, loaded in the runtime."""
+    from executorch.exir import EdgeCompileConfig, ExecutorchBackendConfig, to_edge
+    from torch.export import Dim
+
+    from spinquant.export.runtime import _runtime, load_library
+
+    t = Dim("t", min=1, max=seq)
+    ep = torch.export.export(
+        program,
+        (*[x[:4] for x in qkv], torch.arange(4)),
+        dynamic_shapes=({0: t}, {0: t}, {0: t}, {0: t}),
+        strict=False,
+    )
+    prog = to_edge(ep, compile_config=EdgeCompileConfig(_check_ir_validity=False))
+    prog = prog.to_executorch(ExecutorchBackendConfig(run_reinplace_pass=True))
+    load_library()
+    write_atomic(path, prog.buffer)
+    return _runtime().load_program(path).load_method("forward")
+
+
 class KVProgram(nn.Module):
     """One quantized-KV attention layer with its cache as a mutable buffer."""
 
@@ -150,26 +171,10 @@ class KVProgram(nn.Module):
 
 @pytest.mark.parametrize("bits,group", [(4, 0), (8, 8)])
 def test_kv_attention_prefill_then_decode(tmp_path, bits, group):
-    from executorch.exir import EdgeCompileConfig, ExecutorchBackendConfig, to_edge
-    from torch.export import Dim
-
-    from spinquant.export.runtime import _runtime, load_library
-
     h, hkv, d, seq = 4, 2, 16, 16
     qkv = [torch.randn(7, n, d, generator=GEN) for n in (h, hkv, hkv)]
     eager = KVProgram(hkv, d, seq, bits, group)
-    t = Dim("t", min=1, max=seq)
-    ep = torch.export.export(
-        KVProgram(hkv, d, seq, bits, group),
-        (*[x[:4] for x in qkv], torch.arange(4)),
-        dynamic_shapes=({0: t}, {0: t}, {0: t}, {0: t}),
-        strict=False,
-    )
-    prog = to_edge(ep, compile_config=EdgeCompileConfig(_check_ir_validity=False))
-    prog = prog.to_executorch(ExecutorchBackendConfig(run_reinplace_pass=True))
-    load_library()
-    write_atomic(tmp_path / "kv.pte", prog.buffer)
-    method = _runtime().load_program(tmp_path / "kv.pte").load_method("forward")
+    method = _kv_method(KVProgram(hkv, d, seq, bits, group), qkv, seq, tmp_path / "kv.pte")
     steps = [(0, 5), (5, 6), (6, 7)]  # prefill 5 positions, then two decode steps
     for a, b in steps:
         args = [x[a:b] for x in qkv] + [torch.arange(a, b)]
@@ -195,26 +200,10 @@ class FloatKVProgram(nn.Module):
 
 
 def test_float_attention_prefill_then_decode(tmp_path):
-    from executorch.exir import EdgeCompileConfig, ExecutorchBackendConfig, to_edge
-    from torch.export import Dim
-
-    from spinquant.export.runtime import _runtime, load_library
-
     h, hkv, d, seq = 6, 2, 20, 12  # head_dim 20: the SIMD paths fall back to the reference
     qkv = [torch.randn(7, n, d, generator=GEN) for n in (h, hkv, hkv)]
     eager = FloatKVProgram(hkv, d, seq)
-    t = Dim("t", min=1, max=seq)
-    ep = torch.export.export(
-        FloatKVProgram(hkv, d, seq),
-        (*[x[:4] for x in qkv], torch.arange(4)),
-        dynamic_shapes=({0: t}, {0: t}, {0: t}, {0: t}),
-        strict=False,
-    )
-    prog = to_edge(ep, compile_config=EdgeCompileConfig(_check_ir_validity=False))
-    prog = prog.to_executorch(ExecutorchBackendConfig(run_reinplace_pass=True))
-    load_library()
-    write_atomic(tmp_path / "attn.pte", prog.buffer)
-    method = _runtime().load_program(tmp_path / "attn.pte").load_method("forward")
+    method = _kv_method(FloatKVProgram(hkv, d, seq), qkv, seq, tmp_path / "attn.pte")
     for a, b in [(0, 5), (5, 6), (6, 7)]:  # prefill 5 positions, then two decode steps
         args = [x[a:b] for x in qkv] + [torch.arange(a, b)]
         torch.testing.assert_close(method.execute(args)[0], eager(*args), atol=2e-5, rtol=1e-5)
