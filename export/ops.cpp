@@ -5,7 +5,7 @@
 //   spinquant::int4_linear.out(x, qweight, scales, zeros?, bias?, group, act_bits, act_clip, *, out)
 //   spinquant::kv_attention.out(q, k, v, cache(a!), input_pos, n_kv_heads, bits, group, *, out)
 //   spinquant::attention.out(q, k, v, k_cache(a!), v_cache(b!), input_pos, *, out): float-cache attention
-//   spinquant::rms_norm.out / rope.out (+ R3 when given hk) / silu_mul.out: fused element-wise steps (loops, here)
+//   spinquant::rms_norm.out / rope.out (+ R3 when given hk) / silu_mul.out: fused element-wise steps
 //
 // Weights arrive in the int4 storage layout (docs/INT4_FORMAT.md); they are prepacked once into the kernels'
 // layout and cached by the address of the program's constant data (plus a sampled fingerprint), so a decode
@@ -30,6 +30,7 @@
 #include <vector>
 
 #include "spinquant/attention.h"
+#include "spinquant/elementwise.h"
 #include "spinquant/hadamard.h"
 #include "spinquant/int4.h"
 #include "spinquant/parallel.h"
@@ -121,17 +122,22 @@ struct PackKeyHash {
 using Sample = std::array<uint8_t, 32>;
 
 struct PackEntry {
+  PackKey key;
   Sample sample;  // bytes sampled from the storage tensors when prepacked
   std::shared_ptr<spinquant::int4::PackedInt4> packed;
 };
 
-// A hash map: a decode step looks up ~200 weights whose cache entries fell out of the caches in between (the
-// step streams far more than the last-level cache), so every pointer followed is a trip to memory.
+// The prepacked weights, in the order of their first use, and an index by key. A decode step calls the linears in
+// the same order every time, so the lookup first tries the entry after the previous one: a sequential walk the
+// hardware prefetches, where a hash lookup would take two trips to memory (the step streams far more than the
+// caches hold, so the table is never cached).
 std::mutex g_pack_mu;
-std::unordered_map<PackKey, PackEntry, PackKeyHash> g_pack_cache;
+std::vector<PackEntry> g_pack_order;
+std::unordered_map<PackKey, size_t, PackKeyHash> g_pack_index;
+size_t g_pack_next = 0;
 
 // The first 16 bytes of the weight and of its scales: catches a different program reusing the same addresses
-// (the storage is not otherwise read after prepacking; two cache lines a call).
+// (the storage is not otherwise read after prepacking; two cache lines a call, prefetched by the caller).
 Sample sample_bytes(const Tensor& qweight, const Tensor& scales) {
   Sample s{};
   size_t j = 0;
@@ -148,15 +154,28 @@ std::shared_ptr<spinquant::int4::PackedInt4> packed_for(const Tensor& qweight, c
                                                         int64_t group) {
   const int64_t N = qweight.size(0);
   const void* zp = zeros ? zeros->const_data_ptr() : nullptr;
-  PackKey key{qweight.const_data_ptr(), scales.const_data_ptr(), zp, N, K, group};
+  const PackKey key{qweight.const_data_ptr(), scales.const_data_ptr(), zp, N, K, group};
   const Sample sample = sample_bytes(qweight, scales);
   std::lock_guard<std::mutex> lock(g_pack_mu);
-  auto it = g_pack_cache.find(key);
-  if (it != g_pack_cache.end() && it->second.sample == sample) return it->second.packed;
+  size_t at = g_pack_next;
+  if (at >= g_pack_order.size() || !(g_pack_order[at].key == key)) {
+    auto it = g_pack_index.find(key);
+    at = it == g_pack_index.end() ? g_pack_order.size() : it->second;
+  }
+  if (at < g_pack_order.size() && g_pack_order[at].sample == sample) {
+    g_pack_next = at + 1;
+    return g_pack_order[at].packed;
+  }
   auto packed = std::make_shared<spinquant::int4::PackedInt4>(spinquant::int4::prepack(
       qweight.const_data_ptr<uint8_t>(), scales.const_data_ptr<uint16_t>(),
       zeros ? zeros->const_data_ptr<uint8_t>() : nullptr, N, K, group));
-  g_pack_cache[key] = PackEntry{sample, packed};
+  if (at < g_pack_order.size()) {  // same address, different bytes: another program reused the memory
+    g_pack_order[at] = PackEntry{key, sample, packed};
+  } else {
+    g_pack_index[key] = g_pack_order.size();
+    g_pack_order.push_back(PackEntry{key, sample, packed});
+  }
+  g_pack_next = at + 1;
   return packed;
 }
 
@@ -182,6 +201,10 @@ bool check_linear(KernelRuntimeContext& ctx, const Tensor& x, const Tensor& qwei
 Tensor& int4_linear_out(KernelRuntimeContext& ctx, const Tensor& x, const Tensor& qweight, const Tensor& scales,
                         const std::optional<Tensor>& zeros, const std::optional<Tensor>& bias, int64_t group,
                         int64_t act_bits, double act_clip, Tensor& out) {
+  // The sampled storage bytes are cold (a decode step streams far more than the caches hold): start both
+  // loads now so that they overlap the checks and the cache lookup instead of following them.
+  __builtin_prefetch(qweight.const_data_ptr());
+  __builtin_prefetch(scales.const_data_ptr());
   if (!check_linear(ctx, x, qweight, scales, zeros, bias, group)) return out;
   std::vector<SizesType> shape = sizes_of(x);
   shape.back() = static_cast<SizesType>(qweight.size(0));
@@ -313,15 +336,12 @@ Tensor& rms_norm_out(KernelRuntimeContext& ctx, const Tensor& x, const Tensor& w
              "rms_norm: weight must be float32 [dim]") ||
       !resize(ctx, out, sizes_of(x)))
     return out;
-  const int64_t n = x.size(x.dim() - 1), rows = n ? x.numel() / n : 0;
-  const float* w = weight.const_data_ptr<float>();
-  for (int64_t r = 0; r < rows; ++r) {
-    const float* xr = x.const_data_ptr<float>() + r * n;
-    float* yr = out.mutable_data_ptr<float>() + r * n;
-    double ss = 0.0;
-    for (int64_t i = 0; i < n; ++i) ss += static_cast<double>(xr[i]) * xr[i];
-    const float inv = 1.0f / std::sqrt(static_cast<float>(ss / n) + static_cast<float>(eps));
-    for (int64_t i = 0; i < n; ++i) yr[i] = xr[i] * inv * w[i];
+  const int64_t n = x.size(x.dim() - 1);
+  try {
+    spinquant::rms_norm(x.const_data_ptr<float>(), weight.const_data_ptr<float>(), n ? x.numel() / n : 0, n,
+                        static_cast<float>(eps), out.mutable_data_ptr<float>(), g_threads.load());
+  } catch (const std::exception& e) {
+    fail(ctx, std::string("rms_norm: ") + e.what());
   }
   return out;
 }
@@ -337,20 +357,9 @@ Tensor& rope_out(KernelRuntimeContext& ctx, const Tensor& x, const Tensor& cos, 
              "rope: hk must be an int8 [K, K] matrix") ||
       !resize(ctx, out, sizes_of(x)))
     return out;
-  const int64_t T = x.size(0), H = x.size(1), D = x.size(2), half = D / 2;
-  for (int64_t t = 0; t < T; ++t) {
-    const float* c = cos.const_data_ptr<float>() + t * D;
-    const float* s = sin.const_data_ptr<float>() + t * D;
-    for (int64_t h = 0; h < H; ++h) {
-      const float* xr = x.const_data_ptr<float>() + (t * H + h) * D;
-      float* yr = out.mutable_data_ptr<float>() + (t * H + h) * D;
-      for (int64_t i = 0; i < half; ++i) {
-        const float a = xr[i], b = xr[i + half];
-        yr[i] = a * c[i] + (-b) * s[i];
-        yr[i + half] = b * c[i + half] + a * s[i + half];
-      }
-    }
-  }
+  const int64_t T = x.size(0), H = x.size(1), D = x.size(2);
+  spinquant::rope(x.const_data_ptr<float>(), cos.const_data_ptr<float>(), sin.const_data_ptr<float>(), T, H, D,
+                  out.mutable_data_ptr<float>(), g_threads.load());
   if (hk) {  // R3: the Hadamard transform over head_dim of every head
     try {
       hadamard_for(D, hk->const_data_ptr<int8_t>(), hk->size(0)).apply(out.mutable_data_ptr<float>(), T * H,
@@ -370,11 +379,7 @@ Tensor& silu_mul_out(KernelRuntimeContext& ctx, const Tensor& gate_up, Tensor& o
   const int64_t f = shape.back() / 2, rows = f ? gate_up.numel() / (2 * f) : 0;
   shape.back() = static_cast<SizesType>(f);
   if (!resize(ctx, out, shape)) return out;
-  for (int64_t r = 0; r < rows; ++r) {
-    const float* g = gate_up.const_data_ptr<float>() + r * 2 * f;
-    float* y = out.mutable_data_ptr<float>() + r * f;
-    for (int64_t j = 0; j < f; ++j) y[j] = g[j] / (1.0f + std::exp(-g[j])) * g[f + j];
-  }
+  spinquant::silu_mul(gate_up.const_data_ptr<float>(), rows, f, out.mutable_data_ptr<float>(), g_threads.load());
   return out;
 }
 
@@ -440,6 +445,8 @@ __attribute__((visibility("default"))) void spinquant_et_set_threads(int threads
 // Drops the prepacked weights (call when the program that owns the constant data is released).
 __attribute__((visibility("default"))) void spinquant_et_clear_cache() {
   std::lock_guard<std::mutex> lock(g_pack_mu);
-  g_pack_cache.clear();
+  g_pack_order.clear();
+  g_pack_index.clear();
+  g_pack_next = 0;
 }
 }

@@ -1,14 +1,16 @@
 // spinquant_runner: runs a spinquant .pte (forward(tokens [1, T] int64, input_pos [T] int64) -> logits
 // [1, T, V]) with the ExecuTorch runtime: prefill the prompt ids, then greedy decode one token at a time.
 //
-//   spinquant_runner MODEL.pte --tokens 1,2,3 [--max-new 16] [--threads N]
+//   spinquant_runner MODEL.pte --tokens 1,2,3 [--max-new 16] [--threads N] [--runs R]
 //
 // Prints the generated ids on one line ("ids: 5 7 ..."), then prefill and decode timings (wall clock, and the
-// process CPU time a token, which stays meaningful when other work shares the cores).
+// process CPU time a token, which stays meaningful when other work shares the cores): the medians of R runs of
+// the whole generation (the first run, which prepacks the weights, is not timed when R > 1).
 #include <executorch/extension/module/module.h>
 #include <executorch/runtime/core/exec_aten/exec_aten.h>
 #include <executorch/runtime/platform/runtime.h>
 
+#include <algorithm>
 #include <chrono>
 #include <ctime>
 #include <cstdio>
@@ -32,11 +34,12 @@ struct Args {
   std::vector<int64_t> tokens;
   int max_new = 16;
   int threads = 0;
+  int runs = 1;
 };
 
 [[noreturn]] void usage(const char* msg) {
   std::fprintf(stderr, "spinquant_runner: %s\nusage: spinquant_runner MODEL.pte --tokens 1,2,3 [--max-new N] "
-                       "[--threads N]\n", msg);
+                       "[--threads N] [--runs R]\n", msg);
   std::exit(2);
 }
 
@@ -62,17 +65,25 @@ Args parse(int argc, char** argv) {
     if (arg == "--tokens" && has_value) a.tokens = parse_ids(argv[++i]);
     else if (arg == "--max-new" && has_value) a.max_new = std::atoi(argv[++i]);
     else if (arg == "--threads" && has_value) a.threads = std::atoi(argv[++i]);
+    else if (arg == "--runs" && has_value) a.runs = std::atoi(argv[++i]);
     else if (arg.rfind("--", 0) == 0) usage(("unknown or incomplete option " + arg).c_str());
     else a.model = arg;
   }
   if (a.model.empty()) usage("missing MODEL.pte");
   if (a.tokens.empty()) usage("missing --tokens");
   if (a.max_new < 1) usage("--max-new must be >= 1");
+  if (a.runs < 1) usage("--runs must be >= 1");
   return a;
 }
 
 // Process CPU time (all threads), to read timings on a shared, busy machine.
 double cpu_ms() { return 1000.0 * static_cast<double>(std::clock()) / CLOCKS_PER_SEC; }
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  const size_t n = v.size();
+  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
 
 double now_ms() {
   return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now().time_since_epoch()).count();
@@ -116,17 +127,25 @@ int main(int argc, char** argv) {
     return 1;
   }
   std::vector<int64_t> out;
-  const double t0 = now_ms();
-  out.push_back(step(module, args.tokens, 0));
-  const double t1 = now_ms(), c1 = cpu_ms();
-  int64_t pos = static_cast<int64_t>(args.tokens.size());
-  for (int i = 1; i < args.max_new; ++i, ++pos) out.push_back(step(module, {out.back()}, pos));
-  const double t2 = now_ms(), c2 = cpu_ms();
+  std::vector<double> prefill, decode, decode_cpu;
+  for (int run = 0; run < args.runs + (args.runs > 1); ++run) {  // run 0 (prepacking) is a warm-up when R > 1
+    out.clear();
+    const double t0 = now_ms();
+    out.push_back(step(module, args.tokens, 0));
+    const double t1 = now_ms(), c1 = cpu_ms();
+    int64_t pos = static_cast<int64_t>(args.tokens.size());
+    for (int i = 1; i < args.max_new; ++i, ++pos) out.push_back(step(module, {out.back()}, pos));
+    const double t2 = now_ms(), c2 = cpu_ms();
+    if (args.runs > 1 && run == 0) continue;
+    prefill.push_back(t1 - t0);
+    decode.push_back((t2 - t1) / std::max(1, args.max_new - 1));
+    decode_cpu.push_back((c2 - c1) / std::max(1, args.max_new - 1));
+  }
   std::printf("ids:");
   for (int64_t id : out) std::printf(" %lld", static_cast<long long>(id));
-  std::printf("\nprefill_ms %.3f prefill_tok_per_s %.1f\n", t1 - t0, 1000.0 * args.tokens.size() / (t1 - t0));
+  const double prefill_ms = median(prefill);
+  std::printf("\nprefill_ms %.3f prefill_tok_per_s %.1f\n", prefill_ms, 1000.0 * args.tokens.size() / prefill_ms);
   if (args.max_new > 1)
-    std::printf("decode_ms_per_token %.3f decode_cpu_ms_per_token %.3f\n", (t2 - t1) / (args.max_new - 1),
-                (c2 - c1) / (args.max_new - 1));
+    std::printf("decode_ms_per_token %.3f decode_cpu_ms_per_token %.3f\n", median(decode), median(decode_cpu));
   return 0;
 }

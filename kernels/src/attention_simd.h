@@ -1,9 +1,8 @@
 // The SIMD quantized-KV attention kernel, written once over a vector-traits type V and instantiated by
 // each ISA file (attention_avx2.cpp, attention_avx512.cpp, attention_neon.cpp) with its own flags.
-// V provides: T, W, kScoreHeads x kScoreTokens (query heads x tokens per scoring pass) and kValueHeads
-// (query heads per V pass) within the register budget, load, store, zero, set1, add, sub, mul,
-// fma(a, b, c) = a * b + c, max, hsum, hsum4 (four vectors' sums at once), hmax, round (to nearest even),
-// pow2 (2^n for integral n in [-126, 127]), codes8 (W codes from a pointer as floats) and codes4_pair
+// V provides (besides what simd_math.h uses): kScoreHeads x kScoreTokens (query heads x tokens per scoring pass)
+// and kValueHeads (query heads per V pass) within the register budget, hsum, hsum4 (four vectors' sums at once),
+// hmax, codes8 (W codes from a pointer as floats) and codes4_pair
 // (2W codes from W bytes: the low nibbles, i.e. even channels, then the high nibbles, as floats).
 // Dequantized values are computed as in the reference, (code - zero) * scale (float caches, "32 bits", are
 // read as they are); only the summation order of dot products and the exp differ, so results match the
@@ -13,6 +12,7 @@
 #include <algorithm>
 #include <type_traits>
 
+#include "simd_math.h"
 #include "spinquant/attention.h"
 
 namespace spinquant::detail {
@@ -21,22 +21,6 @@ template <class V>
 struct AttentionSimd {
   using T = typename V::T;
   static constexpr int64_t W = V::W;
-
-  // e^x for x <= 0 (Cephes-style: x = n ln2 + r, |r| <= ln2 / 2, degree-5 polynomial; ~2 ulp).
-  static T exp(T x) {
-    x = V::max(x, V::set1(-87.0f));  // e^-87 ~ 1.6e-38 stays a normal float; smaller weights are 0 anyway
-    const T n = V::round(V::mul(x, V::set1(1.44269504088896341f)));
-    T r = V::fma(n, V::set1(-0.693359375f), x);
-    r = V::fma(n, V::set1(2.12194440e-4f), r);
-    T p = V::set1(1.9875691500e-4f);
-    p = V::fma(p, r, V::set1(1.3981999507e-3f));
-    p = V::fma(p, r, V::set1(8.3334519073e-3f));
-    p = V::fma(p, r, V::set1(4.1665795894e-2f));
-    p = V::fma(p, r, V::set1(1.6666665459e-1f));
-    p = V::fma(p, r, V::set1(5.0000001201e-1f));
-    p = V::fma(p, V::mul(r, r), V::add(r, V::set1(1.0f)));
-    return V::mul(p, V::pow2(n));
-  }
 
   // Vectors per code load: 8-bit codes and floats come W at a time in channel order; 4-bit codes come 2W at a time
   // (W bytes) as two vectors, the even channels then the odd ones (low and high nibbles) -- the "paired"
@@ -162,7 +146,7 @@ struct AttentionSimd {
     const T m = V::set1(mx);
     T sv = V::zero();
     for (j = 0; j + W <= len; j += W) {
-      const T e = exp(V::sub(V::load(s + j), m));
+      const T e = vexp<V>(V::sub(V::load(s + j), m));
       V::store(s + j, e);
       sv = V::add(sv, e);
     }
@@ -171,7 +155,7 @@ struct AttentionSimd {
       float buf[W];
       std::fill(buf, buf + W, mx);
       std::copy(s + j, s + len, buf);
-      V::store(buf, exp(V::sub(V::load(buf), m)));
+      V::store(buf, vexp<V>(V::sub(V::load(buf), m)));
       for (int64_t k = j; k < len; ++k) tail_sum += (s[k] = buf[k - j]);
     }
     const float inv = 1.0f / (V::hsum(sv) + tail_sum);

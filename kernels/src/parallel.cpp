@@ -9,13 +9,38 @@
 #include <thread>
 #include <vector>
 
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
 namespace spinquant {
 namespace {
 
 thread_local bool t_inside_region = false;
 
-// Workers sleep on a condition variable between regions, after spinning briefly so that
-// back-to-back small kernels (decode GEMVs) do not pay a wake-up each time.
+inline void cpu_relax() {
+#if defined(__x86_64__)
+  _mm_pause();
+#elif defined(__aarch64__)
+  asm volatile("yield");
+#endif
+}
+
+// Waits until done() holds: pause-spins for the first few microseconds (a decode GEMV region lasts 2-50 us,
+// so a sleeping or yielding waiter would miss most of it), then yields the core.
+template <class Done>
+void spin_until(Done done) {
+  for (int i = 0; i < 4096; ++i) {
+    if (done()) return;
+    cpu_relax();
+  }
+  while (!done()) std::this_thread::yield();
+}
+
+// A region is published as (generation, task, n_tasks); a task index is claimed by a compare-and-swap on
+// `claim_` = generation << 32 | next index, which fails once a newer region replaced it, so a worker that
+// wakes late can never run a task of a region that has ended. Workers spin between regions (back-to-back
+// decode kernels pay no wake-up), then sleep on a condition variable after kSpinMicros of idleness.
 class Pool {
  public:
   explicit Pool(int n_workers) {
@@ -23,50 +48,54 @@ class Pool {
   }
 
   ~Pool() {
+    stop_.store(true);
+    generation_.fetch_add(1);
     {
-      std::lock_guard<std::mutex> lock(mutex_);
-      stop_ = true;
-      generation_.fetch_add(1);
+      std::lock_guard<std::mutex> lock(sleep_mutex_);
+      wake_.notify_all();
     }
-    wake_.notify_all();
     for (auto& t : workers_) t.join();
   }
-
-  int size() const { return static_cast<int>(workers_.size()) + 1; }
 
   // Runs task(i) for i in [0, n_tasks) on the workers and the calling thread.
   void run(int n_tasks, const std::function<void(int)>& task) {
     std::lock_guard<std::mutex> region(region_mutex_);
-    {
-      std::lock_guard<std::mutex> lock(mutex_);
-      task_ = &task;
-      n_tasks_ = n_tasks;
-      next_.store(0);
-      pending_.store(n_tasks);
-      error_ = nullptr;
-      generation_.fetch_add(1);
+    const uint64_t gen = generation_.load(std::memory_order_relaxed) + 1;
+    claim_.store(gen << 32, std::memory_order_seq_cst);  // from here on, claims for older regions fail
+    error_ = nullptr;
+    pending_.store(n_tasks, std::memory_order_relaxed);
+    n_tasks_.store(n_tasks, std::memory_order_release);
+    task_.store(&task, std::memory_order_release);
+    generation_.store(gen, std::memory_order_seq_cst);
+    if (sleeping_.load(std::memory_order_seq_cst) > 0) {
+      std::lock_guard<std::mutex> lock(sleep_mutex_);
+      wake_.notify_all();
     }
-    wake_.notify_all();
-    work();
-    // Wait until every task finished and every worker left work(); only then may the next
-    // region reset the counters.
-    while (pending_.load(std::memory_order_acquire) > 0 || active_.load(std::memory_order_acquire) > 0)
-      std::this_thread::yield();
-    {
-      std::lock_guard<std::mutex> lock(mutex_);
-      task_ = nullptr;
-    }
+    work(gen);
+    spin_until([&] { return pending_.load(std::memory_order_acquire) == 0; });
     if (error_) std::rethrow_exception(error_);
   }
 
  private:
-  void work() {
+  // Claims and runs tasks of region `gen` until none is left (or the region was replaced).
+  void work(uint64_t gen) {
+    const std::function<void(int)>* task = task_.load(std::memory_order_acquire);
+    const int n = n_tasks_.load(std::memory_order_acquire);
     t_inside_region = true;
-    for (int i = next_.fetch_add(1); i < n_tasks_; i = next_.fetch_add(1)) {
+    for (;;) {
+      uint64_t cur = claim_.load(std::memory_order_acquire);
+      int index = -1;
+      while ((cur >> 32) == gen && static_cast<int>(cur & 0xffffffffu) < n) {
+        if (claim_.compare_exchange_weak(cur, cur + 1, std::memory_order_acq_rel)) {
+          index = static_cast<int>(cur & 0xffffffffu);
+          break;
+        }
+      }
+      if (index < 0) break;
       try {
-        (*task_)(i);
+        (*task)(index);
       } catch (...) {
-        std::lock_guard<std::mutex> lock(mutex_);
+        std::lock_guard<std::mutex> lock(error_mutex_);
         if (!error_) error_ = std::current_exception();
       }
       pending_.fetch_sub(1, std::memory_order_acq_rel);
@@ -75,37 +104,38 @@ class Pool {
   }
 
   void worker_loop() {
-    uint64_t seen = 0;
+    uint64_t seen = generation_.load(std::memory_order_acquire);
     for (;;) {
-      auto spin_until = std::chrono::steady_clock::now() + std::chrono::microseconds(100);
-      while (generation_.load(std::memory_order_acquire) == seen &&
-             std::chrono::steady_clock::now() < spin_until)
-        std::this_thread::yield();
-      {
-        std::unique_lock<std::mutex> lock(mutex_);
-        wake_.wait(lock, [&] { return generation_.load() != seen; });
-        seen = generation_.load();
-        if (stop_) return;
-        if (task_ == nullptr) continue;
-        active_.fetch_add(1);
+      const auto changed = [&] { return generation_.load(std::memory_order_acquire) != seen; };
+      const auto deadline = std::chrono::steady_clock::now() + std::chrono::microseconds(kSpinMicros);
+      while (!changed() && std::chrono::steady_clock::now() < deadline)
+        for (int i = 0; i < 64 && !changed(); ++i) cpu_relax();
+      if (!changed()) {
+        sleeping_.fetch_add(1, std::memory_order_seq_cst);
+        {
+          std::unique_lock<std::mutex> lock(sleep_mutex_);
+          wake_.wait(lock, changed);
+        }
+        sleeping_.fetch_sub(1, std::memory_order_relaxed);
       }
-      work();
-      active_.fetch_sub(1, std::memory_order_acq_rel);
+      if (stop_.load()) return;
+      seen = generation_.load(std::memory_order_acquire);
+      work(seen);
     }
   }
 
+  static constexpr int kSpinMicros = 200;
   std::vector<std::thread> workers_;
-  std::mutex region_mutex_;
-  std::mutex mutex_;
+  std::mutex region_mutex_, sleep_mutex_, error_mutex_;
   std::condition_variable wake_;
   std::atomic<uint64_t> generation_{0};
-  std::atomic<int> next_{0};
+  std::atomic<uint64_t> claim_{0};
+  std::atomic<const std::function<void(int)>*> task_{nullptr};
+  std::atomic<int> n_tasks_{0};
   std::atomic<int> pending_{0};
-  std::atomic<int> active_{0};
-  const std::function<void(int)>* task_ = nullptr;
-  int n_tasks_ = 0;
+  std::atomic<int> sleeping_{0};
+  std::atomic<bool> stop_{false};
   std::exception_ptr error_;
-  bool stop_ = false;
 };
 
 Pool& pool() {

@@ -220,7 +220,7 @@ def run(s: Settings) -> list[Row]:
     if s.bench_variants:
         console.rule("decode speed through the ExecuTorch runtime (spinquant bench)")
         bench_start = time.perf_counter()
-        run_bench(s.model, s.out_dir / "bench", list(s.bench_variants), threads=[1, 2], runs=3, log=console.print)
+        run_bench(s.model, s.out_dir / "bench", list(s.bench_variants), threads=[1, 2], runs=5, log=console.print)
         seconds = {"learn_and_evaluate": bench_start - job_start, "bench": time.perf_counter() - bench_start}
         write_results(rows, learned, s, seconds)
     console.print(f"main job: {(time.perf_counter() - job_start) / 60:.1f} min")

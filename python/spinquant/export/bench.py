@@ -1,6 +1,10 @@
 """`spinquant bench`: decode ms/token and prefill tokens/s of fp32 eager, ExecuTorch XNNPACK 8da4w and our
 programs (W4A8 no_had, W4A8 had, W4A4KV4 had), built from the same model, timed on the same prompt in one run.
 
+Two XNNPACK programs: `xnnpack_8da4w` is the standard ExecuTorch path (baseline.py: the llama recipe's ops and
+SDPA-with-KV-cache custom ops, 8da4w linears on XNNPACK); `xnnpack_8da4w_fused` puts the same XNNPACK linears
+into our graph (our fused norm / RoPE / attention ops), so that only the int4 linears differ from ours.
+
 Every setting runs `runs` times (prefill the prompt, then greedy-decode `new_tokens`), in rounds that visit
 every (variant, threads) setting once, so that load from other work drifting during the run hits every
 setting alike; medians are reported in a markdown table, a JSON file and a bar chart. A warning is printed
@@ -21,7 +25,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-VARIANTS = ("fp32_eager", "xnnpack_8da4w", "w4a8_no_had", "w4a8_had", "w4a4kv4_had")
+VARIANTS = ("fp32_eager", "xnnpack_8da4w", "xnnpack_8da4w_fused", "w4a8_no_had", "w4a8_had", "w4a4kv4_had")
 PROMPT = (
     "The history of the city begins with a small settlement on the river, where traders met to exchange salt, "
     "grain and wool. Over the following centuries it grew into a market town with a cathedral and a university."
@@ -86,28 +90,50 @@ class EagerRunner:
         return int(self.decoder(torch.tensor([ids]), pos)[0, -1].argmax())
 
 
-class PteRunner:
-    """A .pte through the ExecuTorch runtime (our kernels and ExecuTorch's thread pool sized alike)."""
+# ExecuTorch's thread pool (XNNPACK's) can only be resized by replacing it, and an XNNPACK program keeps the pool
+# it was loaded with: running it after a resize crashes the process. So the pool is resized only for delegated
+# programs, and each of those is loaded again after any resize.
+_et_pool = {"threads": 0, "resizes": 0}
 
-    def __init__(self, path: Path):
+
+def _resize_executorch_pool(threads: int) -> None:
+    from executorch.extension.pybindings import portable_lib
+
+    if _et_pool["threads"] != threads:
+        portable_lib._unsafe_reset_threadpool(threads)
+        _et_pool.update(threads=threads, resizes=_et_pool["resizes"] + 1)
+
+
+class PteRunner:
+    """A .pte through the ExecuTorch runtime; `delegated` programs (XNNPACK) run on ExecuTorch's thread pool,
+    ours on the spinquant kernels' pool, each sized to the setting's thread count."""
+
+    def __init__(self, path: Path, delegated: bool = False):
+        self.path, self.delegated = path, delegated
+        self._load()
+
+    def _load(self) -> None:
         from .runtime import PteModel
 
-        self.model = PteModel(path)
+        self.model = None  # free the old program (not close(): that would drop our other programs' prepacking)
+        self.model = PteModel(self.path)
+        self.resizes = _et_pool["resizes"]
 
     def set_threads(self, n: int) -> None:
-        from executorch.extension.pybindings import portable_lib
-
         from .runtime import set_threads
 
         set_threads(n)
-        portable_lib._unsafe_reset_threadpool(n)
-        # The program runs on ExecuTorch's and our thread pools; torch only takes the argmax here, which its
-        # intra-op threads (left at 2 by the eager runner) would slow down by milliseconds on a busy machine.
+        if self.delegated:
+            _resize_executorch_pool(n)
+            if self.resizes != _et_pool["resizes"]:
+                self._load()
+        # torch only wraps the inputs here; its intra-op threads (left at 2 by the eager runner) would wait for
+        # cores on a busy machine.
         torch.set_num_threads(1)
 
     def forward(self, ids: list[int], start: int) -> int:
         pos = torch.arange(start, start + len(ids))
-        return int(self.model.forward(torch.tensor([ids]), pos)[0, -1].argmax())
+        return int(self.model.forward(torch.tensor([ids]), pos)[0, -1].numpy().argmax())
 
     def close(self) -> None:
         self.model.close()
@@ -129,25 +155,13 @@ def time_run(runner, ids: list[int], new_tokens: int) -> tuple[float, float, flo
 # ---- building the variants from one model --------------------------------------------------------------
 
 
-def _xnnpack_8da4w(model, path: Path, max_seq_len: int, meta: dict) -> None:
-    """ExecuTorch's standard path: torchao 8da4w (int8 dynamic activations, int4 weights g32), XNNPACK."""
-    from torchao.quantization import Int8DynamicActivationIntxWeightConfig, quantize_
-    from torchao.quantization.granularity import PerGroup
-
-    from .exportable import ExportableDecoder
-    from .exporter import to_program, write_atomic
-
-    decoder = ExportableDecoder(model, max_seq_len).eval()
-    cfg = Int8DynamicActivationIntxWeightConfig(weight_dtype=torch.int4, weight_granularity=PerGroup(32))
-    quantize_(decoder, cfg, filter_fn=lambda m, fqn: isinstance(m, torch.nn.Linear))
-    write_atomic(path, to_program(decoder, meta, xnnpack=True).buffer)
-
-
 def build_variant(name: str, model_path: str | None, out: Path, max_seq_len: int, seed: int) -> tuple:
     """(runner, export seconds, model bytes streamed a token or None) of one variant; .pte files are reused."""
     from spinquant.model import load_model
 
+    from . import baseline
     from .cli import mode_config, prepare_model
+    from .exportable import ExportableDecoder
     from .exporter import build_metadata, export_model, host_target
 
     model, tokenizer = load_model(model_path)
@@ -155,11 +169,13 @@ def build_variant(name: str, model_path: str | None, out: Path, max_seq_len: int
         return EagerRunner(model, max_seq_len), 0.0, None
     path = out / f"{name}.pte"
     start = time.perf_counter()
-    if name == "xnnpack_8da4w":
+    if name.startswith("xnnpack"):
         if not path.exists():
             meta = build_metadata(model, host_target(), False, {"name": "8da4w"}, tokenizer, max_seq_len)
-            _xnnpack_8da4w(model, path, max_seq_len, meta)
-        return PteRunner(path), time.perf_counter() - start, None
+            graph = ExportableDecoder if name.endswith("fused") else baseline.StandardDecoder
+            baseline.export_xnnpack_8da4w(graph(model, max_seq_len), path, meta)
+        baseline.load_llama_ops()  # the runtime kernels of llama::update_cache / custom_sdpa
+        return PteRunner(path, delegated=True), time.perf_counter() - start, None
     mode, had = name.split("_", 1)
     cfg = mode_config(mode.upper())
     runner_model = None
@@ -215,6 +231,28 @@ def measure(runners: dict, ids: list[int], threads: list[int], new_tokens: int, 
     return results
 
 
+# (numerator, denominator) of the paired ratios: speed-ups of ours over the baselines, and what R3 + R4 cost.
+RATIOS = (
+    ("xnnpack_8da4w", "w4a8_no_had"),
+    ("xnnpack_8da4w_fused", "w4a8_no_had"),
+    ("fp32_eager", "w4a8_no_had"),
+    ("w4a8_had", "w4a8_no_had"),
+)
+
+
+def paired_ratios(results: list[Result]) -> list[tuple[str, str, int, float]]:
+    """(numerator, denominator, threads, median over rounds of the ratio of their decode times). Both settings of
+    a pair run in the same round, seconds apart, so slow phases of a shared machine cancel out."""
+    runs = {(r.variant, r.threads): r.decode_runs for r in results}
+    out = []
+    for num, den in RATIOS:
+        for t in sorted({r.threads for r in results}):
+            if (num, t) in runs and (den, t) in runs:
+                ratios = [a / b for a, b in zip(runs[num, t], runs[den, t], strict=True)]
+                out.append((num, den, t, statistics.median(ratios)))
+    return out
+
+
 def markdown(results: list[Result], floors: dict[int, float]) -> str:
     lines = [
         "| variant | threads | decode ms/token (median) | prefill tok/s (median) | load before | decode CPU ms/token |",
@@ -225,9 +263,15 @@ def markdown(results: list[Result], floors: dict[int, float]) -> str:
             f"| {r.variant} | {r.threads} | {r.decode_ms_per_token:.2f} | {r.prefill_tok_per_s:.0f} | "
             f"{r.load_before:.2f} | {r.decode_cpu_ms_per_token:.2f} |"
         )
+    ratios = paired_ratios(results)
+    if ratios:
+        lines += ["", "| decode time ratio (median of per-round ratios) | threads | ratio |", "|---|---:|---:|"]
+        lines += [f"| {num} / {den} | {t} | {ratio:.3f} |" for num, den, t, ratio in ratios]
     for t, ms in sorted(floors.items()):
+        ours = next((r.decode_ms_per_token for r in results if r.variant == PPL_VARIANT and r.threads == t), None)
+        vs = f" (w4a8_no_had: {ours / ms:.2f}x the floor)" if ours else ""
         lines.append(
-            f"\nBandwidth floor of w4a8_no_had at {t} thread(s) ({BANDWIDTH_GBS[t]:.0f} GB/s): {ms:.2f} ms/token"
+            f"\nBandwidth floor of w4a8_no_had at {t} thread(s) ({BANDWIDTH_GBS[t]:.0f} GB/s): {ms:.2f} ms/token{vs}"
         )
     return "\n".join(lines) + "\n"
 
@@ -313,7 +357,9 @@ def run_bench(
         n = min(ppl_tokens, max_seq_len)
         table += f"\nPerplexity of {PPL_VARIANT} on {n} wiki test tokens: eager {ppl[0]:.4f}, .pte {ppl[1]:.4f}\n"
     (out / "results.md").write_text(table)
-    (out / "results.json").write_text(json.dumps([asdict(r) for r in results], indent=1))
+    keys = ("numerator", "denominator", "threads", "ratio")
+    ratios = [dict(zip(keys, r, strict=True)) for r in paired_ratios(results)]
+    (out / "results.json").write_text(json.dumps({"results": [asdict(r) for r in results], "ratios": ratios}, indent=1))
     plot(results, out / "decode.png")
     log(table)
     return results

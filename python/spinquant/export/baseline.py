@@ -1,0 +1,111 @@
+"""The standard ExecuTorch path that `spinquant bench` compares against, built from the same fp32 model.
+
+`StandardDecoder` follows ExecuTorch's own llama recipe (examples/models/llama with `--use_sdpa_with_kv_cache`
+and the custom KV cache): RMSNorm, RoPE, SiLU and the residual adds as plain PyTorch ops, the KV cache as
+[1, S, Hkv, D] buffers written by `llama::update_cache`, attention by `llama::custom_sdpa`. `xnnpack_8da4w`
+then quantizes every linear with torchao's 8da4w (int8 dynamic activations, int4 weights, group 32) and lowers
+them to XNNPACK (`export_xnnpack_8da4w`): what a user of ExecuTorch gets for this model without spinquant. Its
+forward has our programs' signature, so the same runners time it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def load_llama_ops() -> None:
+    """Register ExecuTorch's llama custom ops (torch.ops.llama.*) for export and in the runtime."""
+    from executorch.extension.llm.custom_ops import custom_ops  # noqa: F401
+
+
+def _linear(lin) -> nn.Linear:
+    out = nn.Linear(lin.in_features, lin.out_features, bias=lin.bias is not None)
+    out.load_state_dict({k: v.detach().float() for k, v in lin.state_dict().items()})
+    return out.requires_grad_(False)
+
+
+def _rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
+    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * weight
+
+
+def _rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """x [1, T, H, D], cos/sin [T, D] (rotate-half, as HF and the llama recipe's HF RoPE)."""
+    half = x.shape[-1] // 2
+    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return x * cos[None, :, None] + rotated * sin[None, :, None]
+
+
+class StandardBlock(nn.Module):
+    """One decoder layer in standard ops with the llama recipe's SDPA-with-KV-cache custom ops."""
+
+    def __init__(self, block, max_seq_len: int, eps: float):
+        super().__init__()
+        attn = block.self_attn
+        self.eps, self.n_heads, self.n_kv_heads, self.head_dim = eps, attn.n_heads, attn.n_kv_heads, attn.head_dim
+        self.attn_norm = nn.Buffer(block.input_layernorm.weight.detach().float().clone())
+        self.mlp_norm = nn.Buffer(block.post_attention_layernorm.weight.detach().float().clone())
+        self.q_proj, self.k_proj, self.v_proj, self.o_proj = (
+            _linear(getattr(attn, p)) for p in ("q_proj", "k_proj", "v_proj", "o_proj")
+        )
+        mlp = block.mlp
+        self.gate_proj, self.up_proj, self.down_proj = (
+            _linear(getattr(mlp, p)) for p in ("gate_proj", "up_proj", "down_proj")
+        )
+        self.register_buffer("k_cache", torch.zeros(1, max_seq_len, self.n_kv_heads, self.head_dim))
+        self.register_buffer("v_cache", torch.zeros(1, max_seq_len, self.n_kv_heads, self.head_dim))
+
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, start_pos: int) -> Tensor:
+        t, hd = x.shape[1], self.head_dim
+        h = _rms_norm(x, self.attn_norm, self.eps)
+        q = _rope(self.q_proj(h).view(1, t, self.n_heads, hd), cos, sin)
+        k = _rope(self.k_proj(h).view(1, t, self.n_kv_heads, hd), cos, sin)
+        v = self.v_proj(h).view(1, t, self.n_kv_heads, hd)
+        torch.ops.llama.update_cache(k, self.k_cache, start_pos)
+        torch.ops.llama.update_cache(v, self.v_cache, start_pos)
+        out = torch.ops.llama.custom_sdpa(q, self.k_cache, self.v_cache, start_pos, None, 0, True)
+        x = x + self.o_proj(out.view(1, t, self.n_heads * hd))
+        h = _rms_norm(x, self.mlp_norm, self.eps)
+        return x + self.down_proj(F.silu(self.gate_proj(h)) * self.up_proj(h))
+
+
+class StandardDecoder(nn.Module):
+    """forward(tokens [1, T], input_pos [T]) -> logits [1, T, V], KV cache in mutable buffers (llama recipe)."""
+
+    def __init__(self, model, max_seq_len: int):
+        super().__init__()
+        load_llama_ops()
+        args = model.args
+        self.max_seq_len, self.eps = max_seq_len, args.norm_eps
+        self.embed = nn.Embedding.from_pretrained(model.embed_tokens.weight.detach().float().clone())
+        cos, sin = model.rope(max_seq_len)
+        self.cos, self.sin = nn.Buffer(cos.float().contiguous()), nn.Buffer(sin.float().contiguous())
+        self.layers = nn.ModuleList(StandardBlock(b, max_seq_len, args.norm_eps) for b in model.layers)
+        self.norm = nn.Buffer(model.norm.weight.detach().float().clone())
+        self.lm_head = _linear(model.lm_head)
+
+    def forward(self, tokens: Tensor, input_pos: Tensor) -> Tensor:
+        start_pos = input_pos[0].item()
+        torch._check_is_size(start_pos)
+        torch._check(start_pos < self.max_seq_len)
+        x = self.embed(tokens)
+        cos, sin = self.cos[input_pos], self.sin[input_pos]
+        for layer in self.layers:
+            x = layer(x, cos, sin, start_pos)
+        return self.lm_head(_rms_norm(x, self.norm, self.eps))
+
+
+def export_xnnpack_8da4w(decoder: nn.Module, path: Path, meta: dict) -> None:
+    """Quantize every nn.Linear of an fp32 decoder with torchao 8da4w (int8 dynamic activations, int4 weights,
+    group 32), lower them to XNNPACK and write the program to `path` (atomically)."""
+    from torchao.quantization import Int8DynamicActivationIntxWeightConfig, quantize_
+    from torchao.quantization.granularity import PerGroup
+
+    from .exporter import to_program, write_atomic
+
+    cfg = Int8DynamicActivationIntxWeightConfig(weight_dtype=torch.int4, weight_granularity=PerGroup(32))
+    quantize_(decoder.eval(), cfg, filter_fn=lambda m, fqn: isinstance(m, nn.Linear))
+    write_atomic(path, to_program(decoder, meta, xnnpack=True).buffer)

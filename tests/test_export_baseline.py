@@ -1,0 +1,70 @@
+"""The standard ExecuTorch path the benchmark compares against: the llama recipe's graph equals our fp32 decoder,
+its 8da4w XNNPACK program matches its eager quantized model, and timing it at alternating thread counts (which
+replaces ExecuTorch's thread pool) does not crash."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytest.importorskip("executorch")
+
+from spinquant.export import baseline, bench  # noqa: E402
+from spinquant.export.exportable import ExportableDecoder  # noqa: E402
+from spinquant.export.exporter import build_metadata, host_target  # noqa: E402
+from spinquant.model import tiny_model  # noqa: E402
+
+
+@torch.no_grad()
+def test_standard_graph_equals_our_fp32_decoder():
+    model = tiny_model()
+    ours, std = ExportableDecoder(model, 32).eval(), baseline.StandardDecoder(model, 32).eval()
+    ids = torch.tensor([[3, 9, 4, 7, 1]])
+    torch.testing.assert_close(std(ids, torch.arange(5)), ours(ids, torch.arange(5)), atol=1e-5, rtol=1e-5)
+    for pos, tok in ((5, 11), (6, 2)):  # decode steps read the KV cache written by the prefill
+        step = torch.tensor([[tok]]), torch.tensor([pos])
+        torch.testing.assert_close(std(*step), ours(*step), atol=1e-5, rtol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def program(tmp_path_factory):
+    model = tiny_model()
+    decoder = baseline.StandardDecoder(model, 32)
+    path = tmp_path_factory.mktemp("baseline") / "xnnpack_8da4w.pte"
+    baseline.export_xnnpack_8da4w(decoder, path, build_metadata(model, host_target(), False, None, None, 32))
+    return path, decoder  # `decoder` is quantized in place by the export
+
+
+def test_program_matches_its_eager_quantized_model(program):
+    path, quantized = program
+    baseline.load_llama_ops()
+    runner = bench.PteRunner(path, delegated=True)
+    ids = torch.tensor([[3, 9, 4, 7, 1]])
+    with torch.no_grad():
+        want = quantized.eval()(ids, torch.arange(5))
+    got = runner.model.forward(ids, torch.arange(5))
+    # XNNPACK and torchao's eager 8da4w may round an int8 activation code differently: close, not equal.
+    assert (got - want).abs().max() < 0.05 * want.abs().max()
+    assert torch.equal(got.argmax(-1), want.argmax(-1))
+
+
+def test_alternating_thread_counts_reload_the_program(program):
+    path, _ = program
+    baseline.load_llama_ops()
+    runner = bench.PteRunner(path, delegated=True)
+    tokens = []
+    for threads in (1, 2, 1, 2):
+        runner.set_threads(threads)
+        tokens.append(runner.forward([3, 9, 4], 0))
+    assert len(set(tokens)) == 1
+    assert bench._et_pool["threads"] == 2
+
+
+def test_paired_ratios_take_the_median_of_per_round_ratios():
+    results = [
+        bench.Result("w4a8_no_had", 1, 2.0, 0.0, [2.0, 4.0, 2.0], 0.0),
+        bench.Result("w4a8_had", 1, 2.1, 0.0, [2.1, 4.0, 2.2], 0.0),
+        bench.Result("xnnpack_8da4w", 1, 6.0, 0.0, [6.0, 8.0, 5.0], 0.0),
+    ]
+    got = {(num, t): round(r, 4) for num, _, t, r in bench.paired_ratios(results)}
+    assert got == {("xnnpack_8da4w", 1): 2.5, ("w4a8_had", 1): 1.05}
