@@ -43,3 +43,12 @@ def test_eager_runner_greedy_matches_model():
         assert nxt == int(model(torch.tensor([ids]))[0, -1].argmax())
         assert runner.forward([nxt], 4) == int(model(torch.tensor([ids + [nxt]]))[0, -1].argmax())
     assert bench.time_run(runner, ids, 3)[1] > 0
+
+
+def test_bench_command_passes_its_options(monkeypatch, tmp_path):
+    from spinquant import cli
+
+    seen = {}
+    monkeypatch.setattr(bench, "run_bench", lambda **kw: seen.update(kw))
+    cli.main(["bench", "--out", str(tmp_path), "--threads", "1,2", "--variants", "w4a8_no_had,xnnpack_8da4w"])
+    assert seen["threads"] == [1, 2] and seen["variants"] == ["w4a8_no_had", "xnnpack_8da4w"]

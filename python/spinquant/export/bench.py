@@ -127,6 +127,7 @@ class PteRunner:
             _resize_executorch_pool(n)
             if self.resizes != _et_pool["resizes"]:
                 self._load()
+                self.forward([0], 0)  # XNNPACK's first call sets up its workspace: not part of a timed prefill
         # torch only wraps the inputs here; its intra-op threads (left at 2 by the eager runner) would wait for
         # cores on a busy machine.
         torch.set_num_threads(1)
@@ -210,16 +211,18 @@ def streamed_bytes(model, group: int) -> int:
 
 
 def measure(runners: dict, ids: list[int], threads: list[int], new_tokens: int, runs: int) -> list[Result]:
-    """Time every (variant, threads) setting `runs` times in interleaved rounds; medians per setting."""
+    """Time every (variant, threads) setting `runs` times in interleaved rounds; medians per setting. Odd rounds
+    visit the settings in reverse, so that no variant always runs right after the same neighbour (a program's
+    speed here depends by a few percent on what ran just before it)."""
     settings = [(name, t) for name in runners for t in threads]
     for name, t in settings:  # warm-up: prepacking, caches, thread pools
         runners[name].set_threads(t)
         time_run(runners[name], ids, 4)
     samples: dict = {key: [] for key in settings}
     loads: dict = {key: [] for key in settings}
-    for _ in range(runs):
+    for round_ in range(runs):
         load = warn_if_loaded()
-        for name, t in settings:
+        for name, t in settings if round_ % 2 == 0 else settings[::-1]:
             runners[name].set_threads(t)
             samples[name, t].append(time_run(runners[name], ids, new_tokens))
             loads[name, t].append(load)

@@ -139,7 +139,8 @@ def bench_add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="HF model folder (default: SmolLM2-135M offline)")
     p.add_argument("--out", default="benchmarks/results", help="folder for the .pte files, table and chart")
     p.add_argument("--variants", default=",".join(VARIANTS), help=f"comma list of {', '.join(VARIANTS)}")
-    p.add_argument("--threads", default="1,2", help="comma list of thread counts")
+    # Not `threads`: `spinquant` sizes torch's pool from an int --threads before running any command.
+    p.add_argument("--threads", dest="bench_threads", default="1,2", help="comma list of thread counts")
     p.add_argument("--prompt-len", type=int, default=16)
     p.add_argument("--new-tokens", type=int, default=32)
     p.add_argument("--runs", type=int, default=5, help="runs per setting (the median is reported)")
@@ -155,7 +156,7 @@ def bench_main(a: argparse.Namespace) -> int:
         model_path=a.model,
         out=Path(a.out),
         variants=[v.strip() for v in a.variants.split(",") if v.strip()],
-        threads=[int(t) for t in a.threads.split(",")],
+        threads=[int(t) for t in a.bench_threads.split(",")],
         prompt_len=a.prompt_len,
         new_tokens=a.new_tokens,
         runs=a.runs,
