@@ -2,7 +2,7 @@
 // reference): thin wrappers that check shapes and call the native kernels of kernels/.
 //
 //   spinquant::hadamard.out(x, hk, *, out)
-//   spinquant::int4_linear.out(x, qweight, scales, zeros?, bias?, group, act_bits, act_clip, *, out)
+//   spinquant::int4_linear.out(x, qweight, scales, zeros?, bias?, group, act_bits, act_clip, residual?, *, out)
 //   spinquant::kv_attention.out(q, k, v, cache(a!), input_pos, n_kv_heads, bits, group, *, out)
 //   spinquant::attention.out(q, k, v, k_cache(a!), v_cache(b!), input_pos, *, out): float-cache attention
 //   spinquant::rms_norm.out / rope.out (+ R3 when given hk) / silu_mul.out: fused element-wise steps
@@ -200,7 +200,7 @@ bool check_linear(KernelRuntimeContext& ctx, const Tensor& x, const Tensor& qwei
 
 Tensor& int4_linear_out(KernelRuntimeContext& ctx, const Tensor& x, const Tensor& qweight, const Tensor& scales,
                         const std::optional<Tensor>& zeros, const std::optional<Tensor>& bias, int64_t group,
-                        int64_t act_bits, double act_clip, Tensor& out) {
+                        int64_t act_bits, double act_clip, const std::optional<Tensor>& residual, Tensor& out) {
   // The sampled storage bytes are cold (a decode step streams far more than the caches hold): start both
   // loads now so that they overlap the checks and the cache lookup instead of following them.
   __builtin_prefetch(qweight.const_data_ptr());
@@ -208,7 +208,10 @@ Tensor& int4_linear_out(KernelRuntimeContext& ctx, const Tensor& x, const Tensor
   if (!check_linear(ctx, x, qweight, scales, zeros, bias, group)) return out;
   std::vector<SizesType> shape = sizes_of(x);
   shape.back() = static_cast<SizesType>(qweight.size(0));
-  if (!resize(ctx, out, shape)) return out;
+  if (!resize(ctx, out, shape) ||
+      !check(ctx, !residual || (residual->scalar_type() == ScalarType::Float && residual->numel() == out.numel()),
+             "int4_linear: residual must be float32 shaped like the output"))
+    return out;
   const int64_t K = x.size(x.dim() - 1);
   try {
     auto packed = packed_for(qweight, scales, zeros, K, group);
@@ -219,6 +222,9 @@ Tensor& int4_linear_out(KernelRuntimeContext& ctx, const Tensor& x, const Tensor
     params.threads = g_threads.load();
     spinquant::int4::linear(*packed, x.const_data_ptr<float>(), K ? x.numel() / K : 0,
                             out.mutable_data_ptr<float>(), params);
+    if (residual)  // the decoder's residual add, while the output is still in cache
+      spinquant::add(out.const_data_ptr<float>(), residual->const_data_ptr<float>(), out.numel(),
+                     out.mutable_data_ptr<float>(), g_threads.load());
   } catch (const std::exception& e) {
     fail(ctx, std::string("int4_linear: ") + e.what());
   }

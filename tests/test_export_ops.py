@@ -66,6 +66,9 @@ class OpsProgram(nn.Module):
                     clip,
                 )
             )
+        n0 = LINEARS[0][0]  # the first linear again, adding a residual (as o_proj / down_proj do)
+        outs.append(sq.int4_linear(xs[len(HADAMARD_SIZES)], self.l0_qweight, self.l0_scales, None, None,
+                                   LINEARS[0][2], LINEARS[0][5], LINEARS[0][6], xs[-4].view(-1, n0)))  # fmt: skip
         x, cos, sin = xs[-3:]
         outs.append(sq.rms_norm(x.view(-1, 16), self.norm_w, 1e-5))
         outs.append(sq.rope(x, cos, sin))
@@ -78,7 +81,9 @@ def _inputs() -> list[torch.Tensor]:
     xs = [torch.randn(3, n, generator=GEN) for n in HADAMARD_SIZES]
     x = torch.randn(3, 4, 16, generator=GEN)  # [T, heads, head_dim] for rope; also rms_norm and silu_mul
     angles = torch.rand(3, 8, generator=GEN).repeat(1, 2) * 6
-    return xs + [torch.randn(5, k, generator=GEN) for _, k, *_ in LINEARS] + [x, angles.cos(), angles.sin()]
+    residual = torch.randn(5, LINEARS[0][0], generator=GEN)
+    linears = [torch.randn(5, k, generator=GEN) for _, k, *_ in LINEARS]
+    return xs + linears + [residual, x, angles.cos(), angles.sin()]
 
 
 def _run_program(module: nn.Module, inputs: tuple, tmp_path) -> list:
@@ -108,6 +113,9 @@ def test_eager_int4_linear_matches_dequantized_weight():
         y = sq.int4_linear(x, p["qweight"], p["scales"], p.get("zeros"), None, min(group, k), act_bits, clip)
         xq = fake_quant(x, act_bits, sym=False, clip=clip) if act_bits < 16 else x
         torch.testing.assert_close(y, F.linear(xq, st["dequant"]), atol=1e-4, rtol=1e-5)
+        r = torch.randn(5, n, generator=GEN)
+        y2 = sq.int4_linear(x, p["qweight"], p["scales"], p.get("zeros"), None, min(group, k), act_bits, clip, r)
+        torch.testing.assert_close(y2, y + r)
 
 
 def test_eager_fused_elementwise_match_model():

@@ -4,9 +4,9 @@
 when T > 1, one decode step when T = 1) against a KV cache held as mutable buffers, updated in place. Weights
 of quantized linears are buffers in the int4 storage layout of docs/INT4_FORMAT.md and run through
 `spinquant::int4_linear` (activations quantized per token inside the op; q/k/v and gate/up each share one
-call); online Hadamards run through `spinquant::hadamard` (R4 on the down_proj input) and inside
-`spinquant::rope` (R3 on q/k). The KV cache is float32 (no KV quantization) or the 4/8-bit layout of
-`spinquant::kv_attention`.
+call; o_proj and down_proj add the residual stream in the same op); online Hadamards run through
+`spinquant::hadamard` (R4 on the down_proj input) and inside `spinquant::rope` (R3 on q/k). The KV cache is
+float32 (no KV quantization) or the 4/8-bit layout of `spinquant::kv_attention`.
 """
 
 from __future__ import annotations
@@ -77,13 +77,15 @@ class ExportLinear(nn.Module):
         self.scales = nn.Buffer(wq.scales.contiguous())
         self.zeros = None if wq.sym else nn.Buffer(wq.zeros.contiguous())
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, residual: Tensor | None = None) -> Tensor:
+        """self(x) (+ residual, fused into the int4 op)."""
         if self.online_had:
             x = sq.hadamard(x, self.hk)
         if not self.quantized:
-            return self.fp(x)
+            y = self.fp(x)
+            return y if residual is None else residual + y
         return sq.int4_linear(
-            x, self.qweight, self.scales, self.zeros, self.bias, self.group, self.act_bits, self.act_clip
+            x, self.qweight, self.scales, self.zeros, self.bias, self.group, self.act_bits, self.act_clip, residual
         )
 
 
@@ -145,7 +147,8 @@ class ExportAttention(nn.Module):
             lay = kv_cache_layout(hkv, max_seq_len, d, self.kv_bits, self.kv_group)
             self.register_buffer("kv_cache", torch.zeros(lay.nbytes, dtype=torch.uint8))
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, input_pos: Tensor) -> Tensor:
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, input_pos: Tensor, residual: Tensor) -> Tensor:
+        """residual + attention(x)."""
         t, hd, hkv = x.shape[0], self.head_dim, self.n_kv_heads
         if self.qkv is not None:
             q, k, v = self.qkv(x).split([self.n_heads * hd, hkv * hd, hkv * hd], dim=-1)
@@ -159,7 +162,7 @@ class ExportAttention(nn.Module):
             out = self._float_attention(q, k, v, input_pos)
         else:
             out = sq.kv_attention(q, k, v, self.kv_cache, input_pos, self.n_kv_heads, self.kv_bits, self.kv_group)
-        return self.o_proj(out.reshape(t, self.n_heads * self.head_dim))
+        return self.o_proj(out.reshape(t, self.n_heads * self.head_dim), residual)
 
     def _float_attention(self, q: Tensor, k: Tensor, v: Tensor, input_pos: Tensor) -> Tensor:
         return sq.attention(q, k, v, self.k_cache, self.v_cache, input_pos)  # writes the caches too
@@ -180,9 +183,8 @@ class ExportBlock(nn.Module):
         self.down_proj = ExportLinear(f"{name}.mlp.down_proj", mlp.down_proj)
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, input_pos: Tensor) -> Tensor:
-        x = x + self.attn(sq.rms_norm(x, self.attn_norm, self.eps), cos, sin, input_pos)
-        h = sq.rms_norm(x, self.mlp_norm, self.eps)
-        return x + self.down_proj(self._act(h))
+        x = self.attn(sq.rms_norm(x, self.attn_norm, self.eps), cos, sin, input_pos, residual=x)
+        return self.down_proj(self._act(sq.rms_norm(x, self.mlp_norm, self.eps)), residual=x)
 
     def _act(self, h: Tensor) -> Tensor:
         if self.gate_up is not None:
@@ -215,7 +217,8 @@ class ExportableDecoder(nn.Module):
         cos, sin = self.cos[input_pos], self.sin[input_pos]
         for layer in self.layers:
             x = layer(x, cos, sin, input_pos)
-        return self.lm_head(sq.rms_norm(x, self.norm, self.args.norm_eps))[None]
+        # [None] on the normed [T, dim] input, not on the [T, V] logits: the runtime copies what it unsqueezes.
+        return self.lm_head(sq.rms_norm(x, self.norm, self.args.norm_eps)[None])
 
     def reset_cache(self) -> None:
         """Zero every KV cache buffer (eager use)."""

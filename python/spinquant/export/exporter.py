@@ -21,7 +21,7 @@ from torch.export import Dim
 
 from .exportable import ExportableDecoder, ExportError
 
-FORMAT = "spinquant-pte-v1"
+FORMAT = "spinquant-pte-v2"  # v2: int4_linear takes the residual
 TARGETS = ("arm64", "x86_64")
 METADATA_METHOD = "spinquant_metadata"
 

@@ -5,9 +5,9 @@ Each op has a functional form, an `.out` overload (what ExecuTorch's out-variant
 plain PyTorch. The CPU implementation is the eager reference the native runtime kernels are tested against:
 
 - `hadamard(x, hk)`: orthonormal Hadamard transform over the last dim, n = K * 2^k, hk the int8 K x K base.
-- `int4_linear(x, qweight, scales, zeros, bias, group, act_bits, act_clip)`: y = fq(x) @ W^T (+ bias), W in
-  the int4 storage layout of docs/INT4_FORMAT.md, fq the per-token asymmetric activation quantizer
-  (act_bits 16: none).
+- `int4_linear(x, qweight, scales, zeros, bias, group, act_bits, act_clip, residual=None)`: y = fq(x) @ W^T
+  (+ bias) (+ residual), W in the int4 storage layout of docs/INT4_FORMAT.md, fq the per-token asymmetric
+  activation quantizer (act_bits 16: none); `residual` (shaped like y) fuses the decoder's residual add.
 - `kv_attention(q, k, v, cache, input_pos, n_kv_heads, bits, group)`: quantize k, v into the layer's
   quantized KV cache (one uint8 buffer, see `kv_cache_layout`) at positions input_pos, then causal
   grouped-query attention of q over the cache. q [T, H, D], k/v [T, Hkv, D] -> [T, H, D].
@@ -37,7 +37,8 @@ _lib = torch.library.Library(NAMESPACE, "DEF")
 _lib.define("hadamard(Tensor x, Tensor hk) -> Tensor")
 _lib.define("hadamard.out(Tensor x, Tensor hk, *, Tensor(a!) out) -> Tensor(a!)")
 _LINEAR_ARGS = (
-    "Tensor x, Tensor qweight, Tensor scales, Tensor? zeros, Tensor? bias, int group, int act_bits, float act_clip"
+    "Tensor x, Tensor qweight, Tensor scales, Tensor? zeros, Tensor? bias, int group, int act_bits, float act_clip, "
+    "Tensor? residual=None"
 )
 _lib.define(f"int4_linear({_LINEAR_ARGS}) -> Tensor")
 _lib.define(f"int4_linear.out({_LINEAR_ARGS}, *, Tensor(a!) out) -> Tensor(a!)")
@@ -85,12 +86,13 @@ def dequantize_storage(qweight: Tensor, scales: Tensor, zeros: Tensor | None, k:
     return (codes - offset) * scales.float()[:, cols]
 
 
-def _linear_ref(x, qweight, scales, zeros, bias, group, act_bits, act_clip) -> Tensor:
+def _linear_ref(x, qweight, scales, zeros, bias, group, act_bits, act_clip, residual=None) -> Tensor:
     k = x.shape[-1]
     w = dequantize_storage(qweight, scales, zeros, k, group)
     if act_bits < 16:
         x = fake_quant(x, act_bits, sym=False, group=0, clip=act_clip)
-    return F.linear(x, w, bias)
+    y = F.linear(x, w, bias)
+    return y if residual is None else y + residual
 
 
 def _linear_shape(x: Tensor, qweight: Tensor) -> list[int]:
@@ -98,18 +100,18 @@ def _linear_shape(x: Tensor, qweight: Tensor) -> list[int]:
 
 
 @torch.library.impl(_lib, "int4_linear", "CPU")
-def _int4_linear_cpu(x, qweight, scales, zeros, bias, group, act_bits, act_clip) -> Tensor:
-    return _linear_ref(x, qweight, scales, zeros, bias, group, act_bits, act_clip)
+def _int4_linear_cpu(x, qweight, scales, zeros, bias, group, act_bits, act_clip, residual=None) -> Tensor:
+    return _linear_ref(x, qweight, scales, zeros, bias, group, act_bits, act_clip, residual)
 
 
 @torch.library.impl(_lib, "int4_linear.out", "CPU")
-def _int4_linear_out_cpu(x, qweight, scales, zeros, bias, group, act_bits, act_clip, *, out) -> Tensor:
-    y = _linear_ref(x, qweight, scales, zeros, bias, group, act_bits, act_clip)
+def _int4_linear_out_cpu(x, qweight, scales, zeros, bias, group, act_bits, act_clip, residual=None, *, out) -> Tensor:
+    y = _linear_ref(x, qweight, scales, zeros, bias, group, act_bits, act_clip, residual)
     return out.resize_(y.shape).copy_(y)
 
 
 @torch.library.register_fake(f"{NAMESPACE}::int4_linear")
-def _int4_linear_fake(x, qweight, scales, zeros, bias, group, act_bits, act_clip) -> Tensor:
+def _int4_linear_fake(x, qweight, scales, zeros, bias, group, act_bits, act_clip, residual=None) -> Tensor:
     return x.new_empty(_linear_shape(x, qweight))
 
 
