@@ -67,6 +67,7 @@ def test_runner_matches_python_runtime(program):
     path, want = program
     runner = _build(ROOT / "build" / "pytest-et-x86_64")
     assert _run([str(runner), *_args(path)]) == want
+    assert _run([str(runner), *_args(path), "--runs", "3"]) == want  # repeated generations restart at position 0
 
 
 def test_runner_reports_a_bad_path(program, tmp_path):
