@@ -68,3 +68,12 @@ def test_paired_ratios_take_the_median_of_per_round_ratios():
     ]
     got = {(num, t): round(r, 4) for num, _, t, r in bench.paired_ratios(results)}
     assert got == {("xnnpack_8da4w", 1): 2.5, ("w4a8_had", 1): 1.05}
+
+
+def test_is_current_tells_stale_programs_apart(program, tmp_path):
+    from spinquant.export.runtime import is_current
+
+    path, _ = program
+    junk = tmp_path / "old.pte"
+    junk.write_bytes(b"not a program")
+    assert is_current(path) and not is_current(junk) and not is_current(tmp_path / "missing.pte")

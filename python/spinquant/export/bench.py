@@ -164,11 +164,14 @@ def build_variant(name: str, model_path: str | None, out: Path, max_seq_len: int
     from .cli import mode_config, prepare_model
     from .exportable import ExportableDecoder
     from .exporter import build_metadata, export_model, host_target
+    from .runtime import is_current
 
     model, tokenizer = load_model(model_path)
     if name == "fp32_eager":
         return EagerRunner(model, max_seq_len), 0.0, None
     path = out / f"{name}.pte"
+    if path.exists() and not is_current(path):  # written by an older spinquant: export it again
+        path.unlink()
     start = time.perf_counter()
     if name.startswith("xnnpack"):
         if not path.exists():

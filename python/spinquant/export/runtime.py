@@ -71,13 +71,26 @@ def set_threads(threads: int) -> None:
     load_library().spinquant_et_set_threads(ctypes.c_int(int(threads)))
 
 
-def _decode_metadata(program) -> dict:
+def _read_metadata(program) -> dict:
     if METADATA_METHOD not in program.method_names:
         raise RuntimeLoadError(
             "this .pte has no spinquant metadata: it was not made by spinquant-export; export it with spinquant-export"
         )
     blob = program.load_method(METADATA_METHOD).execute([])[0]
-    meta = json.loads(bytes(blob.to(torch.uint8).tolist()).decode())
+    return json.loads(bytes(blob.to(torch.uint8).tolist()).decode())
+
+
+def is_current(path: str | Path) -> bool:
+    """True if `path` is a program this spinquant writes and can run (its format is the current one)."""
+    try:
+        load_library()
+        return _read_metadata(_runtime().load_program(Path(path))).get("format") == FORMAT
+    except Exception:  # missing, truncated, not a program, or no metadata
+        return False
+
+
+def _decode_metadata(program) -> dict:
+    meta = _read_metadata(program)
     if meta.get("format") != FORMAT:
         raise RuntimeLoadError(f"unsupported .pte format {meta.get('format')!r}; re-export it with this spinquant")
     return meta
