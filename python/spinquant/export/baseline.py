@@ -10,6 +10,7 @@ forward has our programs' signature, so the same runners time it.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import torch
@@ -89,7 +90,7 @@ class StandardDecoder(nn.Module):
 
     def forward(self, tokens: Tensor, input_pos: Tensor) -> Tensor:
         start_pos = input_pos[0].item()
-        torch._check_is_size(start_pos)
+        torch._check(start_pos >= 0)
         torch._check(start_pos < self.max_seq_len)
         x = self.embed(tokens)
         cos, sin = self.cos[input_pos], self.sin[input_pos]
@@ -108,4 +109,7 @@ def export_xnnpack_8da4w(decoder: nn.Module, path: Path, meta: dict) -> None:
 
     cfg = Int8DynamicActivationIntxWeightConfig(weight_dtype=torch.int4, weight_granularity=PerGroup(32))
     quantize_(decoder.eval(), cfg, filter_fn=lambda m, fqn: isinstance(m, nn.Linear))
-    write_atomic(path, to_program(decoder, meta, xnnpack=True).buffer)
+    with warnings.catch_warnings():  # ExecuTorch's custom-op fakes warn about a torch deprecation once a layer
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        program = to_program(decoder, meta, xnnpack=True)
+    write_atomic(path, program.buffer)
