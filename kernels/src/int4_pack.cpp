@@ -33,7 +33,7 @@ std::shared_ptr<uint8_t> new_chunk(size_t n) {
   const uintptr_t start = reinterpret_cast<uintptr_t>(raw);
   const uintptr_t aligned = (start + kHugePage - 1) / kHugePage * kHugePage;
   if (aligned > start) munmap(raw, aligned - start);  // trim to a 2 MiB-aligned block of n bytes
-  if (aligned + n < start + n + kHugePage) munmap(reinterpret_cast<void*>(aligned + n), start + kHugePage - aligned);
+  munmap(reinterpret_cast<void*>(aligned + n), start + kHugePage - aligned);  // the tail: at least one page
   auto* p = reinterpret_cast<uint8_t*>(aligned);
 #if defined(MADV_HUGEPAGE)
   madvise(p, n, MADV_HUGEPAGE);  // a hint: without transparent huge pages the buffer works the same
