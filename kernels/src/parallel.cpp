@@ -106,7 +106,9 @@ class Pool {
   void worker_loop() {
     uint64_t seen = generation_.load(std::memory_order_acquire);
     for (;;) {
-      const auto changed = [&] { return generation_.load(std::memory_order_acquire) != seen; };
+      // stop_ counts as a change too: a worker that starts after the pool is already being destroyed reads the
+      // final generation as its first `seen`.
+      const auto changed = [&] { return generation_.load(std::memory_order_acquire) != seen || stop_.load(); };
       const auto deadline = std::chrono::steady_clock::now() + std::chrono::microseconds(kSpinMicros);
       while (!changed() && std::chrono::steady_clock::now() < deadline)
         for (int i = 0; i < 64 && !changed(); ++i) cpu_relax();
@@ -118,8 +120,10 @@ class Pool {
         }
         sleeping_.fetch_sub(1, std::memory_order_relaxed);
       }
-      if (stop_.load()) return;
+      // stop_ is set before the destructor's generation bump: checked after reading the generation, it cannot
+      // be missed (read first, a bump racing in between would be taken for a region and then slept through).
       seen = generation_.load(std::memory_order_acquire);
+      if (stop_.load()) return;
       work(seen);
     }
   }
