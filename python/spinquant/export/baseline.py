@@ -17,27 +17,19 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from spinquant.model import apply_rope, rms_norm
+
+from .exportable import float_linear
+
 
 def load_llama_ops() -> None:
     """Register ExecuTorch's llama custom ops (torch.ops.llama.*) for export and in the runtime."""
     from executorch.extension.llm.custom_ops import custom_ops  # noqa: F401
 
 
-def _linear(lin) -> nn.Linear:
-    out = nn.Linear(lin.in_features, lin.out_features, bias=lin.bias is not None)
-    out.load_state_dict({k: v.detach().float() for k, v in lin.state_dict().items()})
-    return out.requires_grad_(False)
-
-
-def _rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
-    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * weight
-
-
 def _rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     """x [1, T, H, D], cos/sin [T, D] (rotate-half, as HF and the llama recipe's HF RoPE)."""
-    half = x.shape[-1] // 2
-    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-    return x * cos[None, :, None] + rotated * sin[None, :, None]
+    return apply_rope(x, cos[:, None], sin[:, None])
 
 
 class StandardBlock(nn.Module):
@@ -50,18 +42,18 @@ class StandardBlock(nn.Module):
         self.attn_norm = nn.Buffer(block.input_layernorm.weight.detach().float().clone())
         self.mlp_norm = nn.Buffer(block.post_attention_layernorm.weight.detach().float().clone())
         self.q_proj, self.k_proj, self.v_proj, self.o_proj = (
-            _linear(getattr(attn, p)) for p in ("q_proj", "k_proj", "v_proj", "o_proj")
+            float_linear(getattr(attn, p)) for p in ("q_proj", "k_proj", "v_proj", "o_proj")
         )
         mlp = block.mlp
         self.gate_proj, self.up_proj, self.down_proj = (
-            _linear(getattr(mlp, p)) for p in ("gate_proj", "up_proj", "down_proj")
+            float_linear(getattr(mlp, p)) for p in ("gate_proj", "up_proj", "down_proj")
         )
         self.register_buffer("k_cache", torch.zeros(1, max_seq_len, self.n_kv_heads, self.head_dim))
         self.register_buffer("v_cache", torch.zeros(1, max_seq_len, self.n_kv_heads, self.head_dim))
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, start_pos: int) -> Tensor:
         t, hd = x.shape[1], self.head_dim
-        h = _rms_norm(x, self.attn_norm, self.eps)
+        h = rms_norm(x, self.attn_norm, self.eps)
         q = _rope(self.q_proj(h).view(1, t, self.n_heads, hd), cos, sin)
         k = _rope(self.k_proj(h).view(1, t, self.n_kv_heads, hd), cos, sin)
         v = self.v_proj(h).view(1, t, self.n_kv_heads, hd)
@@ -69,7 +61,7 @@ class StandardBlock(nn.Module):
         torch.ops.llama.update_cache(v, self.v_cache, start_pos)
         out = torch.ops.llama.custom_sdpa(q, self.k_cache, self.v_cache, start_pos, None, 0, True)
         x = x + self.o_proj(out.view(1, t, self.n_heads * hd))
-        h = _rms_norm(x, self.mlp_norm, self.eps)
+        h = rms_norm(x, self.mlp_norm, self.eps)
         return x + self.down_proj(F.silu(self.gate_proj(h)) * self.up_proj(h))
 
 
@@ -86,7 +78,7 @@ class StandardDecoder(nn.Module):
         self.cos, self.sin = nn.Buffer(cos.float().contiguous()), nn.Buffer(sin.float().contiguous())
         self.layers = nn.ModuleList(StandardBlock(b, max_seq_len, args.norm_eps) for b in model.layers)
         self.norm = nn.Buffer(model.norm.weight.detach().float().clone())
-        self.lm_head = _linear(model.lm_head)
+        self.lm_head = float_linear(model.lm_head)
 
     def forward(self, tokens: Tensor, input_pos: Tensor) -> Tensor:
         start_pos = input_pos[0].item()
@@ -96,7 +88,7 @@ class StandardDecoder(nn.Module):
         cos, sin = self.cos[input_pos], self.sin[input_pos]
         for layer in self.layers:
             x = layer(x, cos, sin, start_pos)
-        return self.lm_head(_rms_norm(x, self.norm, self.eps))
+        return self.lm_head(rms_norm(x, self.norm, self.eps))
 
 
 def export_xnnpack_8da4w(decoder: nn.Module, path: Path, meta: dict) -> None:

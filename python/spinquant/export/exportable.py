@@ -49,6 +49,13 @@ def _hadamard_base(n: int) -> Tensor:
     return hk.reshape(k, k).contiguous()
 
 
+def float_linear(lin: nn.Linear) -> nn.Linear:
+    """A frozen fp32 nn.Linear with lin's weight and bias."""
+    out = nn.Linear(lin.in_features, lin.out_features, bias=lin.bias is not None)
+    out.load_state_dict({k: v.detach().float() for k, v in lin.state_dict().items()})
+    return out.requires_grad_(False)
+
+
 class ExportLinear(nn.Module):
     """A QLinear for export: int4 storage buffers + int4_linear, or a float32 weight; optional online Hadamard."""
 
@@ -64,9 +71,7 @@ class ExportLinear(nn.Module):
         if wq is None:  # a plain float linear (e.g. lm_head kept in full precision), open to other quantizers
             if self.act_bits < 16:
                 raise ExportError(f"{name}: activations are quantized but the weight is not; quantize it too")
-            self.fp = nn.Linear(lin.in_features, lin.out_features, bias=lin.bias is not None)
-            self.fp.load_state_dict({k: v.detach().float() for k, v in lin.state_dict().items()})
-            self.fp.requires_grad_(False)
+            self.fp = float_linear(lin)
             return
         self.bias = None if lin.bias is None else nn.Buffer(lin.bias.detach().float().clone())
         if wq.bits > 4:

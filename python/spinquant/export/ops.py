@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from spinquant.hadamard import hadamard_matrix
+from spinquant.model import rms_norm
 from spinquant.quant.packing import unpack_int4
 from spinquant.quant.quantizer import fake_quant
 
@@ -250,10 +251,6 @@ _lib.define("silu_mul(Tensor gate_up) -> Tensor")
 _lib.define("silu_mul.out(Tensor gate_up, *, Tensor(a!) out) -> Tensor(a!)")
 
 
-def _rms_norm_ref(x: Tensor, weight: Tensor, eps: float) -> Tensor:
-    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * weight
-
-
 def _rope_ref(x: Tensor, cos: Tensor, sin: Tensor, hk: Tensor | None = None) -> Tensor:
     """x [T, H, D], cos/sin [T, D]: HF rotate-half rotary embedding, then (hk given: R3) `hadamard` per head."""
     half = x.shape[-1] // 2
@@ -279,7 +276,7 @@ def _register_elementwise(name: str, ref, fake) -> None:
     torch.library.register_fake(f"{NAMESPACE}::{name}")(fake)
 
 
-_register_elementwise("rms_norm", _rms_norm_ref, lambda x, weight, eps: torch.empty_like(x))
+_register_elementwise("rms_norm", rms_norm, lambda x, weight, eps: torch.empty_like(x))
 _register_elementwise("rope", _rope_ref, lambda x, cos, sin, hk=None: torch.empty_like(x))
 _register_elementwise(
     "silu_mul", _silu_mul_ref, lambda gate_up: gate_up.new_empty([*gate_up.shape[:-1], gate_up.shape[-1] // 2])
