@@ -149,9 +149,14 @@ Sample sample_bytes(const Tensor& qweight, const Tensor& scales) {
   return s;
 }
 
-std::shared_ptr<spinquant::int4::PackedInt4> packed_for(const Tensor& qweight, const Tensor& scales,
-                                                        const std::optional<Tensor>& zeros, int64_t K,
-                                                        int64_t group) {
+// A call's prepacked weight and the one the call after it used last time (the next token's first linear after
+// the last one), which idle workers prefetch meanwhile.
+struct Packed {
+  std::shared_ptr<spinquant::int4::PackedInt4> weight, next;
+};
+
+Packed packed_for(const Tensor& qweight, const Tensor& scales, const std::optional<Tensor>& zeros, int64_t K,
+                  int64_t group) {
   const int64_t N = qweight.size(0);
   const void* zp = zeros ? zeros->const_data_ptr() : nullptr;
   const PackKey key{qweight.const_data_ptr(), scales.const_data_ptr(), zp, N, K, group};
@@ -164,7 +169,7 @@ std::shared_ptr<spinquant::int4::PackedInt4> packed_for(const Tensor& qweight, c
   }
   if (at < g_pack_order.size() && g_pack_order[at].sample == sample) {
     g_pack_next = at + 1;
-    return g_pack_order[at].packed;
+    return {g_pack_order[at].packed, g_pack_order[g_pack_next % g_pack_order.size()].packed};
   }
   auto packed = std::make_shared<spinquant::int4::PackedInt4>(spinquant::int4::prepack(
       qweight.const_data_ptr<uint8_t>(), scales.const_data_ptr<uint16_t>(),
@@ -176,7 +181,7 @@ std::shared_ptr<spinquant::int4::PackedInt4> packed_for(const Tensor& qweight, c
     g_pack_order.push_back(PackEntry{key, sample, packed});
   }
   g_pack_next = at + 1;
-  return packed;
+  return {packed, nullptr};
 }
 
 bool check_linear(KernelRuntimeContext& ctx, const Tensor& x, const Tensor& qweight, const Tensor& scales,
@@ -214,13 +219,14 @@ Tensor& int4_linear_out(KernelRuntimeContext& ctx, const Tensor& x, const Tensor
     return out;
   const int64_t K = x.size(x.dim() - 1);
   try {
-    auto packed = packed_for(qweight, scales, zeros, K, group);
+    const Packed packed = packed_for(qweight, scales, zeros, K, group);
     spinquant::int4::LinearParams params;
     params.act_bits = static_cast<int>(act_bits);
     params.act_clip = static_cast<float>(act_clip);
     params.bias = bias ? bias->const_data_ptr<float>() : nullptr;
     params.threads = g_threads.load();
-    spinquant::int4::linear(*packed, x.const_data_ptr<float>(), K ? x.numel() / K : 0,
+    params.next = packed.next.get();
+    spinquant::int4::linear(*packed.weight, x.const_data_ptr<float>(), K ? x.numel() / K : 0,
                             out.mutable_data_ptr<float>(), params);
     if (residual)  // the decoder's residual add, while the output is still in cache
       spinquant::add(out.const_data_ptr<float>(), residual->const_data_ptr<float>(), out.numel(),

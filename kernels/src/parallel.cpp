@@ -6,6 +6,7 @@
 #include <condition_variable>
 #include <exception>
 #include <mutex>
+#include <stdexcept>
 #include <thread>
 #include <vector>
 
@@ -38,9 +39,11 @@ void spin_until(Done done) {
 }
 
 // A region is published as (generation, task, n_tasks); a task index is claimed by a compare-and-swap on
-// `claim_` = generation << 32 | next index, which fails once a newer region replaced it, so a worker that
-// wakes late can never run a task of a region that has ended. Workers spin between regions (back-to-back
-// decode kernels pay no wake-up), then sleep on a condition variable after kSpinMicros of idleness.
+// `claim_` = generation << 32 | claimed from the front << 16 | claimed from the back, which fails once a newer
+// region replaced it, so a worker that wakes late can never run a task of a region that has ended. The caller
+// claims from the front, workers from the back: with one worker the split is the same every time, so what the
+// worker prefetched while idle (prefetch_when_idle) is what it then reads. Workers spin between regions
+// (back-to-back decode kernels pay no wake-up), then sleep on a condition variable after kSpinMicros of idleness.
 class Pool {
  public:
   explicit Pool(int n_workers) {
@@ -59,6 +62,7 @@ class Pool {
 
   // Runs task(i) for i in [0, n_tasks) on the workers and the calling thread.
   void run(int n_tasks, const std::function<void(int)>& task) {
+    if (n_tasks > kMaxTasks) throw std::invalid_argument("parallel_for: too many tasks for the pool");
     std::lock_guard<std::mutex> region(region_mutex_);
     const uint64_t gen = generation_.load(std::memory_order_relaxed) + 1;
     claim_.store(gen << 32, std::memory_order_seq_cst);  // from here on, claims for older regions fail
@@ -71,23 +75,36 @@ class Pool {
       std::lock_guard<std::mutex> lock(sleep_mutex_);
       wake_.notify_all();
     }
-    work(gen);
+    work(gen, /*from_back=*/false);
     spin_until([&] { return pending_.load(std::memory_order_acquire) == 0; });
     if (error_) std::rethrow_exception(error_);
   }
 
+  // Replaces the prefetch request idle workers serve (see prefetch_chunk).
+  void request_prefetch(ByteSpan a, ByteSpan b) {
+    const uint64_t id = (prefetch_id_.load(std::memory_order_relaxed) + 1) & kIdMask;
+    prefetch_id_.store(id, std::memory_order_release);  // chunks of the old request are no longer claimed
+    prefetch_[0].data.store(a.data, std::memory_order_relaxed);
+    prefetch_[0].bytes.store(std::min<uint64_t>(a.bytes, kOffsetMask / 2), std::memory_order_relaxed);
+    prefetch_[1].data.store(b.data, std::memory_order_relaxed);
+    prefetch_[1].bytes.store(std::min<uint64_t>(b.bytes, kOffsetMask / 2), std::memory_order_relaxed);
+    prefetch_claim_.store(id << kIdShift, std::memory_order_release);
+  }
+
  private:
   // Claims and runs tasks of region `gen` until none is left (or the region was replaced).
-  void work(uint64_t gen) {
+  void work(uint64_t gen, bool from_back) {
     const std::function<void(int)>* task = task_.load(std::memory_order_acquire);
     const int n = n_tasks_.load(std::memory_order_acquire);
     t_inside_region = true;
     for (;;) {
       uint64_t cur = claim_.load(std::memory_order_acquire);
       int index = -1;
-      while ((cur >> 32) == gen && static_cast<int>(cur & 0xffffffffu) < n) {
-        if (claim_.compare_exchange_weak(cur, cur + 1, std::memory_order_acq_rel)) {
-          index = static_cast<int>(cur & 0xffffffffu);
+      for (;;) {
+        const int front = static_cast<int>((cur >> 16) & 0xffff), back = static_cast<int>(cur & 0xffff);
+        if ((cur >> 32) != gen || front + back >= n) break;
+        if (claim_.compare_exchange_weak(cur, cur + (from_back ? 1 : 1 << 16), std::memory_order_acq_rel)) {
+          index = from_back ? n - 1 - back : front;
           break;
         }
       }
@@ -111,7 +128,8 @@ class Pool {
       const auto changed = [&] { return generation_.load(std::memory_order_acquire) != seen || stop_.load(); };
       const auto deadline = std::chrono::steady_clock::now() + std::chrono::microseconds(kSpinMicros);
       while (!changed() && std::chrono::steady_clock::now() < deadline)
-        for (int i = 0; i < 64 && !changed(); ++i) cpu_relax();
+        if (!prefetch_chunk())
+          for (int i = 0; i < 64 && !changed(); ++i) cpu_relax();
       if (!changed()) {
         sleeping_.fetch_add(1, std::memory_order_seq_cst);
         {
@@ -124,11 +142,39 @@ class Pool {
       // be missed (read first, a bump racing in between would be taken for a region and then slept through).
       seen = generation_.load(std::memory_order_acquire);
       if (stop_.load()) return;
-      work(seen);
+      work(seen, /*from_back=*/true);
     }
   }
 
+  // Prefetches the next kPrefetchChunk bytes of the current request, if any are left: false when none are.
+  // Prefetch instructions never fault, so a request replaced (or its memory freed) meanwhile costs nothing.
+  bool prefetch_chunk() {
+    uint64_t cur = prefetch_claim_.load(std::memory_order_acquire);
+    const uint64_t id = cur >> kIdShift;
+    const ByteSpan a{prefetch_[0].data.load(std::memory_order_relaxed), prefetch_[0].bytes.load(std::memory_order_relaxed)};
+    const ByteSpan b{prefetch_[1].data.load(std::memory_order_relaxed), prefetch_[1].bytes.load(std::memory_order_relaxed)};
+    const uint64_t offset = cur & kOffsetMask;
+    if (offset >= a.bytes + b.bytes || prefetch_id_.load(std::memory_order_acquire) != id) return false;
+    if (!prefetch_claim_.compare_exchange_strong(cur, cur + kPrefetchChunk, std::memory_order_acq_rel)) return true;
+    for (uint64_t o = offset; o < offset + kPrefetchChunk && o < a.bytes + b.bytes; o += 64) {
+      const auto* p = static_cast<const char*>(o < a.bytes ? a.data : b.data) + (o < a.bytes ? o : o - a.bytes);
+      __builtin_prefetch(p, 0, 2);
+    }
+    return true;
+  }
+
+  struct AtomicSpan {
+    std::atomic<const void*> data{nullptr};
+    std::atomic<size_t> bytes{0};
+  };
+  static constexpr int kMaxTasks = 0xffff;
+  static constexpr uint64_t kPrefetchChunk = 4096;
+  static constexpr int kIdShift = 40;
+  static constexpr uint64_t kOffsetMask = (uint64_t{1} << kIdShift) - 1, kIdMask = (uint64_t{1} << (64 - kIdShift)) - 1;
   static constexpr int kSpinMicros = 200;
+  AtomicSpan prefetch_[2];
+  std::atomic<uint64_t> prefetch_id_{0};
+  std::atomic<uint64_t> prefetch_claim_{0};  // request id << kIdShift | next offset to prefetch
   std::vector<std::thread> workers_;
   std::mutex region_mutex_, sleep_mutex_, error_mutex_;
   std::condition_variable wake_;
@@ -159,6 +205,8 @@ int plan_threads(int64_t n, int threads) {
   int t = threads <= 0 ? hardware_threads() : std::min(threads, hardware_threads());
   return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(t, n)));
 }
+
+void prefetch_when_idle(ByteSpan first, ByteSpan second) { pool().request_prefetch(first, second); }
 
 void parallel_for(int64_t n, int threads, const std::function<void(int64_t, int64_t)>& fn) {
   if (n <= 0) return;

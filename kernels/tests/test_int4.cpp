@@ -178,6 +178,10 @@ void run_case(const Case& c, std::mt19937& rng) {
       bool close = true;
       for (size_t i = 0; i < y.size(); ++i) close &= std::fabs(y[i] - yref[i]) <= budget[i];
       expect(close, isa_name(isa), c.K, bits);
+      params.next = &p;  // idle workers prefetch a weight meanwhile: the result may not change
+      std::vector<float> y_next(c.M * c.N, -1.0f);
+      int4::linear(p, x.data(), c.M, y_next.data(), params);
+      expect(std::memcmp(y.data(), y_next.data(), y.size() * sizeof(float)) == 0, "same result with next set", c.K);
       if (isa == Isa::Scalar) {
         scalar_y = y;
       } else if (bits != 16) {

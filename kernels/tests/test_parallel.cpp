@@ -1,5 +1,6 @@
 // parallel_for: every index exactly once, any thread count, nested calls, exceptions rethrown.
 #include <atomic>
+#include <cstdint>
 #include <cstdio>
 #include <stdexcept>
 #include <vector>
@@ -56,6 +57,26 @@ void test_exception() {
   expect(after.load() == 10, "the pool works after an exception");
 }
 
+// Idle workers serve prefetch requests between regions: any span (even an unmapped address: prefetches never
+// fault) is harmless, a request may be replaced or cancelled at any time, and regions still run every index once.
+void test_prefetch_when_idle() {
+  std::vector<char> buffer(1 << 20, 1);
+  const spinquant::ByteSpan requests[][2] = {
+      {{buffer.data(), buffer.size()}, {}},
+      {{buffer.data() + 100, 5000}, {buffer.data(), 64}},
+      {{reinterpret_cast<const void*>(uintptr_t{64}), size_t{1} << 30}, {}},
+      {{}, {}},
+  };
+  for (int rep = 0; rep < 20; ++rep)
+    for (const auto& r : requests) {
+      spinquant::prefetch_when_idle(r[0], r[1]);
+      std::atomic<int64_t> sum{0};
+      spinquant::parallel_for(1000, 0, [&](int64_t b, int64_t e) { sum.fetch_add(e - b); });
+      expect(sum.load() == 1000, "regions cover every index while prefetch requests come and go");
+    }
+  spinquant::prefetch_when_idle({});
+}
+
 }  // namespace
 
 int main() {
@@ -64,6 +85,7 @@ int main() {
   test_covers_once();
   test_nested();
   test_exception();
+  test_prefetch_when_idle();
   std::printf("%s\n", g_failures == 0 ? "test_parallel: all passed" : "test_parallel: FAILED");
   return g_failures == 0 ? 0 : 1;
 }

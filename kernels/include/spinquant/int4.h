@@ -105,6 +105,9 @@ struct LinearParams {
   float act_clip = 1.0f;   // clip ratio of the activation range
   const float* bias = nullptr;  // [N] or null
   int threads = 0;         // 0 = all cores
+  // The weight the caller's next linear will use, if known (a decode step runs the same sequence every token):
+  // when this call runs on several threads, idle workers prefetch their share of it (one token's) meanwhile.
+  const PackedInt4* next = nullptr;
 };
 
 // y[M, N] = x[M, K] @ dequantize(w)^T (+ bias) with activations quantized as described above.
