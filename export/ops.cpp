@@ -3,9 +3,11 @@
 //
 //   spinquant::hadamard.out(x, hk, *, out)
 //   spinquant::int4_linear.out(x, qweight, scales, zeros?, bias?, group, act_bits, act_clip, residual?, *, out)
-//   spinquant::kv_attention.out(q, k, v, cache(a!), input_pos, n_kv_heads, bits, group, *, out)
-//   spinquant::attention.out(q, k, v, k_cache(a!), v_cache(b!), input_pos, *, out): float-cache attention
-//   spinquant::rms_norm.out / rope.out (+ R3 when given hk) / silu_mul.out: fused element-wise steps
+//   spinquant::attention.out(qkv, cos, sin, hk?, k_cache(a!), v_cache(b!), input_pos, n_heads, *, out):
+//       RoPE (+ R3 when given hk) on q/k of the packed projection output, float-cache update, attention
+//   spinquant::kv_attention.out(qkv, cos, sin, hk?, cache(a!), input_pos, n_heads, n_kv_heads, bits, group, *, out):
+//       the same over a quantized KV cache
+//   spinquant::rms_norm.out / silu_mul.out: fused element-wise steps
 //
 // Weights arrive in the int4 storage layout (docs/INT4_FORMAT.md); they are prepacked once into the kernels'
 // layout and cached by the address of the program's constant data (plus a sampled fingerprint), so a decode
@@ -237,6 +239,98 @@ Tensor& int4_linear_out(KernelRuntimeContext& ctx, const Tensor& x, const Tensor
   return out;
 }
 
+// ---- attention: q/k/v split, RoPE (+ R3), cache update, attention in one op ----------------------------
+
+// A layer's q/k/v projection output qkv [T, (H + 2 Hkv) D] prepared for attention: q [T, H, D] and k [T, Hkv, D]
+// with RoPE (and R3 when hk is given) in per-thread scratch, v read in place (`v_stride` floats a token).
+struct QKV {
+  const float *q, *k, *v;
+  int64_t T, H, Hkv, D, v_stride;
+};
+
+bool prepare_qkv(KernelRuntimeContext& ctx, const char* op, const Tensor& qkv, const Tensor& cos, const Tensor& sin,
+                 const std::optional<Tensor>& hk, int64_t H, int64_t Hkv, QKV* r) {
+  const int64_t width = qkv.dim() == 2 ? qkv.size(1) : 0, D = H + 2 * Hkv > 0 ? width / (H + 2 * Hkv) : 0;
+  if (!check(ctx, qkv.scalar_type() == ScalarType::Float && qkv.dim() == 2 && H > 0 && Hkv > 0 && H % Hkv == 0 &&
+                      D > 0 && D % 2 == 0 && D * (H + 2 * Hkv) == width,
+             "attention: qkv must be float32 [T, (n_heads + 2 n_kv_heads) head_dim], n_heads a multiple of "
+             "n_kv_heads, head_dim even") ||
+      !check(ctx, cos.scalar_type() == ScalarType::Float && sin.scalar_type() == ScalarType::Float &&
+                      cos.dim() == 2 && sin.dim() == 2 && cos.size(0) == qkv.size(0) && sin.size(0) == qkv.size(0) &&
+                      cos.size(1) == D && sin.size(1) == D,
+             "attention: cos and sin must be float32 [T, head_dim]") ||
+      !check(ctx, !hk || (hk->scalar_type() == ScalarType::Char && hk->dim() == 2 && hk->size(0) == hk->size(1)),
+             "attention: hk must be an int8 [K, K] matrix"))
+    return false;
+  const int64_t T = qkv.size(0);
+  thread_local std::vector<float> scratch;  // q then k, rotated
+  scratch.resize(static_cast<size_t>(T * (H + Hkv) * D));
+  float* q = scratch.data();
+  float* k = q + T * H * D;
+  const float* x = qkv.const_data_ptr<float>();
+  const float *c = cos.const_data_ptr<float>(), *sn = sin.const_data_ptr<float>();
+  const int threads = op_threads(T * (H + Hkv) * D);
+  for (int64_t t = 0; t < T; ++t) {
+    spinquant::rope(x + t * width, c + t * D, sn + t * D, 1, H, D, q + t * H * D, threads);
+    spinquant::rope(x + t * width + H * D, c + t * D, sn + t * D, 1, Hkv, D, k + t * Hkv * D, threads);
+  }
+  if (hk) {  // R3: the Hadamard transform over head_dim of every q and k head
+    try {
+      hadamard_for(D, hk->const_data_ptr<int8_t>(), hk->size(0)).apply(q, T * (H + Hkv), threads);
+    } catch (const std::exception& e) {
+      return fail(ctx, std::string(op) + ": " + e.what());
+    }
+  }
+  *r = QKV{q, k, x + (H + Hkv) * D, T, H, Hkv, D, width};
+  return true;
+}
+
+bool check_positions(KernelRuntimeContext& ctx, const Tensor& input_pos, int64_t T) {
+  return check(ctx, input_pos.scalar_type() == ScalarType::Long && input_pos.numel() == T,
+               "attention: input_pos must be int64 [T]");
+}
+
+Tensor& attention_out(KernelRuntimeContext& ctx, const Tensor& qkv, const Tensor& cos, const Tensor& sin,
+                      const std::optional<Tensor>& hk, Tensor& k_cache, Tensor& v_cache, const Tensor& input_pos,
+                      int64_t n_heads, Tensor& out) {
+  if (!check(ctx, k_cache.scalar_type() == ScalarType::Float && v_cache.scalar_type() == ScalarType::Float &&
+                      k_cache.dim() == 3 && v_cache.dim() == 3 && k_cache.size(0) == v_cache.size(0) &&
+                      k_cache.size(1) == v_cache.size(1) && k_cache.size(2) == v_cache.size(2),
+             "attention: k_cache and v_cache must be float32 [Hkv, S, D] alike"))
+    return out;
+  const int64_t hkv = k_cache.size(0), S = k_cache.size(1), D = k_cache.size(2);
+  QKV x{};
+  if (!prepare_qkv(ctx, "attention", qkv, cos, sin, hk, n_heads, hkv, &x) ||
+      !check(ctx, x.D == D, "attention: the caches' head_dim does not match qkv") ||
+      !check_positions(ctx, input_pos, x.T) ||
+      !resize(ctx, out, {static_cast<SizesType>(x.T), static_cast<SizesType>(x.H * D)}))
+    return out;
+  const int64_t* pos = input_pos.const_data_ptr<int64_t>();
+  int64_t len = 0;
+  for (int64_t t = 0; t < x.T; ++t) {
+    if (!check(ctx, pos[t] >= 0 && pos[t] < S, "attention: a position exceeds the cache (max_seq_len)")) return out;
+    len = std::max(len, pos[t] + 1);
+  }
+  float* kc = k_cache.mutable_data_ptr<float>();
+  float* vc = v_cache.mutable_data_ptr<float>();
+  for (int64_t t = 0; t < x.T; ++t)
+    for (int64_t h = 0; h < hkv; ++h) {
+      std::memcpy(kc + (h * S + pos[t]) * D, x.k + (t * hkv + h) * D, D * sizeof(float));
+      std::memcpy(vc + (h * S + pos[t]) * D, x.v + t * x.v_stride + h * D, D * sizeof(float));
+    }
+  std::vector<spinquant::KVHeadView> heads(static_cast<size_t>(hkv));
+  for (int64_t h = 0; h < hkv; ++h) heads[h] = spinquant::float_head_view(kc + h * S * D, vc + h * S * D, D);
+  try {
+    spinquant::attention(heads.data(), hkv, x.q, x.T, x.H, pos, out.mutable_data_ptr<float>(), 0.0f,
+                         op_threads(x.T * len * (x.H + hkv) * D));
+  } catch (const std::exception& e) {
+    fail(ctx, std::string("attention: ") + e.what());
+  }
+  return out;
+}
+
+}  // namespace
+
 // ---- quantized-KV attention ----------------------------------------------------------------------------
 
 // One layer's cache buffer, laid out as KVCacheLayout in ops.py: for K then V, codes [Hkv, S, row_bytes],
@@ -294,41 +388,31 @@ bool make_cache_view(KernelRuntimeContext& ctx, Tensor& cache, int64_t hkv, int6
   return true;
 }
 
-Tensor& kv_attention_out(KernelRuntimeContext& ctx, const Tensor& q, const Tensor& k, const Tensor& v,
-                         Tensor& cache, const Tensor& input_pos, int64_t n_kv_heads, int64_t bits, int64_t group,
-                         Tensor& out) {
-  if (!check(ctx, q.scalar_type() == ScalarType::Float && k.scalar_type() == ScalarType::Float &&
-                      v.scalar_type() == ScalarType::Float && q.dim() == 3 && k.dim() == 3 && v.dim() == 3,
-             "kv_attention: q, k, v must be float32 [T, heads, head_dim]") ||
-      !check(ctx, k.size(1) == n_kv_heads && v.size(1) == n_kv_heads && q.size(1) % n_kv_heads == 0 &&
-                      k.size(0) == q.size(0) && v.size(0) == q.size(0) && k.size(2) == q.size(2) &&
-                      v.size(2) == q.size(2),
-             "kv_attention: q [T, H, D], k and v [T, n_kv_heads, D] with H a multiple of n_kv_heads") ||
-      !check(ctx, input_pos.scalar_type() == ScalarType::Long && input_pos.numel() == q.size(0),
-             "kv_attention: input_pos must be int64 [T]") ||
-      !resize(ctx, out, sizes_of(q)))
-    return out;
+Tensor& kv_attention_out(KernelRuntimeContext& ctx, const Tensor& qkv, const Tensor& cos, const Tensor& sin,
+                         const std::optional<Tensor>& hk, Tensor& cache, const Tensor& input_pos, int64_t n_heads,
+                         int64_t n_kv_heads, int64_t bits, int64_t group, Tensor& out) {
+  QKV x{};
   CacheView cv{};
-  if (!make_cache_view(ctx, cache, n_kv_heads, q.size(2), bits, group, &cv)) return out;
-  const int64_t T = q.size(0), H = q.size(1), D = q.size(2);
-  const int64_t start = input_pos.const_data_ptr<int64_t>()[0];
-  if (!check(ctx, start >= 0 && start + T <= cv.seq, "kv_attention: positions exceed the cache (max_seq_len)"))
+  if (!prepare_qkv(ctx, "kv_attention", qkv, cos, sin, hk, n_heads, n_kv_heads, &x) ||
+      !check_positions(ctx, input_pos, x.T) || !make_cache_view(ctx, cache, n_kv_heads, x.D, bits, group, &cv) ||
+      !resize(ctx, out, {static_cast<SizesType>(x.T), static_cast<SizesType>(x.H * x.D)}))
     return out;
-  const float* kp = k.const_data_ptr<float>();
-  const float* vp = v.const_data_ptr<float>();
-  std::vector<int64_t> pos(static_cast<size_t>(T));
+  const int64_t start = input_pos.const_data_ptr<int64_t>()[0];
+  if (!check(ctx, start >= 0 && start + x.T <= cv.seq, "kv_attention: positions exceed the cache (max_seq_len)"))
+    return out;
+  std::vector<int64_t> pos(static_cast<size_t>(x.T));
   std::vector<spinquant::KVHeadView> heads(static_cast<size_t>(n_kv_heads));
   for (int64_t h = 0; h < n_kv_heads; ++h) heads[h] = cv.head(h);
   try {
-    for (int64_t t = 0; t < T; ++t) {
+    for (int64_t t = 0; t < x.T; ++t) {
       pos[t] = start + t;
       for (int64_t h = 0; h < n_kv_heads; ++h) {
-        cv.store(0, h, start + t, kp + (t * n_kv_heads + h) * D);
-        cv.store(1, h, start + t, vp + (t * n_kv_heads + h) * D);
+        cv.store(0, h, start + t, x.k + (t * n_kv_heads + h) * x.D);
+        cv.store(1, h, start + t, x.v + t * x.v_stride + h * x.D);
       }
     }
-    spinquant::attention(heads.data(), n_kv_heads, q.const_data_ptr<float>(), T, H, pos.data(),
-                         out.mutable_data_ptr<float>(), 0.0f, op_threads(T * (start + T) * (H + n_kv_heads) * D));
+    spinquant::attention(heads.data(), n_kv_heads, x.q, x.T, x.H, pos.data(), out.mutable_data_ptr<float>(), 0.0f,
+                         op_threads(x.T * (start + x.T) * (x.H + n_kv_heads) * x.D));
   } catch (const std::exception& e) {
     fail(ctx, std::string("kv_attention: ") + e.what());
   }
@@ -358,31 +442,6 @@ Tensor& rms_norm_out(KernelRuntimeContext& ctx, const Tensor& x, const Tensor& w
   return out;
 }
 
-Tensor& rope_out(KernelRuntimeContext& ctx, const Tensor& x, const Tensor& cos, const Tensor& sin,
-                 const std::optional<Tensor>& hk, Tensor& out) {
-  if (!check_float(ctx, x, out, "rope: x must be float32") ||
-      !check(ctx, x.dim() == 3 && x.size(2) % 2 == 0, "rope: x must be [T, heads, head_dim] (even head_dim)") ||
-      !check(ctx, cos.dim() == 2 && sin.dim() == 2 && cos.size(0) == x.size(0) && cos.size(1) == x.size(2) &&
-                      sin.size(0) == x.size(0) && sin.size(1) == x.size(2),
-             "rope: cos and sin must be float32 [T, head_dim]") ||
-      !check(ctx, !hk || (hk->scalar_type() == ScalarType::Char && hk->dim() == 2 && hk->size(0) == hk->size(1)),
-             "rope: hk must be an int8 [K, K] matrix") ||
-      !resize(ctx, out, sizes_of(x)))
-    return out;
-  const int64_t T = x.size(0), H = x.size(1), D = x.size(2);
-  spinquant::rope(x.const_data_ptr<float>(), cos.const_data_ptr<float>(), sin.const_data_ptr<float>(), T, H, D,
-                  out.mutable_data_ptr<float>(), g_threads.load());
-  if (hk) {  // R3: the Hadamard transform over head_dim of every head
-    try {
-      hadamard_for(D, hk->const_data_ptr<int8_t>(), hk->size(0)).apply(out.mutable_data_ptr<float>(), T * H,
-                                                                         op_threads(T * H * D));
-    } catch (const std::exception& e) {
-      fail(ctx, std::string("rope: ") + e.what());
-    }
-  }
-  return out;
-}
-
 Tensor& silu_mul_out(KernelRuntimeContext& ctx, const Tensor& gate_up, Tensor& out) {
   if (!check_float(ctx, gate_up, out, "silu_mul: input must be float32") ||
       !check(ctx, gate_up.size(gate_up.dim() - 1) % 2 == 0, "silu_mul: the last dim must be even (gate, up)"))
@@ -395,55 +454,8 @@ Tensor& silu_mul_out(KernelRuntimeContext& ctx, const Tensor& gate_up, Tensor& o
   return out;
 }
 
-// ---- attention over float caches -----------------------------------------------------------------------
-
-Tensor& attention_out(KernelRuntimeContext& ctx, const Tensor& q, const Tensor& k, const Tensor& v, Tensor& k_cache,
-                      Tensor& v_cache, const Tensor& input_pos, Tensor& out) {
-  if (!check(ctx, q.scalar_type() == ScalarType::Float && k.scalar_type() == ScalarType::Float &&
-                      v.scalar_type() == ScalarType::Float && k_cache.scalar_type() == ScalarType::Float &&
-                      v_cache.scalar_type() == ScalarType::Float && q.dim() == 3 && k.dim() == 3 && v.dim() == 3 &&
-                      k_cache.dim() == 3 && v_cache.dim() == 3,
-             "attention: q [T, H, D], k and v [T, Hkv, D] and caches [Hkv, S, D] must be float32") ||
-      !check(ctx, k_cache.size(0) == v_cache.size(0) && k_cache.size(1) == v_cache.size(1) &&
-                      k_cache.size(2) == q.size(2) && v_cache.size(2) == q.size(2) &&
-                      q.size(1) % k_cache.size(0) == 0 && k.size(0) == q.size(0) && v.size(0) == q.size(0) &&
-                      k.size(1) == k_cache.size(0) && v.size(1) == k_cache.size(0) && k.size(2) == q.size(2) &&
-                      v.size(2) == q.size(2),
-             "attention: k, v or cache shapes do not match q") ||
-      !check(ctx, input_pos.scalar_type() == ScalarType::Long && input_pos.numel() == q.size(0),
-             "attention: input_pos must be int64 [T]") ||
-      !resize(ctx, out, sizes_of(q)))
-    return out;
-  const int64_t T = q.size(0), H = q.size(1), D = q.size(2), hkv = k_cache.size(0), S = k_cache.size(1);
-  const int64_t* pos = input_pos.const_data_ptr<int64_t>();
-  int64_t len = 0;
-  for (int64_t t = 0; t < T; ++t) {
-    if (!check(ctx, pos[t] >= 0 && pos[t] < S, "attention: a position exceeds the cache (max_seq_len)")) return out;
-    len = std::max(len, pos[t] + 1);
-  }
-  float* kc = k_cache.mutable_data_ptr<float>();
-  float* vc = v_cache.mutable_data_ptr<float>();
-  for (int64_t t = 0; t < T; ++t)
-    for (int64_t h = 0; h < hkv; ++h) {
-      std::memcpy(kc + (h * S + pos[t]) * D, k.const_data_ptr<float>() + (t * hkv + h) * D, D * sizeof(float));
-      std::memcpy(vc + (h * S + pos[t]) * D, v.const_data_ptr<float>() + (t * hkv + h) * D, D * sizeof(float));
-    }
-  std::vector<spinquant::KVHeadView> heads(static_cast<size_t>(hkv));
-  for (int64_t h = 0; h < hkv; ++h) heads[h] = spinquant::float_head_view(kc + h * S * D, vc + h * S * D, D);
-  try {
-    spinquant::attention(heads.data(), hkv, q.const_data_ptr<float>(), T, H, pos, out.mutable_data_ptr<float>(),
-                         0.0f, op_threads(T * len * (H + hkv) * D));
-  } catch (const std::exception& e) {
-    fail(ctx, std::string("attention: ") + e.what());
-  }
-  return out;
-}
-
-}  // namespace
-
 EXECUTORCH_LIBRARY(spinquant, "attention.out", attention_out);
 EXECUTORCH_LIBRARY(spinquant, "rms_norm.out", rms_norm_out);
-EXECUTORCH_LIBRARY(spinquant, "rope.out", rope_out);
 EXECUTORCH_LIBRARY(spinquant, "silu_mul.out", silu_mul_out);
 EXECUTORCH_LIBRARY(spinquant, "hadamard.out", hadamard_out);
 EXECUTORCH_LIBRARY(spinquant, "int4_linear.out", int4_linear_out);

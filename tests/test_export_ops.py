@@ -48,7 +48,6 @@ class OpsProgram(nn.Module):
             self.register_buffer(f"l{i}_bias", torch.randn(n, generator=GEN) if bias else None)
             self.cases.append((st["dequant"], group, act_bits, clip, sym))
         self.register_buffer("norm_w", 1 + 0.3 * torch.randn(16, generator=GEN))
-        self.register_buffer("hk_rope", base_hadamard(16)[1])  # R3 inside rope over head_dim 16
 
     def forward(self, *xs: torch.Tensor) -> tuple:
         outs = [sq.hadamard(xs[i], getattr(self, f"hk{i}")) for i in range(len(HADAMARD_SIZES))]
@@ -68,22 +67,19 @@ class OpsProgram(nn.Module):
             )
         n0 = LINEARS[0][0]  # the first linear again, adding a residual (as o_proj / down_proj do)
         outs.append(sq.int4_linear(xs[len(HADAMARD_SIZES)], self.l0_qweight, self.l0_scales, None, None,
-                                   LINEARS[0][2], LINEARS[0][5], LINEARS[0][6], xs[-4].view(-1, n0)))  # fmt: skip
-        x, cos, sin = xs[-3:]
+                                   LINEARS[0][2], LINEARS[0][5], LINEARS[0][6], xs[-2].view(-1, n0)))  # fmt: skip
+        x = xs[-1]
         outs.append(sq.rms_norm(x.view(-1, 16), self.norm_w, 1e-5))
-        outs.append(sq.rope(x, cos, sin))
-        outs.append(sq.rope(x, cos, sin, self.hk_rope))
         outs.append(sq.silu_mul(x))
         return tuple(outs)
 
 
 def _inputs() -> list[torch.Tensor]:
     xs = [torch.randn(3, n, generator=GEN) for n in HADAMARD_SIZES]
-    x = torch.randn(3, 4, 16, generator=GEN)  # [T, heads, head_dim] for rope; also rms_norm and silu_mul
-    angles = torch.rand(3, 8, generator=GEN).repeat(1, 2) * 6
+    x = torch.randn(3, 4, 16, generator=GEN)  # for rms_norm and silu_mul
     residual = torch.randn(5, LINEARS[0][0], generator=GEN)
     linears = [torch.randn(5, k, generator=GEN) for _, k, *_ in LINEARS]
-    return xs + linears + [residual, x, angles.cos(), angles.sin()]
+    return xs + linears + [residual, x]
 
 
 def _run_program(module: nn.Module, inputs: tuple, tmp_path) -> list:
@@ -119,16 +115,48 @@ def test_eager_int4_linear_matches_dequantized_weight():
 
 
 def test_eager_fused_elementwise_match_model():
-    from spinquant.model import RMSNorm, apply_rope
+    from spinquant.model import RMSNorm
 
     x = torch.randn(3, 4, 16, generator=GEN)
     norm = RMSNorm(16, 1e-5)
     norm.weight.data = torch.rand(16, generator=GEN) + 0.5
     torch.testing.assert_close(sq.rms_norm(x, norm.weight.detach(), 1e-5), norm(x).detach())
-    angles = torch.rand(3, 8, generator=GEN).repeat(1, 2)
-    ref = apply_rope(x.transpose(0, 1), angles.cos(), angles.sin()).transpose(0, 1)
-    torch.testing.assert_close(sq.rope(x, angles.cos(), angles.sin()), ref)
     torch.testing.assert_close(sq.silu_mul(x), F.silu(x[..., :8]) * x[..., 8:])
+
+
+def _rope_angles(t: int, d: int) -> tuple[torch.Tensor, torch.Tensor]:
+    angles = torch.rand(t, d // 2, generator=GEN).repeat(1, 2) * 6
+    return angles.cos(), angles.sin()
+
+
+def _reference_attention(qkv, cos, sin, h: int, hkv: int, r3: bool = False, kv_quant=None) -> torch.Tensor:
+    """Independent causal GQA attention of a packed qkv [T, (H + 2 Hkv) D]: the model's RoPE, R3 on q and k when
+    asked, K and V through kv_quant when given, then SDPA."""
+    from spinquant.model import apply_rope
+
+    t, d = qkv.shape[0], qkv.shape[1] // (h + 2 * hkv)
+    q, k, v = (x.reshape(t, -1, d).transpose(0, 1) for x in qkv.split([h * d, hkv * d, hkv * d], dim=-1))
+    q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+    if r3:
+        q, k = hadamard_transform(q), hadamard_transform(k)
+    if kv_quant is not None:
+        k, v = kv_quant(k), kv_quant(v)
+    out = F.scaled_dot_product_attention(q[None], k[None], v[None], is_causal=True, enable_gqa=True)
+    return out[0].transpose(0, 1).reshape(t, h * d)
+
+
+def test_eager_attention_does_rope_and_r3():
+    h, hkv, d, seq = 6, 2, 16, 8
+    qkv = torch.randn(5, (h + 2 * hkv) * d, generator=GEN)
+    cos, sin = _rope_angles(5, d)
+    caches = [torch.zeros(hkv, seq, d) for _ in range(4)]
+    out = sq.attention(qkv, cos, sin, None, caches[0], caches[1], torch.arange(5), h)
+    torch.testing.assert_close(out, _reference_attention(qkv, cos, sin, h, hkv), atol=1e-5, rtol=1e-5)
+    # R3 rotates q and k alike, so the scores and the output stay; the K cache holds the rotated keys.
+    out_r3 = sq.attention(qkv, cos, sin, base_hadamard(d)[1], caches[2], caches[3], torch.arange(5), h)
+    torch.testing.assert_close(out_r3, out, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(caches[2], hadamard_transform(caches[0]), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(caches[3], caches[1])
 
 
 def test_runtime_kernels_match_eager(tmp_path):
@@ -142,8 +170,8 @@ def test_runtime_kernels_match_eager(tmp_path):
         torch.testing.assert_close(g, w, atol=2e-5, rtol=1e-5)
 
 
-def _kv_method(program: nn.Module, qkv: list[torch.Tensor], seq: int, path):
-    """`program(q, k, v, pos)` exported with a dynamic token count, written to `path`, loaded in the runtime."""
+def _kv_method(program: nn.Module, inputs: list[torch.Tensor], seq: int, path):
+    """`program(qkv, cos, sin, pos)` exported with a dynamic token count, written to `path`, loaded in the runtime."""
     from executorch.exir import EdgeCompileConfig, ExecutorchBackendConfig, to_edge
     from torch.export import Dim
 
@@ -152,7 +180,7 @@ def _kv_method(program: nn.Module, qkv: list[torch.Tensor], seq: int, path):
     t = Dim("t", min=1, max=seq)
     ep = torch.export.export(
         program,
-        (*[x[:4] for x in qkv], torch.arange(4)),
+        (*[x[:4] for x in inputs], torch.arange(4)),
         dynamic_shapes=({0: t}, {0: t}, {0: t}, {0: t}),
         strict=False,
     )
@@ -164,62 +192,60 @@ def _kv_method(program: nn.Module, qkv: list[torch.Tensor], seq: int, path):
 
 
 class KVProgram(nn.Module):
-    """One quantized-KV attention layer with its cache as a mutable buffer."""
+    """One quantized-KV attention layer (R3 on q/k) with its cache as a mutable buffer."""
 
-    def __init__(self, hkv: int, d: int, seq: int, bits: int, group: int):
+    def __init__(self, h: int, hkv: int, d: int, seq: int, bits: int, group: int):
         super().__init__()
-        self.hkv, self.bits, self.group = hkv, bits, group
+        self.h, self.hkv, self.bits, self.group = h, hkv, bits, group
+        self.register_buffer("hk", base_hadamard(d)[1])
         self.register_buffer(
             "cache", torch.zeros(ops.kv_cache_layout(hkv, seq, d, bits, group).nbytes, dtype=torch.uint8)
         )
 
-    def forward(self, q, k, v, pos):
-        return sq.kv_attention(q, k, v, self.cache, pos, self.hkv, self.bits, self.group)
+    def forward(self, qkv, cos, sin, pos):
+        return sq.kv_attention(qkv, cos, sin, self.hk, self.cache, pos, self.h, self.hkv, self.bits, self.group)
 
 
 @pytest.mark.parametrize("bits,group", [(4, 0), (8, 8)])
 def test_kv_attention_prefill_then_decode(tmp_path, bits, group):
     h, hkv, d, seq = 4, 2, 16, 16
-    qkv = [torch.randn(7, n, d, generator=GEN) for n in (h, hkv, hkv)]
-    eager = KVProgram(hkv, d, seq, bits, group)
-    method = _kv_method(KVProgram(hkv, d, seq, bits, group), qkv, seq, tmp_path / "kv.pte")
+    inputs = [torch.randn(7, (h + 2 * hkv) * d, generator=GEN), *_rope_angles(7, d)]
+    eager = KVProgram(h, hkv, d, seq, bits, group)
+    method = _kv_method(KVProgram(h, hkv, d, seq, bits, group), inputs, seq, tmp_path / "kv.pte")
     steps = [(0, 5), (5, 6), (6, 7)]  # prefill 5 positions, then two decode steps
     for a, b in steps:
-        args = [x[a:b] for x in qkv] + [torch.arange(a, b)]
+        args = [x[a:b] for x in inputs] + [torch.arange(a, b)]
         torch.testing.assert_close(method.execute(args)[0], eager(*args), atol=2e-5, rtol=1e-5)
-    # independent check of the last step: fake-quantized K/V of all 7 positions, causal GQA attention
-    kf, vf = (fake_quant(x.transpose(0, 1), bits, sym=False, group=group or d) for x in qkv[1:])
-    ref = F.scaled_dot_product_attention(
-        qkv[0].transpose(0, 1)[None], kf[None], vf[None], is_causal=True, enable_gqa=True
-    )[0].transpose(0, 1)
-    torch.testing.assert_close(eager(*[x[6:7] for x in qkv], torch.tensor([6])), ref[6:7], atol=1e-5, rtol=1e-5)
+    # independent check of the last step: RoPE, R3, fake-quantized K/V of all 7 positions, causal GQA attention
+    ref = _reference_attention(
+        *inputs, h, hkv, r3=True, kv_quant=lambda x: fake_quant(x, bits, sym=False, group=group or d)
+    )
+    torch.testing.assert_close(eager(*[x[6:7] for x in inputs], torch.tensor([6])), ref[6:7], atol=1e-5, rtol=1e-5)
 
 
 class FloatKVProgram(nn.Module):
     """One float-cache attention layer: the op writes k, v into the caches (mutable buffers) and attends."""
 
-    def __init__(self, hkv: int, d: int, seq: int):
+    def __init__(self, h: int, hkv: int, d: int, seq: int):
         super().__init__()
+        self.h = h
         self.register_buffer("k_cache", torch.zeros(hkv, seq, d))
         self.register_buffer("v_cache", torch.zeros(hkv, seq, d))
 
-    def forward(self, q, k, v, pos):
-        return sq.attention(q, k, v, self.k_cache, self.v_cache, pos)
+    def forward(self, qkv, cos, sin, pos):
+        return sq.attention(qkv, cos, sin, None, self.k_cache, self.v_cache, pos, self.h)
 
 
 def test_float_attention_prefill_then_decode(tmp_path):
     h, hkv, d, seq = 6, 2, 20, 12  # head_dim 20: the SIMD paths fall back to the reference
-    qkv = [torch.randn(7, n, d, generator=GEN) for n in (h, hkv, hkv)]
-    eager = FloatKVProgram(hkv, d, seq)
-    method = _kv_method(FloatKVProgram(hkv, d, seq), qkv, seq, tmp_path / "attn.pte")
+    inputs = [torch.randn(7, (h + 2 * hkv) * d, generator=GEN), *_rope_angles(7, d)]
+    eager = FloatKVProgram(h, hkv, d, seq)
+    method = _kv_method(FloatKVProgram(h, hkv, d, seq), inputs, seq, tmp_path / "attn.pte")
     for a, b in [(0, 5), (5, 6), (6, 7)]:  # prefill 5 positions, then two decode steps
-        args = [x[a:b] for x in qkv] + [torch.arange(a, b)]
+        args = [x[a:b] for x in inputs] + [torch.arange(a, b)]
         torch.testing.assert_close(method.execute(args)[0], eager(*args), atol=2e-5, rtol=1e-5)
-    ref = F.scaled_dot_product_attention(
-        qkv[0].transpose(0, 1)[None], qkv[1].transpose(0, 1)[None], qkv[2].transpose(0, 1)[None],
-        is_causal=True, enable_gqa=True,
-    )[0].transpose(0, 1)  # fmt: skip
-    torch.testing.assert_close(eager(*[x[6:7] for x in qkv], torch.tensor([6])), ref[6:7], atol=1e-5, rtol=1e-5)
+    ref = _reference_attention(*inputs, h, hkv)
+    torch.testing.assert_close(eager(*[x[6:7] for x in inputs], torch.tensor([6])), ref[6:7], atol=1e-5, rtol=1e-5)
 
 
 def test_kv_cache_layout_rejects_bad_sizes():

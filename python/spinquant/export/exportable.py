@@ -5,8 +5,9 @@ when T > 1, one decode step when T = 1) against a KV cache held as mutable buffe
 of quantized linears are buffers in the int4 storage layout of docs/INT4_FORMAT.md and run through
 `spinquant::int4_linear` (activations quantized per token inside the op; q/k/v and gate/up each share one
 call; o_proj and down_proj add the residual stream in the same op); online Hadamards run through
-`spinquant::hadamard` (R4 on the down_proj input) and inside `spinquant::rope` (R3 on q/k). The KV cache is
-float32 (no KV quantization) or the 4/8-bit layout of `spinquant::kv_attention`.
+`spinquant::hadamard` (R4 on the down_proj input) and inside the attention op (R3 on q/k, after RoPE). The
+KV cache is float32 (`spinquant::attention`) or the 4/8-bit layout of `spinquant::kv_attention`; either op
+takes the q/k/v projection's output as it is and does the RoPE, the cache update and the attention.
 """
 
 from __future__ import annotations
@@ -154,23 +155,18 @@ class ExportAttention(nn.Module):
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, input_pos: Tensor, residual: Tensor) -> Tensor:
         """residual + attention(x)."""
-        t, hd, hkv = x.shape[0], self.head_dim, self.n_kv_heads
         if self.qkv is not None:
-            q, k, v = self.qkv(x).split([self.n_heads * hd, hkv * hd, hkv * hd], dim=-1)
+            qkv = self.qkv(x)
         else:
-            q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
-        r3 = self.hk if self.r3 else None  # R3 runs inside rope
-        q = sq.rope(q.reshape(t, self.n_heads, hd), cos, sin, r3)
-        k = sq.rope(k.reshape(t, hkv, hd), cos, sin, r3)
-        v = v.reshape(t, hkv, hd)
-        if self.kv_bits == 16:
-            out = self._float_attention(q, k, v, input_pos)
+            qkv = torch.cat([self.q_proj(x), self.k_proj(x), self.v_proj(x)], dim=-1)
+        r3 = self.hk if self.r3 else None
+        if self.kv_bits == 16:  # the ops write the caches too
+            out = sq.attention(qkv, cos, sin, r3, self.k_cache, self.v_cache, input_pos, self.n_heads)
         else:
-            out = sq.kv_attention(q, k, v, self.kv_cache, input_pos, self.n_kv_heads, self.kv_bits, self.kv_group)
-        return self.o_proj(out.reshape(t, self.n_heads * self.head_dim), residual)
-
-    def _float_attention(self, q: Tensor, k: Tensor, v: Tensor, input_pos: Tensor) -> Tensor:
-        return sq.attention(q, k, v, self.k_cache, self.v_cache, input_pos)  # writes the caches too
+            out = sq.kv_attention(
+                qkv, cos, sin, r3, self.kv_cache, input_pos, self.n_heads, self.n_kv_heads, self.kv_bits, self.kv_group
+            )
+        return self.o_proj(out, residual)
 
 
 class ExportBlock(nn.Module):

@@ -21,7 +21,7 @@ from torch.export import Dim
 
 from .exportable import ExportableDecoder, ExportError
 
-FORMAT = "spinquant-pte-v2"  # v2: int4_linear takes the residual
+FORMAT = "spinquant-pte-v3"  # v2: int4_linear takes the residual; v3: attention ops take qkv and do RoPE
 TARGETS = ("arm64", "x86_64")
 METADATA_METHOD = "spinquant_metadata"
 

@@ -8,14 +8,15 @@ plain PyTorch. The CPU implementation is the eager reference the native runtime 
 - `int4_linear(x, qweight, scales, zeros, bias, group, act_bits, act_clip, residual=None)`: y = fq(x) @ W^T
   (+ bias) (+ residual), W in the int4 storage layout of docs/INT4_FORMAT.md, fq the per-token asymmetric
   activation quantizer (act_bits 16: none); `residual` (shaped like y) fuses the decoder's residual add.
-- `kv_attention(q, k, v, cache, input_pos, n_kv_heads, bits, group)`: quantize k, v into the layer's
-  quantized KV cache (one uint8 buffer, see `kv_cache_layout`) at positions input_pos, then causal
-  grouped-query attention of q over the cache. q [T, H, D], k/v [T, Hkv, D] -> [T, H, D].
-- `rms_norm(x, weight, eps)`, `rope(x, cos, sin, hk=None)`, `silu_mul(gate_up)`: fused element-wise steps of
-  the decoder (one runtime op each instead of 3 to 10 portable ones); `rope` with `hk` also applies R3 (the
-  Hadamard transform over head_dim) to its output.
-- `attention(q, k, v, k_cache, v_cache, input_pos)`: write k, v into the layer's float caches [Hkv, S, D] at
-  input_pos, then causal GQA attention over them (reads positions 0 .. input_pos[t] only).
+- `attention(qkv, cos, sin, hk, k_cache, v_cache, input_pos, n_heads)`: a layer's whole attention step after
+  the q/k/v projection. qkv [T, (H + 2 Hkv) D] holds q, k, v side by side; RoPE (cos/sin [T, D]) and, when
+  hk is given, R3 (the Hadamard transform over head_dim) go on q and k; k, v are written into the float caches
+  [Hkv, S, D] at input_pos, then causal grouped-query attention of q over positions 0 .. input_pos[t]:
+  -> [T, H D]. One runtime op where split, views, two RoPEs and attention took eight.
+- `kv_attention(qkv, cos, sin, hk, cache, input_pos, n_heads, n_kv_heads, bits, group)`: the same over the
+  layer's quantized KV cache (one uint8 buffer, see `kv_cache_layout`; k and v quantized into it).
+- `rms_norm(x, weight, eps)`, `silu_mul(gate_up)`: fused element-wise steps of the decoder (one runtime op
+  each instead of 3 to 10 portable ones).
 """
 
 from __future__ import annotations
@@ -43,7 +44,10 @@ _LINEAR_ARGS = (
 )
 _lib.define(f"int4_linear({_LINEAR_ARGS}) -> Tensor")
 _lib.define(f"int4_linear.out({_LINEAR_ARGS}, *, Tensor(a!) out) -> Tensor(a!)")
-_ATTN_ARGS = "Tensor q, Tensor k, Tensor v, Tensor(a!) cache, Tensor input_pos, int n_kv_heads, int bits, int group"
+_ATTN_ARGS = (
+    "Tensor qkv, Tensor cos, Tensor sin, Tensor? hk, Tensor(a!) cache, Tensor input_pos, int n_heads, int n_kv_heads, "
+    "int bits, int group"
+)
 _lib.define(f"kv_attention({_ATTN_ARGS}) -> Tensor")
 _lib.define(f"kv_attention.out({_ATTN_ARGS}, *, Tensor(b!) out) -> Tensor(b!)")
 
@@ -208,7 +212,24 @@ def _layout_of(cache: Tensor, k: Tensor, bits: int, group: int) -> KVCacheLayout
     return kv_cache_layout(hkv, cache.numel() // unit, d, bits, group)
 
 
-def _kv_attention_ref(q, k, v, cache, input_pos, n_kv_heads, bits, group) -> Tensor:
+def _rope_ref(x: Tensor, cos: Tensor, sin: Tensor, hk: Tensor | None = None) -> Tensor:
+    """x [T, H, D], cos/sin [T, D]: HF rotate-half rotary embedding, then (hk given: R3) `hadamard` per head."""
+    half = x.shape[-1] // 2
+    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    y = x * cos[:, None] + rotated * sin[:, None]
+    return y if hk is None else _hadamard_ref(y, hk)
+
+
+def _split_qkv(qkv: Tensor, cos, sin, hk, n_heads: int, n_kv_heads: int) -> tuple[Tensor, Tensor, Tensor]:
+    """q [T, H, D], k and v [T, Hkv, D] from qkv [T, (H + 2 Hkv) D], RoPE (and R3) on q and k."""
+    t, d = qkv.shape[0], qkv.shape[1] // (n_heads + 2 * n_kv_heads)
+    q, k, v = qkv.split([n_heads * d, n_kv_heads * d, n_kv_heads * d], dim=-1)
+    q = _rope_ref(q.reshape(t, n_heads, d), cos, sin, hk)
+    return q, _rope_ref(k.reshape(t, n_kv_heads, d), cos, sin, hk), v.reshape(t, n_kv_heads, d)
+
+
+def _kv_attention_ref(qkv, cos, sin, hk, cache, input_pos, n_heads, n_kv_heads, bits, group) -> Tensor:
+    q, k, v = _split_qkv(qkv, cos, sin, hk, n_heads, n_kv_heads)
     lay = _layout_of(cache, k, bits, group)
     views = _cache_views(cache, lay)
     pos = input_pos.long()
@@ -222,41 +243,35 @@ def _kv_attention_ref(q, k, v, cache, input_pos, n_kv_heads, bits, group) -> Ten
     mask = torch.arange(length)[None, :] <= pos[:, None]  # [T, S]
     qh = q.transpose(0, 1)[None]  # [1, H, T, D]
     out = F.scaled_dot_product_attention(qh, kf[None], vf[None], attn_mask=mask, enable_gqa=h != n_kv_heads)
-    return out[0].transpose(0, 1).contiguous()
+    return out[0].transpose(0, 1).reshape(t, h * d)
+
+
+def _attention_shape(qkv: Tensor, n_heads: int, n_kv_heads: int) -> list[int]:
+    return [qkv.shape[0], n_heads * (qkv.shape[1] // (n_heads + 2 * n_kv_heads))]
 
 
 @torch.library.impl(_lib, "kv_attention", "CPU")
-def _kv_attention_cpu(q, k, v, cache, input_pos, n_kv_heads, bits, group) -> Tensor:
-    return _kv_attention_ref(q, k, v, cache, input_pos, n_kv_heads, bits, group)
+def _kv_attention_cpu(qkv, cos, sin, hk, cache, input_pos, n_heads, n_kv_heads, bits, group) -> Tensor:
+    return _kv_attention_ref(qkv, cos, sin, hk, cache, input_pos, n_heads, n_kv_heads, bits, group)
 
 
 @torch.library.impl(_lib, "kv_attention.out", "CPU")
-def _kv_attention_out_cpu(q, k, v, cache, input_pos, n_kv_heads, bits, group, *, out) -> Tensor:
-    y = _kv_attention_ref(q, k, v, cache, input_pos, n_kv_heads, bits, group)
+def _kv_attention_out_cpu(qkv, cos, sin, hk, cache, input_pos, n_heads, n_kv_heads, bits, group, *, out) -> Tensor:
+    y = _kv_attention_ref(qkv, cos, sin, hk, cache, input_pos, n_heads, n_kv_heads, bits, group)
     return out.resize_(y.shape).copy_(y)
 
 
 @torch.library.register_fake(f"{NAMESPACE}::kv_attention")
-def _kv_attention_fake(q, k, v, cache, input_pos, n_kv_heads, bits, group) -> Tensor:
-    return torch.empty_like(q)
+def _kv_attention_fake(qkv, cos, sin, hk, cache, input_pos, n_heads, n_kv_heads, bits, group) -> Tensor:
+    return qkv.new_empty(_attention_shape(qkv, n_heads, n_kv_heads))
 
 
 # ---- small fused element-wise ops (fewer, cheaper steps per decoded token) --------------------------------
 
 _lib.define("rms_norm(Tensor x, Tensor weight, float eps) -> Tensor")
 _lib.define("rms_norm.out(Tensor x, Tensor weight, float eps, *, Tensor(a!) out) -> Tensor(a!)")
-_lib.define("rope(Tensor x, Tensor cos, Tensor sin, Tensor? hk=None) -> Tensor")
-_lib.define("rope.out(Tensor x, Tensor cos, Tensor sin, Tensor? hk=None, *, Tensor(a!) out) -> Tensor(a!)")
 _lib.define("silu_mul(Tensor gate_up) -> Tensor")
 _lib.define("silu_mul.out(Tensor gate_up, *, Tensor(a!) out) -> Tensor(a!)")
-
-
-def _rope_ref(x: Tensor, cos: Tensor, sin: Tensor, hk: Tensor | None = None) -> Tensor:
-    """x [T, H, D], cos/sin [T, D]: HF rotate-half rotary embedding, then (hk given: R3) `hadamard` per head."""
-    half = x.shape[-1] // 2
-    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-    y = x * cos[:, None] + rotated * sin[:, None]
-    return y if hk is None else _hadamard_ref(y, hk)
 
 
 def _silu_mul_ref(gate_up: Tensor) -> Tensor:
@@ -277,21 +292,24 @@ def _register_elementwise(name: str, ref, fake) -> None:
 
 
 _register_elementwise("rms_norm", rms_norm, lambda x, weight, eps: torch.empty_like(x))
-_register_elementwise("rope", _rope_ref, lambda x, cos, sin, hk=None: torch.empty_like(x))
 _register_elementwise(
     "silu_mul", _silu_mul_ref, lambda gate_up: gate_up.new_empty([*gate_up.shape[:-1], gate_up.shape[-1] // 2])
 )
 
 # ---- attention over float caches ------------------------------------------------------------------------
 
-_FLOAT_ATTN_ARGS = "Tensor q, Tensor k, Tensor v, Tensor(a!) k_cache, Tensor(b!) v_cache, Tensor input_pos"
+_FLOAT_ATTN_ARGS = (
+    "Tensor qkv, Tensor cos, Tensor sin, Tensor? hk, Tensor(a!) k_cache, Tensor(b!) v_cache, Tensor input_pos, "
+    "int n_heads"
+)
 _lib.define(f"attention({_FLOAT_ATTN_ARGS}) -> Tensor")
 _lib.define(f"attention.out({_FLOAT_ATTN_ARGS}, *, Tensor(c!) out) -> Tensor(c!)")
 
 
-def _attention_ref(q: Tensor, k: Tensor, v: Tensor, k_cache: Tensor, v_cache: Tensor, input_pos: Tensor) -> Tensor:
-    """Write k, v [T, Hkv, D] into the float caches [Hkv, S, D] at input_pos, then causal GQA attention of
-    q [T, H, D] over them (positions 0 .. input_pos[t] only)."""
+def _attention_ref(qkv, cos, sin, hk, k_cache: Tensor, v_cache: Tensor, input_pos: Tensor, n_heads: int) -> Tensor:
+    """Write k, v into the float caches [Hkv, S, D] at input_pos, then causal GQA attention of q over them
+    (positions 0 .. input_pos[t] only) -> [T, H D]."""
+    q, k, v = _split_qkv(qkv, cos, sin, hk, n_heads, k_cache.shape[0])
     k_cache[:, input_pos] = k.transpose(0, 1)
     v_cache[:, input_pos] = v.transpose(0, 1)
     length = int(input_pos.max()) + 1
@@ -303,23 +321,23 @@ def _attention_ref(q: Tensor, k: Tensor, v: Tensor, k_cache: Tensor, v_cache: Te
         attn_mask=mask,
         enable_gqa=q.shape[1] != k_cache.shape[0],
     )
-    return out[0].transpose(0, 1).contiguous()
+    return out[0].transpose(0, 1).reshape(q.shape[0], -1)
 
 
 @torch.library.impl(_lib, "attention", "CPU")
-def _attention_cpu(q, k, v, k_cache, v_cache, input_pos) -> Tensor:
-    return _attention_ref(q, k, v, k_cache, v_cache, input_pos)
+def _attention_cpu(qkv, cos, sin, hk, k_cache, v_cache, input_pos, n_heads) -> Tensor:
+    return _attention_ref(qkv, cos, sin, hk, k_cache, v_cache, input_pos, n_heads)
 
 
 @torch.library.impl(_lib, "attention.out", "CPU")
-def _attention_out_cpu(q, k, v, k_cache, v_cache, input_pos, *, out) -> Tensor:
-    y = _attention_ref(q, k, v, k_cache, v_cache, input_pos)
+def _attention_out_cpu(qkv, cos, sin, hk, k_cache, v_cache, input_pos, n_heads, *, out) -> Tensor:
+    y = _attention_ref(qkv, cos, sin, hk, k_cache, v_cache, input_pos, n_heads)
     return out.resize_(y.shape).copy_(y)
 
 
 @torch.library.register_fake(f"{NAMESPACE}::attention")
-def _attention_fake(q, k, v, k_cache, v_cache, input_pos) -> Tensor:
-    return torch.empty_like(q)
+def _attention_fake(qkv, cos, sin, hk, k_cache, v_cache, input_pos, n_heads) -> Tensor:
+    return qkv.new_empty(_attention_shape(qkv, n_heads, k_cache.shape[0]))
 
 
-OPS = ("hadamard", "int4_linear", "kv_attention", "rms_norm", "rope", "silu_mul", "attention")
+OPS = ("hadamard", "int4_linear", "kv_attention", "rms_norm", "silu_mul", "attention")
