@@ -77,3 +77,17 @@ def test_is_current_tells_stale_programs_apart(program, tmp_path):
     junk = tmp_path / "old.pte"
     junk.write_bytes(b"not a program")
     assert is_current(path) and not is_current(junk) and not is_current(tmp_path / "missing.pte")
+
+
+def test_background_export_leaves_a_program_the_bench_reuses(tiny_folder, tmp_path):
+    from spinquant.export.runtime import is_current
+
+    procs = bench.start_xnnpack_exports(str(tiny_folder), tmp_path, ["fp32_eager", "xnnpack_8da4w", "w4a8_no_had"])
+    assert len(procs) == 1  # only XNNPACK variants go to the background
+    procs[0].join(timeout=900)
+    assert procs[0].exitcode == 0
+    path = tmp_path / "xnnpack_8da4w.pte"
+    assert is_current(path)
+    written = path.stat().st_mtime_ns
+    assert bench.export_xnnpack("xnnpack_8da4w", str(tiny_folder), tmp_path, 256) == path
+    assert path.stat().st_mtime_ns == written  # reused, not exported again

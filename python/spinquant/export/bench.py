@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import multiprocessing as mp
 import os
 import statistics
 import time
@@ -156,30 +157,73 @@ def time_run(runner, ids: list[int], new_tokens: int) -> tuple[float, float, flo
 # ---- building the variants from one model --------------------------------------------------------------
 
 
+def _stale_removed(path: Path) -> Path:
+    """path, deleted first if an older spinquant wrote it (its program is exported again)."""
+    from .runtime import is_current
+
+    if path.exists() and not is_current(path):
+        path.unlink()
+    return path
+
+
+def export_xnnpack(name: str, model_path: str | None, out: Path, max_seq_len: int) -> Path:
+    """out/<name>.pte of an XNNPACK variant, exported unless a current one is there."""
+    from spinquant.model import load_model
+
+    from . import baseline
+    from .exportable import ExportableDecoder
+    from .exporter import build_metadata, host_target
+
+    path = _stale_removed(out / f"{name}.pte")
+    if not path.exists():
+        model, tokenizer = load_model(model_path)
+        meta = build_metadata(model, host_target(), False, {"name": "8da4w"}, tokenizer, max_seq_len)
+        graph = ExportableDecoder if name.endswith("fused") else baseline.StandardDecoder
+        baseline.export_xnnpack_8da4w(graph(model, max_seq_len), path, meta)
+    return path
+
+
+def _export_on_one_thread(name: str, model_path: str | None, out: Path, max_seq_len: int) -> None:
+    torch.set_num_threads(1)
+    export_xnnpack(name, model_path, out, max_seq_len)
+
+
+def start_xnnpack_exports(
+    model_path: str | None, out: Path, variants: list[str], max_seq_len: int = 256
+) -> list[mp.process.BaseProcess]:
+    """Export the XNNPACK variants in child processes on one thread each: their export is minutes of
+    single-threaded graph tracing, which can overlap other work (the main job's learning). run_bench reuses
+    their .pte files; join the processes first (a failed one leaves no file, and run_bench exports it again)."""
+    ctx = mp.get_context("spawn")
+    procs = [
+        ctx.Process(target=_export_on_one_thread, args=(name, model_path, out, max_seq_len), daemon=True)
+        for name in variants
+        if name.startswith("xnnpack")
+    ]
+    if procs:
+        out.mkdir(parents=True, exist_ok=True)
+    for p in procs:
+        p.start()
+    return procs
+
+
 def build_variant(name: str, model_path: str | None, out: Path, max_seq_len: int, seed: int) -> tuple:
     """(runner, export seconds, model bytes streamed a token or None) of one variant; .pte files are reused."""
     from spinquant.model import load_model
 
     from . import baseline
     from .cli import mode_config, prepare_model
-    from .exportable import ExportableDecoder
-    from .exporter import build_metadata, export_model, host_target
-    from .runtime import is_current
+    from .exporter import export_model
 
+    start = time.perf_counter()
+    if name.startswith("xnnpack"):
+        path = export_xnnpack(name, model_path, out, max_seq_len)
+        baseline.load_llama_ops()  # the runtime kernels of llama::update_cache / custom_sdpa
+        return PteRunner(path, delegated=True), time.perf_counter() - start, None
     model, tokenizer = load_model(model_path)
     if name == "fp32_eager":
         return EagerRunner(model, max_seq_len), 0.0, None
-    path = out / f"{name}.pte"
-    if path.exists() and not is_current(path):  # written by an older spinquant: export it again
-        path.unlink()
-    start = time.perf_counter()
-    if name.startswith("xnnpack"):
-        if not path.exists():
-            meta = build_metadata(model, host_target(), False, {"name": "8da4w"}, tokenizer, max_seq_len)
-            graph = ExportableDecoder if name.endswith("fused") else baseline.StandardDecoder
-            baseline.export_xnnpack_8da4w(graph(model, max_seq_len), path, meta)
-        baseline.load_llama_ops()  # the runtime kernels of llama::update_cache / custom_sdpa
-        return PteRunner(path, delegated=True), time.perf_counter() - start, None
+    path = _stale_removed(out / f"{name}.pte")
     mode, had = name.split("_", 1)
     cfg = mode_config(mode.upper())
     runner_model = None
