@@ -13,6 +13,7 @@ setting alike; medians are reported in a markdown table, a JSON file and a bar c
 
 from __future__ import annotations
 
+import gc
 import json
 import math
 import multiprocessing as mp
@@ -143,14 +144,22 @@ class PteRunner:
 
 def time_run(runner, ids: list[int], new_tokens: int) -> tuple[float, float, float]:
     """(prefill tokens/s, decode ms/token, decode CPU ms/token) of one prefill + greedy decode. The process CPU
-    time stays meaningful when other work shares the cores (wall time then includes waiting for a core)."""
-    t0 = time.perf_counter()
-    token = runner.forward(ids, 0)
-    prefill = time.perf_counter() - t0
-    t0, c0 = time.perf_counter(), time.process_time()
-    for i in range(new_tokens):
-        token = runner.forward([token], len(ids) + i)
-    decode, cpu = time.perf_counter() - t0, time.process_time() - c0
+    time stays meaningful when other work shares the cores (wall time then includes waiting for a core).
+    Python's garbage collector is paused meanwhile, as timeit does: a full collection of the benchmark process's
+    ~400k objects takes ~0.2 s and would otherwise land in whichever run crosses its allocation threshold."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        t0 = time.perf_counter()
+        token = runner.forward(ids, 0)
+        prefill = time.perf_counter() - t0
+        t0, c0 = time.perf_counter(), time.process_time()
+        for i in range(new_tokens):
+            token = runner.forward([token], len(ids) + i)
+        decode, cpu = time.perf_counter() - t0, time.process_time() - c0
+    finally:
+        if enabled:
+            gc.enable()
     return len(ids) / prefill, 1000.0 * decode / new_tokens, 1000.0 * cpu / new_tokens
 
 
