@@ -94,13 +94,16 @@ class Scratch {
   Buffer<float> floats_;
 };
 
-// Idle workers prefetch the blocks they will take in a one-token call of w on `threads` threads: the last part of
-// the split in linear(), which parallel_for hands to a worker; at most its first kIdlePrefetchBytes of codes (half
-// a typical L2: more would evict what was prefetched first) and their scales.
+// Parts the row blocks of w are split into on `threads` threads (all of them when one token leaves no other split).
+int64_t row_parts(const PackedInt4& w, int threads) { return std::min<int64_t>(w.NB, threads); }
+
+// Idle workers prefetch the blocks they will take in a one-token call of w on `threads` threads: the last of the
+// row_parts, which parallel_for hands to a worker; at most its first kIdlePrefetchBytes of codes (half a typical
+// L2: more would evict what was prefetched first) and their scales.
 constexpr int64_t kIdlePrefetchBytes = 512 << 10;
 
 void prefetch_worker_share(const PackedInt4& w, int threads) {
-  const int64_t parts = std::min<int64_t>(w.NB, threads);
+  const int64_t parts = row_parts(w, threads);
   const int64_t b0 = w.NB * (parts - 1) / parts, block_bytes = w.Kp * 8;
   const int64_t blocks = std::min(w.NB - b0, std::max<int64_t>(1, kIdlePrefetchBytes / block_bytes));
   prefetch_when_idle({w.codes.data() + b0 * block_bytes, static_cast<size_t>(blocks * block_bytes)},
@@ -159,7 +162,7 @@ void linear(const PackedInt4& w, const float* x, int64_t M, float* y, const Line
 
   // Tasks: row blocks split over the threads; when there are too few blocks, tokens are split too.
   const int threads = plan_threads(w.NB * M, params.threads);
-  const int64_t n_parts = std::min<int64_t>(w.NB, threads);
+  const int64_t n_parts = row_parts(w, threads);
   const int64_t m_parts = std::min<int64_t>(M, (threads + n_parts - 1) / n_parts);
   const detail::BlockFn fn = bits == 16 ? kern.gemm_f32 : kern.gemm_codes;
   if (threads > 1) prefetch_when_idle({});  // this call's blocks are being read now: stop prefetching them
@@ -169,8 +172,8 @@ void linear(const PackedInt4& w, const float* x, int64_t M, float* y, const Line
       fn(job, M * pm / m_parts, M * (pm + 1) / m_parts, w.NB * pn / n_parts, w.NB * (pn + 1) / n_parts);
     }
   });
-  if (params.next != nullptr && plan_threads(params.next->NB, params.threads) > 1)
-    prefetch_worker_share(*params.next, plan_threads(params.next->NB, params.threads));
+  const int next_threads = params.next != nullptr ? plan_threads(params.next->NB, params.threads) : 1;
+  if (next_threads > 1) prefetch_worker_share(*params.next, next_threads);
 }
 
 }  // namespace spinquant::int4
