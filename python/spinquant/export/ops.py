@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from spinquant.hadamard import hadamard_matrix
-from spinquant.model import rms_norm
+from spinquant.model import apply_rope, rms_norm
 from spinquant.quant.packing import unpack_int4
 from spinquant.quant.quantizer import fake_quant
 
@@ -213,10 +213,8 @@ def _layout_of(cache: Tensor, k: Tensor, bits: int, group: int) -> KVCacheLayout
 
 
 def _rope_ref(x: Tensor, cos: Tensor, sin: Tensor, hk: Tensor | None = None) -> Tensor:
-    """x [T, H, D], cos/sin [T, D]: HF rotate-half rotary embedding, then (hk given: R3) `hadamard` per head."""
-    half = x.shape[-1] // 2
-    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-    y = x * cos[:, None] + rotated * sin[:, None]
+    """x [T, H, D], cos/sin [T, D]: the model's rotary embedding, then (hk given: R3) `hadamard` per head."""
+    y = apply_rope(x.transpose(0, 1), cos, sin).transpose(0, 1)
     return y if hk is None else _hadamard_ref(y, hk)
 
 
