@@ -23,15 +23,27 @@ def test_streamed_bytes_counts_int4_codes_scales_and_one_embedding_row():
 
 def test_table_chart_and_load_warning(tmp_path, capsys, monkeypatch):
     results = [bench.Result("w4a8_no_had", t, 3.0 / t, 100.0 * t, [3.0 / t], 0.1) for t in (1, 2)] + [
-        bench.Result("xnnpack_8da4w", 2, 5.7, 90.0, [5.7], 0.1)
+        bench.Result("xnnpack_8da4w", 2, 5.7, 90.0, [5.7], 0.1),
+        bench.Result(bench.FLOOR, 2, 1.2, 800.0, [1.2], 0.1),
     ]
-    table = bench.markdown(results, {2: 1.5})
-    assert "| w4a8_no_had | 2 | 1.50 | 200 | 0.10 |" in table and "1.50 ms/token" in table
+    table = bench.markdown(results)
+    assert "| w4a8_no_had | 2 | 1.50 | 200 | 0.10 |" in table
+    assert "| w4a8_no_had / read_floor | 2 | 1.250 |" in table and "2 thread(s) 1.20 ms" in table
     bench.plot(results, tmp_path / "decode.png")
     assert (tmp_path / "decode.png").read_bytes()[:4] == b"\x89PNG"
     monkeypatch.setattr(bench, "machine_load", lambda: 3.0)
     assert bench.warn_if_loaded() == 3.0
     assert "WARNING: load average 3.00" in capsys.readouterr().out
+
+
+def test_floor_runner_reads_its_buffer_on_the_kernels_pool():
+    from spinquant.kernels import read_bytes
+
+    runner = bench.FloorRunner(1024)
+    runner.set_threads(2)
+    assert runner.forward([1, 2], 0) == 0 and read_bytes(runner.buffer, 2) == 128 * 0x0101010101010101
+    with pytest.raises(TypeError):
+        read_bytes(runner.buffer.view("float32"), 1)
 
 
 def test_eager_runner_greedy_matches_model():

@@ -1,10 +1,12 @@
-// parallel_for: every index exactly once, any thread count, nested calls, exceptions rethrown.
+// parallel_for: every index exactly once, any thread count, nested calls, exceptions rethrown; read_bytes's sum.
 #include <atomic>
 #include <cstdint>
 #include <cstdio>
+#include <cstring>
 #include <stdexcept>
 #include <vector>
 
+#include "spinquant/bandwidth.h"
 #include "spinquant/parallel.h"
 
 namespace {
@@ -77,6 +79,25 @@ void test_prefetch_when_idle() {
   spinquant::prefetch_when_idle({});
 }
 
+// read_bytes reads every byte once: its sum of 64-bit words equals a plain one for ragged sizes and offsets.
+void test_read_bytes() {
+  std::vector<unsigned char> buffer(100000 + 77);
+  for (size_t i = 0; i < buffer.size(); ++i) buffer[i] = static_cast<unsigned char>(i * 2654435761u >> 13);
+  for (size_t offset : {0, 3}) {
+    for (size_t bytes : {0, 1, 63, 64, 65, 1000, 100000}) {
+      uint64_t want = 0;
+      for (size_t i = 0; i + 8 <= bytes / 64 * 64; i += 8) {
+        uint64_t word;
+        std::memcpy(&word, buffer.data() + offset + i, 8);
+        want += word;
+      }
+      for (size_t i = bytes / 64 * 64; i < bytes; ++i) want += buffer[offset + i];
+      for (int threads : {0, 1, 2, 3})
+        expect(spinquant::read_bytes({buffer.data() + offset, bytes}, threads) == want, "read_bytes sums every byte");
+    }
+  }
+}
+
 }  // namespace
 
 int main() {
@@ -86,6 +107,7 @@ int main() {
   test_nested();
   test_exception();
   test_prefetch_when_idle();
+  test_read_bytes();
   std::printf("%s\n", g_failures == 0 ? "test_parallel: all passed" : "test_parallel: FAILED");
   return g_failures == 0 ? 0 : 1;
 }

@@ -39,6 +39,11 @@ def use_isa(name: str) -> Iterator[None]:
 # --- int4 linear --------------------------------------------------------------------------------------------
 
 
+def read_bytes(buffer: np.ndarray, threads: int = 0) -> int:
+    """Read a contiguous uint8 array once on the kernels' thread pool (a bandwidth probe); returns its word sum."""
+    return _kernels.read_bytes(buffer, threads)
+
+
 def quantize_activations(x: Tensor, bits: int, clip: float = 1.0) -> tuple[Tensor, Tensor, Tensor]:
     """Per-token asymmetric quantization of float32 [M, K] -> (codes uint8 [M, K], scales [M], zeros int32 [M])."""
     codes, scales, zeros = _kernels.quantize_activations(_as_numpy(x, "x"), bits, clip)
