@@ -94,6 +94,48 @@ def test_gptq_model_quantizes_every_linear(lm_head):
     assert 0 < rel < 0.3
 
 
+def _reference_gptq_model(model, cfg, tokens):
+    """The plain true-sequential loop: every stage's inputs come from re-running the whole block up to it."""
+    from spinquant.quant.gptq import STAGES, HessianAccumulator, _quantize_stage
+
+    class Stop(Exception):
+        pass
+
+    with torch.no_grad():
+        rope, hidden = model.rope(tokens.shape[1]), [model.embed_tokens(tokens)]
+        for block in model.layers:
+            for names in STAGES:
+                modules = [block.get_submodule(n) for n in names]
+                acc = HessianAccumulator(modules[0].in_features)
+
+                def hook(mod, args, acc=acc):
+                    acc.add(mod.prepare_input(args[0]))
+                    raise Stop
+
+                handle = modules[0].register_forward_pre_hook(hook)
+                for x in hidden:
+                    with pytest.raises(Stop):
+                        block(x, rope)
+                handle.remove()
+                _quantize_stage(modules, acc.hessian(), cfg)
+            hidden = [block(x, rope) for x in hidden]
+
+
+def test_gptq_model_runs_each_sublayer_once_with_the_same_result_as_rerunning_the_block():
+    from spinquant.rotation import apply_rotations, fuse_norms, random_rotations
+
+    cfg = QuantConfig(w_bits=4, w_group=16, w_method="gptq")
+    models = [fuse_norms(tiny_model(seed=3)) for _ in range(2)]
+    for m in models:
+        apply_rotations(m, *random_rotations(m.args, 0), had=True)  # R4: down_proj's prepare_input has a Hadamard
+    tokens = _calib(models[0], 4)
+    gptq_quantize_model(models[0], cfg, tokens, progress=False, batch_size=6)
+    _reference_gptq_model(models[1], cfg, tokens)
+    for (name, a), (_, b) in zip(models[0].linears(), models[1].linears(), strict=True):
+        if a.wq is not None or b.wq is not None:
+            assert torch.equal(a.wq.codes, b.wq.codes) and torch.equal(a.wq.scales, b.wq.scales), name
+
+
 def test_gptq_model_beats_rtn_on_block_outputs():
     """Calibrated on the same tokens, GPTQ's first block reproduces the float block better than RTN."""
     cfg = QuantConfig(w_bits=3, w_group=32, w_clip_search=False, w_method="gptq")

@@ -2,15 +2,17 @@
 
 `gptq_quantize` handles one weight matrix; `gptq_quantize_model` walks the decoder block by block on cached
 hidden states, "true-sequential": q/k/v (one Hessian, rows stacked), then o_proj, then gate/up, then
-down_proj, each seeing inputs produced by the already quantized sub-layers before it; the quantized block's
-output feeds the next block. Group scales use the RTN quantizer's rules (fp16 scales, optional clip search);
-with `act_order` they are computed up front ("static groups") so the stored groups stay contiguous.
+down_proj, each seeing inputs produced by the already quantized sub-layers before it (each sub-layer runs
+once per block); the quantized block's output feeds the next block. Group scales use the RTN quantizer's
+rules (fp16 scales, optional clip search); with `act_order` they are computed up front ("static groups") so
+the stored groups stay contiguous.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
@@ -139,24 +141,33 @@ def gptq_quantize(
 
 
 class _StopForward(Exception):
-    """Raised by a capture hook once the inputs it needs are recorded."""
+    """Raised by a capture hook once the input it needs is recorded."""
 
 
-def _accumulate(run, module: nn.Module, inputs: list[Tensor]) -> Tensor:
-    """Hessian of `module`'s inputs over all calibration batches; `run(x)` runs up to it (then stops)."""
-    acc = HessianAccumulator(module.in_features)
+def _input_of(module: nn.Module, run: Callable[[], object]) -> Tensor:
+    """The input `module` receives while `run()` executes; run stops right there."""
+    seen = []
 
     def hook(mod: nn.Module, args: tuple) -> None:
-        acc.add(mod.prepare_input(args[0]))
+        seen.append(args[0])
         raise _StopForward
 
     handle = module.register_forward_pre_hook(hook)
     try:
-        for x in inputs:
-            with contextlib.suppress(_StopForward):
-                run(x)
+        with contextlib.suppress(_StopForward):
+            run()
     finally:
         handle.remove()
+    if not seen:
+        raise RuntimeError(f"{type(module).__name__} was not called")
+    return seen[0]
+
+
+def _hessian(module: nn.Module, inputs: list[Tensor]) -> Tensor:
+    """H of what `module`'s weight multiplies (its input after online Hadamard / quantizer), over all batches."""
+    acc = HessianAccumulator(module.in_features)
+    for x in inputs:
+        acc.add(module.prepare_input(x))
     return acc.hessian()
 
 
@@ -194,11 +205,29 @@ def gptq_quantize_model(
         rope = model.rope(calib_tokens.shape[1])
         hidden = [model.embed_tokens(t) for t in calib_tokens.split(batch_size)]
         for block in tqdm(model.layers, desc=f"GPTQ {cfg}", disable=not progress, unit="layer"):
-            for names in STAGES:
-                modules = [block.get_submodule(name) for name in names]
-                _quantize_stage(modules, _accumulate(lambda x, b=block: b(x, rope), modules[0], hidden), cfg)
-            hidden = [block(x, rope) for x in hidden]
+            hidden = _quantize_block(block, hidden, rope, cfg)
         if cfg.quantize_lm_head:
-            head = model.lm_head
-            _quantize_stage([head], _accumulate(lambda x: head(model.norm(x)), head, hidden), cfg)
+            normed = [model.norm(x) for x in hidden]
+            _quantize_stage([model.lm_head], _hessian(model.lm_head, normed), cfg)
     return model
+
+
+def _quantize_block(block: nn.Module, hidden: list[Tensor], rope: tuple[Tensor, Tensor], cfg: QuantConfig) -> list:
+    """GPTQ of one pre-norm block's STAGES in order, each stage's inputs computed once with the stages before it
+    already quantized (Block.forward split at the stage boundaries); returns the quantized block's outputs."""
+    attn, mlp = block.self_attn, block.mlp
+
+    def stage(names: tuple[str, ...], inputs: list[Tensor]) -> None:
+        modules = [block.get_submodule(name) for name in names]
+        _quantize_stage(modules, _hessian(modules[0], inputs), cfg)
+
+    normed = [block.input_layernorm(x) for x in hidden]
+    stage(STAGES[0], normed)
+    heads = [_input_of(attn.o_proj, lambda n=n: attn(n, rope)) for n in normed]
+    stage(STAGES[1], heads)
+    mid = [x + attn.o_proj(h) for x, h in zip(hidden, heads, strict=True)]
+    normed = [block.post_attention_layernorm(x) for x in mid]
+    stage(STAGES[2], normed)
+    gated = [_input_of(mlp.down_proj, lambda n=n: mlp(n)) for n in normed]
+    stage(STAGES[3], gated)
+    return [x + mlp.down_proj(g) for x, g in zip(mid, gated, strict=True)]
