@@ -116,27 +116,30 @@ def gptq_quantize(
         w, h = w[:, perm], h[perm][:, perm]
         hinv = _upper_inverse_cholesky(h, damp).float()
         groups = (perm // group).tolist()
-        q = torch.zeros(n, k)
+        # Column by column on transposed copies ([K, N]): a column of W is then a contiguous row.
+        q, scales_t = torch.zeros(k, n), scales.T.contiguous()
+        zeros_t = None if zeros is None else zeros.T.contiguous()
         for i1 in range(0, k, block):
             i2 = min(i1 + block, k)
-            w1, err1, hinv1 = w[:, i1:i2].clone(), torch.zeros(n, i2 - i1), hinv[i1:i2, i1:i2]
-            with one_thread():  # column by column: many small ops
+            w1, err1, hinv1 = w[:, i1:i2].T.contiguous(), torch.zeros(i2 - i1, n), hinv[i1:i2, i1:i2]
+            with one_thread():  # many small ops
                 for i in range(i2 - i1):
                     g = groups[i1 + i]
                     if not static and (i1 + i) % group == 0:
-                        s, z = _group_params(w1[:, i : i + group], bits, sym, clip_search)
-                        scales[:, g] = s[:, 0]
-                        if zeros is not None:
-                            zeros[:, g] = z[:, 0]
-                    col = w1[:, i]
-                    s, z = scales[:, g], None if zeros is None else zeros[:, g]
+                        s, z = _group_params(w1[i : i + group].T, bits, sym, clip_search)
+                        scales_t[g] = s[:, 0]
+                        if zeros_t is not None:
+                            zeros_t[g] = z[:, 0]
+                    col = w1[i]
+                    s, z = scales_t[g], None if zeros_t is None else zeros_t[g]
                     qc = quantize_codes(col, s, z, bits)
-                    q[:, i1 + i] = qc
+                    q[i1 + i] = qc
                     e = (col - dequantize_codes(qc, s, z)) / hinv1[i, i]
-                    w1[:, i + 1 :].addr_(e, hinv1[i, i + 1 :], alpha=-1.0)
-                    err1[:, i] = e
-            w[:, i2:].addmm_(err1, hinv[i1:i2, i2:], alpha=-1.0)
-        q = q[:, torch.argsort(perm)]
+                    w1[i + 1 :].addr_(hinv1[i, i + 1 :], e, alpha=-1.0)
+                    err1[i] = e
+            w[:, i2:].addmm_(err1.T, hinv[i1:i2, i2:], alpha=-1.0)
+        q, scales = q.T[:, torch.argsort(perm)], scales_t.T.contiguous()
+        zeros = None if zeros_t is None else zeros_t.T.contiguous()
         return make_quantized_weight(q, scales, zeros, group, bits, sym)
 
 
