@@ -64,3 +64,23 @@ def test_bench_command_passes_its_options(monkeypatch, tmp_path):
     monkeypatch.setattr(bench, "run_bench", lambda **kw: seen.update(kw))
     cli.main(["bench", "--out", str(tmp_path), "--threads", "1,2", "--variants", "w4a8_no_had,xnnpack_8da4w"])
     assert seen["threads"] == [1, 2] and seen["variants"] == ["w4a8_no_had", "xnnpack_8da4w"]
+
+
+def _scheduler_after_lowest_priority(queue) -> None:
+    import os
+
+    bench._lowest_priority()
+    queue.put(os.sched_getscheduler(0) if hasattr(os, "SCHED_IDLE") else os.getpriority(os.PRIO_PROCESS, 0))
+
+
+def test_baseline_export_children_run_on_idle_cycles_only():
+    import multiprocessing as mp
+    import os
+
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    child = ctx.Process(target=_scheduler_after_lowest_priority, args=(queue,))
+    child.start()
+    got = queue.get(timeout=120)
+    child.join()
+    assert got == (os.SCHED_IDLE if hasattr(os, "SCHED_IDLE") else 19)
