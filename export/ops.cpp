@@ -207,7 +207,8 @@ bool check_linear(KernelRuntimeContext& ctx, const Tensor& x, const Tensor& qwei
 
 Tensor& int4_linear_out(KernelRuntimeContext& ctx, const Tensor& x, const Tensor& qweight, const Tensor& scales,
                         const std::optional<Tensor>& zeros, const std::optional<Tensor>& bias, int64_t group,
-                        int64_t act_bits, double act_clip, const std::optional<Tensor>& residual, Tensor& out) {
+                        int64_t act_bits, double act_clip, const std::optional<Tensor>& residual,
+                        const std::optional<Tensor>& norm, double norm_eps, Tensor& out) {
   // The sampled storage bytes are cold (a decode step streams far more than the caches hold): start both
   // loads now so that they overlap the checks and the cache lookup instead of following them.
   __builtin_prefetch(qweight.const_data_ptr());
@@ -215,12 +216,22 @@ Tensor& int4_linear_out(KernelRuntimeContext& ctx, const Tensor& x, const Tensor
   if (!check_linear(ctx, x, qweight, scales, zeros, bias, group)) return out;
   std::vector<SizesType> shape = sizes_of(x);
   shape.back() = static_cast<SizesType>(qweight.size(0));
+  const int64_t K = x.size(x.dim() - 1);
   if (!resize(ctx, out, shape) ||
       !check(ctx, !residual || (residual->scalar_type() == ScalarType::Float && residual->numel() == out.numel()),
-             "int4_linear: residual must be float32 shaped like the output"))
+             "int4_linear: residual must be float32 shaped like the output") ||
+      !check(ctx, !norm || (norm->scalar_type() == ScalarType::Float && norm->numel() == K),
+             "int4_linear: norm must be float32 [K]"))
     return out;
-  const int64_t K = x.size(x.dim() - 1);
   try {
+    const float* input = x.const_data_ptr<float>();
+    if (norm) {  // the RMSNorm before the linear, into per-thread scratch (the rms_norm op's kernel: same bits)
+      thread_local std::vector<float> normed;
+      normed.resize(static_cast<size_t>(x.numel()));
+      spinquant::rms_norm(input, norm->const_data_ptr<float>(), K ? x.numel() / K : 0, K,
+                          static_cast<float>(norm_eps), normed.data(), g_threads.load());
+      input = normed.data();
+    }
     const Packed packed = packed_for(qweight, scales, zeros, K, group);
     spinquant::int4::LinearParams params;
     params.act_bits = static_cast<int>(act_bits);
@@ -228,8 +239,7 @@ Tensor& int4_linear_out(KernelRuntimeContext& ctx, const Tensor& x, const Tensor
     params.bias = bias ? bias->const_data_ptr<float>() : nullptr;
     params.threads = g_threads.load();
     params.next = packed.next.get();
-    spinquant::int4::linear(*packed.weight, x.const_data_ptr<float>(), K ? x.numel() / K : 0,
-                            out.mutable_data_ptr<float>(), params);
+    spinquant::int4::linear(*packed.weight, input, K ? x.numel() / K : 0, out.mutable_data_ptr<float>(), params);
     if (residual)  // the decoder's residual add, while the output is still in cache
       spinquant::add(out.const_data_ptr<float>(), residual->const_data_ptr<float>(), out.numel(),
                      out.mutable_data_ptr<float>(), g_threads.load());

@@ -13,6 +13,7 @@ pytest.importorskip("executorch")
 from spinquant.export import ops  # noqa: E402
 from spinquant.export.exporter import write_atomic  # noqa: E402
 from spinquant.hadamard import base_hadamard, hadamard_transform  # noqa: E402
+from spinquant.model import rms_norm  # noqa: E402
 from spinquant.quant.packing import pack_weight  # noqa: E402
 from spinquant.quant.quantizer import fake_quant, quantize_weight_rtn  # noqa: E402
 
@@ -48,6 +49,7 @@ class OpsProgram(nn.Module):
             self.register_buffer(f"l{i}_bias", torch.randn(n, generator=GEN) if bias else None)
             self.cases.append((st["dequant"], group, act_bits, clip, sym))
         self.register_buffer("norm_w", 1 + 0.3 * torch.randn(16, generator=GEN))
+        self.register_buffer("norm_k", 1 + 0.3 * torch.randn(LINEARS[1][1], generator=GEN))
 
     def forward(self, *xs: torch.Tensor) -> tuple:
         outs = [sq.hadamard(xs[i], getattr(self, f"hk{i}")) for i in range(len(HADAMARD_SIZES))]
@@ -68,6 +70,10 @@ class OpsProgram(nn.Module):
         n0 = LINEARS[0][0]  # the first linear again, adding a residual (as o_proj / down_proj do)
         outs.append(sq.int4_linear(xs[len(HADAMARD_SIZES)], self.l0_qweight, self.l0_scales, None, None,
                                    LINEARS[0][2], LINEARS[0][5], LINEARS[0][6], xs[-2].view(-1, n0)))  # fmt: skip
+        i = 1  # the second linear again, with the RMSNorm before it fused in (as q/k/v and gate/up do)
+        outs.append(sq.int4_linear(xs[len(HADAMARD_SIZES) + i], self.l1_qweight, self.l1_scales, self.l1_zeros,
+                                   self.l1_bias, LINEARS[i][2], LINEARS[i][5], LINEARS[i][6], None, self.norm_k,
+                                   1e-5))  # fmt: skip
         x = xs[-1]
         outs.append(sq.rms_norm(x.view(-1, 16), self.norm_w, 1e-5))
         outs.append(sq.silu_mul(x))
@@ -112,6 +118,12 @@ def test_eager_int4_linear_matches_dequantized_weight():
         r = torch.randn(5, n, generator=GEN)
         y2 = sq.int4_linear(x, p["qweight"], p["scales"], p.get("zeros"), None, min(group, k), act_bits, clip, r)
         torch.testing.assert_close(y2, y + r)
+        w = torch.rand(k, generator=GEN) + 0.5
+        y3 = sq.int4_linear(x, p["qweight"], p["scales"], p.get("zeros"), None, min(group, k), act_bits, clip, None, w,
+                            1e-5)  # fmt: skip
+        xn = rms_norm(x, w, 1e-5)
+        xq = fake_quant(xn, act_bits, sym=False, clip=clip) if act_bits < 16 else xn
+        torch.testing.assert_close(y3, F.linear(xq, st["dequant"]), atol=1e-4, rtol=1e-5)
 
 
 def test_eager_fused_elementwise_match_model():

@@ -4,10 +4,11 @@
 when T > 1, one decode step when T = 1) against a KV cache held as mutable buffers, updated in place. Weights
 of quantized linears are buffers in the int4 storage layout of docs/INT4_FORMAT.md and run through
 `spinquant::int4_linear` (activations quantized per token inside the op; q/k/v and gate/up each share one
-call; o_proj and down_proj add the residual stream in the same op); online Hadamards run through
-`spinquant::hadamard` (R4 on the down_proj input) and inside the attention op (R3 on q/k, after RoPE). The
-KV cache is float32 (`spinquant::attention`) or the 4/8-bit layout of `spinquant::kv_attention`; either op
-takes the q/k/v projection's output as it is and does the RoPE, the cache update and the attention.
+call, which also applies the RMSNorm before them; o_proj and down_proj add the residual stream in the op);
+online Hadamards run through `spinquant::hadamard` (R4 on the down_proj input) and inside the attention op
+(R3 on q/k, after RoPE). The KV cache is float32 (`spinquant::attention`) or the 4/8-bit layout of
+`spinquant::kv_attention`; either op takes the q/k/v projection's output as it is and does the RoPE, the
+cache update and the attention.
 """
 
 from __future__ import annotations
@@ -27,6 +28,9 @@ from . import ops as _ops  # noqa: F401  (registers torch.ops.spinquant)
 from .ops import kv_cache_layout
 
 sq = torch.ops.spinquant
+
+
+Norm = tuple[Tensor, float]  # an RMSNorm (weight, eps) applied to a linear's input inside the op
 
 
 class ExportError(ValueError):
@@ -83,16 +87,20 @@ class ExportLinear(nn.Module):
         self.scales = nn.Buffer(wq.scales.contiguous())
         self.zeros = None if wq.sym else nn.Buffer(wq.zeros.contiguous())
 
-    def forward(self, x: Tensor, residual: Tensor | None = None) -> Tensor:
-        """self(x) (+ residual, fused into the int4 op)."""
+    def forward(self, x: Tensor, residual: Tensor | None = None, norm: Norm | None = None) -> Tensor:
+        """self(rms_norm(x) if norm else x) (+ residual); the norm and the residual add run inside the int4 op."""
+        if norm is not None and (self.online_had or not self.quantized):
+            x, norm = sq.rms_norm(x, *norm), None
         if self.online_had:
             x = sq.hadamard(x, self.hk)
         if not self.quantized:
             y = self.fp(x)
             return y if residual is None else residual + y
+        weight, eps = norm if norm is not None else (None, 0.0)
         return sq.int4_linear(
-            x, self.qweight, self.scales, self.zeros, self.bias, self.group, self.act_bits, self.act_clip, residual
-        )
+            x, self.qweight, self.scales, self.zeros, self.bias, self.group, self.act_bits, self.act_clip, residual,
+            weight, eps,
+        )  # fmt: skip
 
 
 def _concat_linears(parts: list[ExportLinear]) -> ExportLinear | None:
@@ -153,12 +161,13 @@ class ExportAttention(nn.Module):
             lay = kv_cache_layout(hkv, max_seq_len, d, self.kv_bits, self.kv_group)
             self.register_buffer("kv_cache", torch.zeros(lay.nbytes, dtype=torch.uint8))
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, input_pos: Tensor, residual: Tensor) -> Tensor:
-        """residual + attention(x)."""
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, input_pos: Tensor, residual: Tensor, norm: Norm) -> Tensor:
+        """residual + attention(rms_norm(x))."""
         if self.qkv is not None:
-            qkv = self.qkv(x)
+            qkv = self.qkv(x, norm=norm)
         else:
-            qkv = torch.cat([self.q_proj(x), self.k_proj(x), self.v_proj(x)], dim=-1)
+            h = sq.rms_norm(x, *norm)
+            qkv = torch.cat([self.q_proj(h), self.k_proj(h), self.v_proj(h)], dim=-1)
         r3 = self.hk if self.r3 else None
         if self.kv_bits == 16:  # the ops write the caches too
             out = sq.attention(qkv, cos, sin, r3, self.k_cache, self.v_cache, input_pos, self.n_heads)
@@ -184,12 +193,14 @@ class ExportBlock(nn.Module):
         self.down_proj = ExportLinear(f"{name}.mlp.down_proj", mlp.down_proj)
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, input_pos: Tensor) -> Tensor:
-        x = self.attn(sq.rms_norm(x, self.attn_norm, self.eps), cos, sin, input_pos, residual=x)
-        return self.down_proj(self._act(sq.rms_norm(x, self.mlp_norm, self.eps)), residual=x)
+        x = self.attn(x, cos, sin, input_pos, residual=x, norm=(self.attn_norm, self.eps))
+        return self.down_proj(self._act(x, (self.mlp_norm, self.eps)), residual=x)
 
-    def _act(self, h: Tensor) -> Tensor:
+    def _act(self, x: Tensor, norm: Norm) -> Tensor:
+        """silu(gate(h)) * up(h) of h = rms_norm(x)."""
         if self.gate_up is not None:
-            return sq.silu_mul(self.gate_up(h))
+            return sq.silu_mul(self.gate_up(x, norm=norm))
+        h = sq.rms_norm(x, *norm)
         return F.silu(self.gate_proj(h)) * self.up_proj(h)
 
 
@@ -218,8 +229,8 @@ class ExportableDecoder(nn.Module):
         cos, sin = self.cos[input_pos], self.sin[input_pos]
         for layer in self.layers:
             x = layer(x, cos, sin, input_pos)
-        # [None] on the normed [T, dim] input, not on the [T, V] logits: the runtime copies what it unsqueezes.
-        return self.lm_head(sq.rms_norm(x, self.norm, self.args.norm_eps)[None])
+        # [None] on the [T, dim] input, not on the [T, V] logits: the runtime copies what it unsqueezes.
+        return self.lm_head(x[None], norm=(self.norm, self.args.norm_eps))
 
     def reset_cache(self) -> None:
         """Zero every KV cache buffer (eager use)."""

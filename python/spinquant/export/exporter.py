@@ -21,7 +21,8 @@ from torch.export import Dim
 
 from .exportable import ExportableDecoder, ExportError
 
-FORMAT = "spinquant-pte-v3"  # v2: int4_linear takes the residual; v3: attention ops take qkv and do RoPE
+# v2: int4_linear takes the residual; v3: attention ops take qkv and do RoPE; v4: int4_linear applies the RMSNorm
+FORMAT = "spinquant-pte-v4"
 TARGETS = ("arm64", "x86_64")
 METADATA_METHOD = "spinquant_metadata"
 

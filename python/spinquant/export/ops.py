@@ -5,9 +5,10 @@ Each op has a functional form, an `.out` overload (what ExecuTorch's out-variant
 plain PyTorch. The CPU implementation is the eager reference the native runtime kernels are tested against:
 
 - `hadamard(x, hk)`: orthonormal Hadamard transform over the last dim, n = K * 2^k, hk the int8 K x K base.
-- `int4_linear(x, qweight, scales, zeros, bias, group, act_bits, act_clip, residual=None)`: y = fq(x) @ W^T
-  (+ bias) (+ residual), W in the int4 storage layout of docs/INT4_FORMAT.md, fq the per-token asymmetric
-  activation quantizer (act_bits 16: none); `residual` (shaped like y) fuses the decoder's residual add.
+- `int4_linear(x, qweight, scales, zeros, bias, group, act_bits, act_clip, residual=None, norm=None,
+  norm_eps=0)`: y = fq(x) @ W^T (+ bias) (+ residual), W in the int4 storage layout of docs/INT4_FORMAT.md,
+  fq the per-token asymmetric activation quantizer (act_bits 16: none); `residual` (shaped like y) fuses the
+  decoder's residual add, `norm` (a [K] weight) the RMSNorm before the linear: x = rms_norm(x, norm, norm_eps).
 - `attention(qkv, cos, sin, hk, k_cache, v_cache, input_pos, n_heads)`: a layer's whole attention step after
   the q/k/v projection. qkv [T, (H + 2 Hkv) D] holds q, k, v side by side; RoPE (cos/sin [T, D]) and, when
   hk is given, R3 (the Hadamard transform over head_dim) go on q and k; k, v are written into the float caches
@@ -40,7 +41,7 @@ _lib.define("hadamard(Tensor x, Tensor hk) -> Tensor")
 _lib.define("hadamard.out(Tensor x, Tensor hk, *, Tensor(a!) out) -> Tensor(a!)")
 _LINEAR_ARGS = (
     "Tensor x, Tensor qweight, Tensor scales, Tensor? zeros, Tensor? bias, int group, int act_bits, float act_clip, "
-    "Tensor? residual=None"
+    "Tensor? residual=None, Tensor? norm=None, float norm_eps=0.0"
 )
 _lib.define(f"int4_linear({_LINEAR_ARGS}) -> Tensor")
 _lib.define(f"int4_linear.out({_LINEAR_ARGS}, *, Tensor(a!) out) -> Tensor(a!)")
@@ -91,7 +92,11 @@ def dequantize_storage(qweight: Tensor, scales: Tensor, zeros: Tensor | None, k:
     return (codes - offset) * scales.float()[:, cols]
 
 
-def _linear_ref(x, qweight, scales, zeros, bias, group, act_bits, act_clip, residual=None) -> Tensor:
+def _linear_ref(
+    x, qweight, scales, zeros, bias, group, act_bits, act_clip, residual=None, norm=None, norm_eps=0.0
+) -> Tensor:
+    if norm is not None:
+        x = rms_norm(x, norm, norm_eps)
     k = x.shape[-1]
     w = dequantize_storage(qweight, scales, zeros, k, group)
     if act_bits < 16:
@@ -105,18 +110,18 @@ def _linear_shape(x: Tensor, qweight: Tensor) -> list[int]:
 
 
 @torch.library.impl(_lib, "int4_linear", "CPU")
-def _int4_linear_cpu(x, qweight, scales, zeros, bias, group, act_bits, act_clip, residual=None) -> Tensor:
-    return _linear_ref(x, qweight, scales, zeros, bias, group, act_bits, act_clip, residual)
+def _int4_linear_cpu(*args, **kwargs) -> Tensor:
+    return _linear_ref(*args, **kwargs)
 
 
 @torch.library.impl(_lib, "int4_linear.out", "CPU")
-def _int4_linear_out_cpu(x, qweight, scales, zeros, bias, group, act_bits, act_clip, residual=None, *, out) -> Tensor:
-    y = _linear_ref(x, qweight, scales, zeros, bias, group, act_bits, act_clip, residual)
+def _int4_linear_out_cpu(*args, out, **kwargs) -> Tensor:
+    y = _linear_ref(*args, **kwargs)
     return out.resize_(y.shape).copy_(y)
 
 
 @torch.library.register_fake(f"{NAMESPACE}::int4_linear")
-def _int4_linear_fake(x, qweight, scales, zeros, bias, group, act_bits, act_clip, residual=None) -> Tensor:
+def _int4_linear_fake(x, qweight, *args, **kwargs) -> Tensor:
     return x.new_empty(_linear_shape(x, qweight))
 
 
