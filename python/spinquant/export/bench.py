@@ -213,8 +213,9 @@ def export_xnnpack(name: str, model_path: str | None, out: Path, max_seq_len: in
 
 
 def _lowest_priority() -> None:
-    """Run this process on idle cycles only. A busy process at normal priority (or nice 19) beside a two-thread
-    torch job on two cores slows that job 2.4x (1.3x): every parallel region waits for its descheduled thread."""
+    """Run this process on idle cycles only. A busy process at normal priority beside a two-thread torch job on
+    two cores slowed that job 2.3x (every parallel region waits for its descheduled thread); at SCHED_IDLE it
+    did not measurably. nice 19 is the fallback where SCHED_IDLE does not exist."""
     if hasattr(os, "SCHED_IDLE"):
         os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
     else:  # macOS has no SCHED_IDLE
@@ -231,9 +232,10 @@ def start_xnnpack_exports(
     model_path: str | None, out: Path, variants: list[str], max_seq_len: int = 256
 ) -> list[mp.process.BaseProcess]:
     """Export the XNNPACK variants in child processes on one thread each at the lowest priority: their export is
-    minutes of single-threaded graph tracing, which can use the cycles other work leaves idle (the main job's
-    one-threaded GPTQ loops, its evaluation's serial steps) without slowing it. run_bench reuses their .pte
-    files; join the processes first (a failed one leaves no file, and run_bench exports it again)."""
+    minutes of single-threaded graph tracing that takes only cycles other work leaves idle, so it never slows
+    that work (beside the main job it gets few: torch's threads spin between ops; most of it runs once the
+    parent waits for it). run_bench reuses their .pte files; join the processes first (a failed one leaves no
+    file, and run_bench exports it again)."""
     ctx = mp.get_context("spawn")
     procs = [
         ctx.Process(target=_export_on_one_thread, args=(name, model_path, out, max_seq_len), daemon=True)
@@ -360,8 +362,8 @@ def markdown(results: list[Result]) -> str:
         lines += [f"| {num} / {den} | {t} | {ratio:.3f} |" for num, den, t, ratio in ratios]
     floor = [r for r in results if r.variant == FLOOR]
     if floor:
-        gbs = ", ".join(f"{r.threads} thread(s) {r.decode_ms_per_token:.2f} ms" for r in floor)
-        lines.append(f"\n{FLOOR}: one read of w4a8_no_had's weight bytes on the kernels' thread pool ({gbs})")
+        times = ", ".join(f"{r.threads} thread(s) {r.decode_ms_per_token:.2f} ms" for r in floor)
+        lines.append(f"\n{FLOOR}: one read of w4a8_no_had's weight bytes on the kernels' thread pool ({times})")
     return "\n".join(lines) + "\n"
 
 
@@ -421,19 +423,19 @@ def run_bench(
     folder = model_path or str(assets.default_model_dir())
     tokenizer = AutoTokenizer.from_pretrained(folder)
     ids = prompt_ids(tokenizer, prompt_len)
-    runners, ppl = {}, None
+    runners, ppl, floor_bytes = {}, None, None
     for name in variants:
         runner, seconds, nbytes = build_variant(name, model_path, out, max_seq_len, seed)
         log(f"{name}: ready in {seconds:.0f} s")
         if name == PPL_VARIANT:
-            floor = FloorRunner(nbytes)
+            floor_bytes = nbytes
             window = test_windows(tokenizer, min(ppl_tokens, max_seq_len), 1)[0]
             ppl = perplexity_pair(runner.eager, runner.model, window)
             runner.eager = None
             log(f"{name}: perplexity on {len(window)} wiki tokens: eager {ppl[0]:.4f}, .pte {ppl[1]:.4f}")
         runners[name] = runner
-    if PPL_VARIANT in runners:
-        runners[FLOOR] = floor
+    if floor_bytes is not None:
+        runners[FLOOR] = FloorRunner(floor_bytes)
     results = measure(runners, ids, threads, new_tokens, runs)
     for r in results:
         log(
