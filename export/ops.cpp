@@ -2,7 +2,8 @@
 // reference): thin wrappers that check shapes and call the native kernels of kernels/.
 //
 //   spinquant::hadamard.out(x, hk, *, out)
-//   spinquant::int4_linear.out(x, qweight, scales, zeros?, bias?, group, act_bits, act_clip, residual?, *, out)
+//   spinquant::int4_linear.out(x, qweight, scales, zeros?, bias?, group, act_bits, act_clip, residual?, norm?,
+//       norm_eps, glu, had?, *, out): input prologue (RMSNorm, silu(gate) * up, Hadamard), GEMV/GEMM, residual add
 //   spinquant::attention.out(qkv, cos, sin, hk?, k_cache(a!), v_cache(b!), input_pos, n_heads, *, out):
 //       RoPE (+ R3 when given hk) on q/k of the packed projection output, float-cache update, attention
 //   spinquant::kv_attention.out(qkv, cos, sin, hk?, cache(a!), input_pos, n_heads, n_kv_heads, bits, group, *, out):
@@ -186,11 +187,9 @@ Packed packed_for(const Tensor& qweight, const Tensor& scales, const std::option
   return {packed, nullptr};
 }
 
-bool check_linear(KernelRuntimeContext& ctx, const Tensor& x, const Tensor& qweight, const Tensor& scales,
+// K is the linear's input width: x's last dim, or half of it when glu pairs (gate, up) into silu(gate) * up.
+bool check_linear(KernelRuntimeContext& ctx, const Tensor& x, int64_t K, const Tensor& qweight, const Tensor& scales,
                   const std::optional<Tensor>& zeros, const std::optional<Tensor>& bias, int64_t group) {
-  if (!check(ctx, x.scalar_type() == ScalarType::Float && x.dim() >= 1, "int4_linear: x must be float32"))
-    return false;
-  const int64_t K = x.size(x.dim() - 1);
   const int64_t G = group > 0 ? (K + group - 1) / group : 0;
   return check(ctx, qweight.scalar_type() == ScalarType::Byte && qweight.dim() == 2 &&
                         qweight.size(1) == (K + 1) / 2,
@@ -205,33 +204,65 @@ bool check_linear(KernelRuntimeContext& ctx, const Tensor& x, const Tensor& qwei
                "int4_linear: bias must be float32 [N]");
 }
 
+// The linear's input prologue, x [rows, width] -> [rows, K] in per-thread scratch: RMSNorm over width when
+// given `norm` (the rms_norm op's kernel: same bits), silu(gate) * up of the halves when `glu` (the silu_mul
+// op's kernel), then the Hadamard transform over K when given `had` (R4 before down_proj). x itself when none.
+const float* linear_input(const float* x, int64_t rows, int64_t width, const float* norm, float norm_eps, bool glu,
+                          const spinquant::HadamardTransform* had, int threads) {
+  if (!norm && !glu && !had) return x;
+  thread_local std::vector<float> buf[2];
+  const int64_t K = glu ? width / 2 : width;
+  const float* in = x;
+  float* y = nullptr;
+  if (norm) {
+    buf[0].resize(static_cast<size_t>(rows * width));
+    spinquant::rms_norm(in, norm, rows, width, norm_eps, y = buf[0].data(), threads);
+    in = y;
+  }
+  if (glu) {
+    buf[1].resize(static_cast<size_t>(rows * K));
+    spinquant::silu_mul(in, rows, K, y = buf[1].data(), threads);
+  }
+  if (had) {
+    if (!y) {
+      buf[1].resize(static_cast<size_t>(rows * K));
+      y = static_cast<float*>(std::memcpy(buf[1].data(), x, static_cast<size_t>(rows * K) * sizeof(float)));
+    }
+    had->apply(y, rows, op_threads(rows * K));
+  }
+  return y;
+}
+
 Tensor& int4_linear_out(KernelRuntimeContext& ctx, const Tensor& x, const Tensor& qweight, const Tensor& scales,
                         const std::optional<Tensor>& zeros, const std::optional<Tensor>& bias, int64_t group,
                         int64_t act_bits, double act_clip, const std::optional<Tensor>& residual,
-                        const std::optional<Tensor>& norm, double norm_eps, Tensor& out) {
+                        const std::optional<Tensor>& norm, double norm_eps, bool glu, const std::optional<Tensor>& had,
+                        Tensor& out) {
   // The sampled storage bytes are cold (a decode step streams far more than the caches hold): start both
   // loads now so that they overlap the checks and the cache lookup instead of following them.
   __builtin_prefetch(qweight.const_data_ptr());
   __builtin_prefetch(scales.const_data_ptr());
-  if (!check_linear(ctx, x, qweight, scales, zeros, bias, group)) return out;
+  if (!check(ctx, x.scalar_type() == ScalarType::Float && x.dim() >= 1, "int4_linear: x must be float32"))
+    return out;
+  const int64_t width = x.size(x.dim() - 1), K = glu ? width / 2 : width, rows = width ? x.numel() / width : 0;
+  if (!check(ctx, !glu || width % 2 == 0, "int4_linear: glu needs an even input width (gate, up)") ||
+      !check_linear(ctx, x, K, qweight, scales, zeros, bias, group))
+    return out;
   std::vector<SizesType> shape = sizes_of(x);
   shape.back() = static_cast<SizesType>(qweight.size(0));
-  const int64_t K = x.size(x.dim() - 1);
   if (!resize(ctx, out, shape) ||
       !check(ctx, !residual || (residual->scalar_type() == ScalarType::Float && residual->numel() == out.numel()),
              "int4_linear: residual must be float32 shaped like the output") ||
-      !check(ctx, !norm || (norm->scalar_type() == ScalarType::Float && norm->numel() == K),
-             "int4_linear: norm must be float32 [K]"))
+      !check(ctx, !norm || (norm->scalar_type() == ScalarType::Float && norm->numel() == width),
+             "int4_linear: norm must be float32 [x.size(-1)]") ||
+      !check(ctx, !had || (had->scalar_type() == ScalarType::Char && had->dim() == 2 && had->size(0) == had->size(1)),
+             "int4_linear: had must be an int8 [K, K] matrix"))
     return out;
   try {
-    const float* input = x.const_data_ptr<float>();
-    if (norm) {  // the RMSNorm before the linear, into per-thread scratch (the rms_norm op's kernel: same bits)
-      thread_local std::vector<float> normed;
-      normed.resize(static_cast<size_t>(x.numel()));
-      spinquant::rms_norm(input, norm->const_data_ptr<float>(), K ? x.numel() / K : 0, K,
-                          static_cast<float>(norm_eps), normed.data(), g_threads.load());
-      input = normed.data();
-    }
+    const spinquant::HadamardTransform* transform =
+        had ? &hadamard_for(K, had->const_data_ptr<int8_t>(), had->size(0)) : nullptr;
+    const float* input = linear_input(x.const_data_ptr<float>(), rows, width, norm ? norm->const_data_ptr<float>() : nullptr,
+                                      static_cast<float>(norm_eps), glu, transform, g_threads.load());
     const Packed packed = packed_for(qweight, scales, zeros, K, group);
     spinquant::int4::LinearParams params;
     params.act_bits = static_cast<int>(act_bits);
@@ -239,7 +270,7 @@ Tensor& int4_linear_out(KernelRuntimeContext& ctx, const Tensor& x, const Tensor
     params.bias = bias ? bias->const_data_ptr<float>() : nullptr;
     params.threads = g_threads.load();
     params.next = packed.next.get();
-    spinquant::int4::linear(*packed.weight, input, K ? x.numel() / K : 0, out.mutable_data_ptr<float>(), params);
+    spinquant::int4::linear(*packed.weight, input, rows, out.mutable_data_ptr<float>(), params);
     if (residual)  // the decoder's residual add, while the output is still in cache
       spinquant::add(out.const_data_ptr<float>(), residual->const_data_ptr<float>(), out.numel(),
                      out.mutable_data_ptr<float>(), g_threads.load());

@@ -74,6 +74,12 @@ class OpsProgram(nn.Module):
         outs.append(sq.int4_linear(xs[len(HADAMARD_SIZES) + i], self.l1_qweight, self.l1_scales, self.l1_zeros,
                                    self.l1_bias, LINEARS[i][2], LINEARS[i][5], LINEARS[i][6], None, self.norm_k,
                                    1e-5))  # fmt: skip
+        # silu(gate) * up and R4 before the linear (as down_proj does for had), and the Hadamard alone (K = 12 * 8)
+        outs.append(sq.int4_linear(xs[-3], self.l1_qweight, self.l1_scales, self.l1_zeros, self.l1_bias,
+                                   LINEARS[1][2], LINEARS[1][5], LINEARS[1][6], None, None, 0.0, True,
+                                   self.hk0))  # fmt: skip
+        outs.append(sq.int4_linear(xs[len(HADAMARD_SIZES) + 2], self.l2_qweight, self.l2_scales, None, self.l2_bias,
+                                   LINEARS[2][2], LINEARS[2][5], LINEARS[2][6], had=self.hk1))  # fmt: skip
         x = xs[-1]
         outs.append(sq.rms_norm(x.view(-1, 16), self.norm_w, 1e-5))
         outs.append(sq.silu_mul(x))
@@ -85,7 +91,8 @@ def _inputs() -> list[torch.Tensor]:
     x = torch.randn(3, 4, 16, generator=GEN)  # for rms_norm and silu_mul
     residual = torch.randn(5, LINEARS[0][0], generator=GEN)
     linears = [torch.randn(5, k, generator=GEN) for _, k, *_ in LINEARS]
-    return xs + linears + [residual, x]
+    gate_up = torch.randn(5, 2 * LINEARS[1][1], generator=GEN)
+    return xs + linears + [gate_up, residual, x]
 
 
 def _run_program(module: nn.Module, inputs: tuple, tmp_path) -> list:
@@ -124,6 +131,13 @@ def test_eager_int4_linear_matches_dequantized_weight():
         xn = rms_norm(x, w, 1e-5)
         xq = fake_quant(xn, act_bits, sym=False, clip=clip) if act_bits < 16 else xn
         torch.testing.assert_close(y3, F.linear(xq, st["dequant"]), atol=1e-4, rtol=1e-5)
+        if k & (k - 1) == 0 or k % 12 == 0:  # silu(gate) * up, then the Hadamard transform, before the linear
+            gate_up = torch.randn(5, 2 * k, generator=GEN)
+            y4 = sq.int4_linear(gate_up, p["qweight"], p["scales"], p.get("zeros"), None, min(group, k), act_bits, clip,
+                                glu=True, had=base_hadamard(k)[1])  # fmt: skip
+            xh = hadamard_transform(F.silu(gate_up[:, :k]) * gate_up[:, k:])
+            xq = fake_quant(xh, act_bits, sym=False, clip=clip) if act_bits < 16 else xh
+            torch.testing.assert_close(y4, F.linear(xq, st["dequant"]), atol=1e-4, rtol=1e-5)
 
 
 def test_eager_fused_elementwise_match_model():

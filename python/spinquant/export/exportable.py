@@ -4,11 +4,11 @@
 when T > 1, one decode step when T = 1) against a KV cache held as mutable buffers, updated in place. Weights
 of quantized linears are buffers in the int4 storage layout of docs/INT4_FORMAT.md and run through
 `spinquant::int4_linear` (activations quantized per token inside the op; q/k/v and gate/up each share one
-call, which also applies the RMSNorm before them; o_proj and down_proj add the residual stream in the op);
-online Hadamards run through `spinquant::hadamard` (R4 on the down_proj input) and inside the attention op
-(R3 on q/k, after RoPE). The KV cache is float32 (`spinquant::attention`) or the 4/8-bit layout of
-`spinquant::kv_attention`; either op takes the q/k/v projection's output as it is and does the RoPE, the
-cache update and the attention.
+call, which also applies the RMSNorm before them; down_proj's call applies silu(gate) * up and, for had, R4 to
+its input; o_proj and down_proj add the residual stream in the op), so a layer is five runtime ops with or
+without the online Hadamards (R3 on q/k, after RoPE, runs inside the attention op). The KV cache is float32
+(`spinquant::attention`) or the 4/8-bit layout of `spinquant::kv_attention`; either op takes the q/k/v
+projection's output as it is and does the RoPE, the cache update and the attention.
 """
 
 from __future__ import annotations
@@ -87,19 +87,24 @@ class ExportLinear(nn.Module):
         self.scales = nn.Buffer(wq.scales.contiguous())
         self.zeros = None if wq.sym else nn.Buffer(wq.zeros.contiguous())
 
-    def forward(self, x: Tensor, residual: Tensor | None = None, norm: Norm | None = None) -> Tensor:
-        """self(rms_norm(x) if norm else x) (+ residual); the norm and the residual add run inside the int4 op."""
-        if norm is not None and (self.online_had or not self.quantized):
-            x, norm = sq.rms_norm(x, *norm), None
-        if self.online_had:
-            x = sq.hadamard(x, self.hk)
+    def forward(self, x: Tensor, residual: Tensor | None = None, norm: Norm | None = None, glu: bool = False) -> Tensor:
+        """self(h) (+ residual) of h = x, rms_norm(x) if norm, then silu(gate) * up of h's halves if glu.
+
+        The norm, the glu, the online Hadamard and the residual add all run inside the one int4 op.
+        """
         if not self.quantized:
+            if norm is not None:
+                x = sq.rms_norm(x, *norm)
+            if glu:
+                x = sq.silu_mul(x)
+            if self.online_had:
+                x = sq.hadamard(x, self.hk)
             y = self.fp(x)
             return y if residual is None else residual + y
         weight, eps = norm if norm is not None else (None, 0.0)
         return sq.int4_linear(
             x, self.qweight, self.scales, self.zeros, self.bias, self.group, self.act_bits, self.act_clip, residual,
-            weight, eps,
+            weight, eps, glu, self.hk if self.online_had else None,
         )  # fmt: skip
 
 
@@ -194,14 +199,11 @@ class ExportBlock(nn.Module):
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, input_pos: Tensor) -> Tensor:
         x = self.attn(x, cos, sin, input_pos, residual=x, norm=(self.attn_norm, self.eps))
-        return self.down_proj(self._act(x, (self.mlp_norm, self.eps)), residual=x)
-
-    def _act(self, x: Tensor, norm: Norm) -> Tensor:
-        """silu(gate(h)) * up(h) of h = rms_norm(x)."""
-        if self.gate_up is not None:
-            return sq.silu_mul(self.gate_up(x, norm=norm))
+        norm = (self.mlp_norm, self.eps)
+        if self.gate_up is not None:  # down_proj takes [gate(h), up(h)] and applies silu(gate) * up itself
+            return self.down_proj(self.gate_up(x, norm=norm), residual=x, glu=True)
         h = sq.rms_norm(x, *norm)
-        return F.silu(self.gate_proj(h)) * self.up_proj(h)
+        return self.down_proj(F.silu(self.gate_proj(h)) * self.up_proj(h), residual=x)
 
 
 class ExportableDecoder(nn.Module):

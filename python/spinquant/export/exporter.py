@@ -21,8 +21,9 @@ from torch.export import Dim
 
 from .exportable import ExportableDecoder, ExportError
 
-# v2: int4_linear takes the residual; v3: attention ops take qkv and do RoPE; v4: int4_linear applies the RMSNorm
-FORMAT = "spinquant-pte-v4"
+# v2: int4_linear takes the residual; v3: attention ops take qkv and do RoPE; v4: int4_linear applies the RMSNorm;
+# v5: int4_linear applies silu(gate) * up and the online Hadamard (down_proj)
+FORMAT = "spinquant-pte-v5"
 TARGETS = ("arm64", "x86_64")
 METADATA_METHOD = "spinquant_metadata"
 

@@ -6,9 +6,11 @@ plain PyTorch. The CPU implementation is the eager reference the native runtime 
 
 - `hadamard(x, hk)`: orthonormal Hadamard transform over the last dim, n = K * 2^k, hk the int8 K x K base.
 - `int4_linear(x, qweight, scales, zeros, bias, group, act_bits, act_clip, residual=None, norm=None,
-  norm_eps=0)`: y = fq(x) @ W^T (+ bias) (+ residual), W in the int4 storage layout of docs/INT4_FORMAT.md,
-  fq the per-token asymmetric activation quantizer (act_bits 16: none); `residual` (shaped like y) fuses the
-  decoder's residual add, `norm` (a [K] weight) the RMSNorm before the linear: x = rms_norm(x, norm, norm_eps).
+  norm_eps=0, glu=False, had=None)`: y = fq(x) @ W^T (+ bias) (+ residual), W in the int4 storage layout of
+  docs/INT4_FORMAT.md, fq the per-token asymmetric activation quantizer (act_bits 16: none); `residual` (shaped
+  like y) fuses the decoder's residual add. Before the linear, in this order: `norm` (a [x.size(-1)] weight)
+  x = rms_norm(x, norm, norm_eps); `glu` x = silu_mul(x) (x holds gate then up); `had` (an int8 base like
+  `hadamard`'s) x = hadamard(x, had), R4 before down_proj. One runtime op a linear, whatever precedes it.
 - `attention(qkv, cos, sin, hk, k_cache, v_cache, input_pos, n_heads)`: a layer's whole attention step after
   the q/k/v projection. qkv [T, (H + 2 Hkv) D] holds q, k, v side by side; RoPE (cos/sin [T, D]) and, when
   hk is given, R3 (the Hadamard transform over head_dim) go on q and k; k, v are written into the float caches
@@ -41,7 +43,7 @@ _lib.define("hadamard(Tensor x, Tensor hk) -> Tensor")
 _lib.define("hadamard.out(Tensor x, Tensor hk, *, Tensor(a!) out) -> Tensor(a!)")
 _LINEAR_ARGS = (
     "Tensor x, Tensor qweight, Tensor scales, Tensor? zeros, Tensor? bias, int group, int act_bits, float act_clip, "
-    "Tensor? residual=None, Tensor? norm=None, float norm_eps=0.0"
+    "Tensor? residual=None, Tensor? norm=None, float norm_eps=0.0, bool glu=False, Tensor? had=None"
 )
 _lib.define(f"int4_linear({_LINEAR_ARGS}) -> Tensor")
 _lib.define(f"int4_linear.out({_LINEAR_ARGS}, *, Tensor(a!) out) -> Tensor(a!)")
@@ -93,10 +95,26 @@ def dequantize_storage(qweight: Tensor, scales: Tensor, zeros: Tensor | None, k:
 
 
 def _linear_ref(
-    x, qweight, scales, zeros, bias, group, act_bits, act_clip, residual=None, norm=None, norm_eps=0.0
+    x,
+    qweight,
+    scales,
+    zeros,
+    bias,
+    group,
+    act_bits,
+    act_clip,
+    residual=None,
+    norm=None,
+    norm_eps=0.0,
+    glu=False,
+    had=None,
 ) -> Tensor:
     if norm is not None:
         x = rms_norm(x, norm, norm_eps)
+    if glu:
+        x = _silu_mul_ref(x)
+    if had is not None:
+        x = _hadamard_ref(x, had)
     k = x.shape[-1]
     w = dequantize_storage(qweight, scales, zeros, k, group)
     if act_bits < 16:
