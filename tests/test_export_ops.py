@@ -232,21 +232,23 @@ class KVProgram(nn.Module):
         return sq.kv_attention(qkv, cos, sin, self.hk, self.cache, pos, self.h, self.hkv, self.bits, self.group)
 
 
-@pytest.mark.parametrize("bits,group", [(4, 0), (8, 8)])
-def test_kv_attention_prefill_then_decode(tmp_path, bits, group):
-    h, hkv, d, seq = 4, 2, 16, 16
-    inputs = [torch.randn(7, (h + 2 * hkv) * d, generator=GEN), *_rope_angles(7, d)]
+# (bits, group, h, hkv, d, n): small, and decode steps big enough for the op to use every core (n - 2 positions
+# of prefill, then two decode steps)
+@pytest.mark.parametrize("bits,group,h,hkv,d,n", [(4, 0, 4, 2, 16, 7), (8, 8, 4, 2, 16, 7), (4, 32, 9, 3, 64, 40)])
+def test_kv_attention_prefill_then_decode(tmp_path, bits, group, h, hkv, d, n):
+    seq = n + 9 - (n + 9) % 4
+    inputs = [torch.randn(n, (h + 2 * hkv) * d, generator=GEN), *_rope_angles(n, d)]
     eager = KVProgram(h, hkv, d, seq, bits, group)
     method = _kv_method(KVProgram(h, hkv, d, seq, bits, group), inputs, seq, tmp_path / "kv.pte")
-    steps = [(0, 5), (5, 6), (6, 7)]  # prefill 5 positions, then two decode steps
-    for a, b in steps:
+    for a, b in [(0, n - 2), (n - 2, n - 1), (n - 1, n)]:
         args = [x[a:b] for x in inputs] + [torch.arange(a, b)]
         torch.testing.assert_close(method.execute(args)[0], eager(*args), atol=2e-5, rtol=1e-5)
-    # independent check of the last step: RoPE, R3, fake-quantized K/V of all 7 positions, causal GQA attention
+    # independent check of the last step: RoPE, R3, fake-quantized K/V of all n positions, causal GQA attention
     ref = _reference_attention(
         *inputs, h, hkv, r3=True, kv_quant=lambda x: fake_quant(x, bits, sym=False, group=group or d)
     )
-    torch.testing.assert_close(eager(*[x[6:7] for x in inputs], torch.tensor([6])), ref[6:7], atol=1e-5, rtol=1e-5)
+    last = [x[n - 1 : n] for x in inputs]
+    torch.testing.assert_close(eager(*last, torch.tensor([n - 1])), ref[n - 1 : n], atol=1e-5, rtol=1e-5)
 
 
 class FloatKVProgram(nn.Module):
@@ -262,16 +264,19 @@ class FloatKVProgram(nn.Module):
         return sq.attention(qkv, cos, sin, None, self.k_cache, self.v_cache, pos, self.h)
 
 
-def test_float_attention_prefill_then_decode(tmp_path):
-    h, hkv, d, seq = 6, 2, 20, 12  # head_dim 20: the SIMD paths fall back to the reference
-    inputs = [torch.randn(7, (h + 2 * hkv) * d, generator=GEN), *_rope_angles(7, d)]
+# head_dim 20: the SIMD paths fall back to the reference; the second case's decode steps run on every core
+@pytest.mark.parametrize("h,hkv,d,n", [(6, 2, 20, 7), (9, 3, 64, 40)])
+def test_float_attention_prefill_then_decode(tmp_path, h, hkv, d, n):
+    seq = n + 5
+    inputs = [torch.randn(n, (h + 2 * hkv) * d, generator=GEN), *_rope_angles(n, d)]
     eager = FloatKVProgram(h, hkv, d, seq)
     method = _kv_method(FloatKVProgram(h, hkv, d, seq), inputs, seq, tmp_path / "attn.pte")
-    for a, b in [(0, 5), (5, 6), (6, 7)]:  # prefill 5 positions, then two decode steps
+    for a, b in [(0, n - 2), (n - 2, n - 1), (n - 1, n)]:  # prefill, then two decode steps
         args = [x[a:b] for x in inputs] + [torch.arange(a, b)]
         torch.testing.assert_close(method.execute(args)[0], eager(*args), atol=2e-5, rtol=1e-5)
     ref = _reference_attention(*inputs, h, hkv)
-    torch.testing.assert_close(eager(*[x[6:7] for x in inputs], torch.tensor([6])), ref[6:7], atol=1e-5, rtol=1e-5)
+    last = [x[n - 1 : n] for x in inputs]
+    torch.testing.assert_close(eager(*last, torch.tensor([n - 1])), ref[n - 1 : n], atol=1e-5, rtol=1e-5)
 
 
 def test_kv_cache_layout_rejects_bad_sizes():
