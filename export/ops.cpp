@@ -63,8 +63,8 @@ int op_threads(int64_t work) { return work < (int64_t{1} << 16) ? 1 : g_threads.
 
 // Threads for attention over `jobs` (token, kv head) pairs and `work` multiply-adds. Its decode step is worth a
 // second thread from far less work than op_threads asks: it runs 8-16 us cold (code and metadata misses more than
-// arithmetic) while the second core waits for the next linear anyway; 2 threads at 17-48 positions of SmolLM2
-// (13k-37k multiply-adds): 4.7 % less time a token (14 paired rounds).
+// arithmetic) while the second core waits for the next linear anyway. 2 threads at 17-48 positions of SmolLM2
+// (13k-37k multiply-adds), time a token before / after: 1.04-1.09 (three A/Bs of 14 paired rounds).
 int attention_threads(int64_t jobs, int64_t work) {
   if (jobs < 2 || work < (int64_t{1} << 13)) return 1;
   const int t = g_threads.load();
@@ -198,7 +198,7 @@ Packed packed_for(const Tensor& qweight, const Tensor& scales, const std::option
 }
 
 // K is the linear's input width: x's last dim, or half of it when glu pairs (gate, up) into silu(gate) * up.
-bool check_linear(KernelRuntimeContext& ctx, const Tensor& x, int64_t K, const Tensor& qweight, const Tensor& scales,
+bool check_linear(KernelRuntimeContext& ctx, int64_t K, const Tensor& qweight, const Tensor& scales,
                   const std::optional<Tensor>& zeros, const std::optional<Tensor>& bias, int64_t group) {
   const int64_t G = group > 0 ? (K + group - 1) / group : 0;
   return check(ctx, qweight.scalar_type() == ScalarType::Byte && qweight.dim() == 2 &&
@@ -256,7 +256,7 @@ Tensor& int4_linear_out(KernelRuntimeContext& ctx, const Tensor& x, const Tensor
     return out;
   const int64_t width = x.size(x.dim() - 1), K = glu ? width / 2 : width, rows = width ? x.numel() / width : 0;
   if (!check(ctx, !glu || width % 2 == 0, "int4_linear: glu needs an even input width (gate, up)") ||
-      !check_linear(ctx, x, K, qweight, scales, zeros, bias, group))
+      !check_linear(ctx, K, qweight, scales, zeros, bias, group))
     return out;
   std::vector<SizesType> shape = sizes_of(x);
   shape.back() = static_cast<SizesType>(qweight.size(0));
@@ -271,8 +271,9 @@ Tensor& int4_linear_out(KernelRuntimeContext& ctx, const Tensor& x, const Tensor
   try {
     const spinquant::HadamardTransform* transform =
         had ? &hadamard_for(K, had->const_data_ptr<int8_t>(), had->size(0)) : nullptr;
-    const float* input = linear_input(x.const_data_ptr<float>(), rows, width, norm ? norm->const_data_ptr<float>() : nullptr,
-                                      static_cast<float>(norm_eps), glu, transform, g_threads.load());
+    const float* input = linear_input(x.const_data_ptr<float>(), rows, width,
+                                      norm ? norm->const_data_ptr<float>() : nullptr, static_cast<float>(norm_eps),
+                                      glu, transform, g_threads.load());
     const Packed packed = packed_for(qweight, scales, zeros, K, group);
     spinquant::int4::LinearParams params;
     params.act_bits = static_cast<int>(act_bits);
