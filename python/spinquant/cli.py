@@ -279,7 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--bench-variants",
         help="decode benchmark variants, '' to skip (default fp32_eager,xnnpack_8da4w,w4a8_no_had,"
-        "w4a8_had; --full adds w4a4kv4_had)",
+        "w4a8_had,w4a4kv4_had; --full adds xnnpack_8da4w_fused)",
     )
     p.add_argument("--seed", type=int, help="seed (default 0)")
     p.set_defaults(func=cmd_pipeline)

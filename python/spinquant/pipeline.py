@@ -58,7 +58,7 @@ class Settings:
     zeroshot_tasks: tuple[str, ...] = DEFAULT_TASKS
     seed: int = 0
     export: bool = True
-    bench_variants: tuple[str, ...] = ("fp32_eager", "xnnpack_8da4w", "w4a8_no_had", "w4a8_had")
+    bench_variants: tuple[str, ...] = ("fp32_eager", "xnnpack_8da4w", "w4a8_no_had", "w4a8_had", "w4a4kv4_had")
 
     @classmethod
     def full(cls, **overrides) -> Settings:

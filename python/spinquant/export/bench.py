@@ -323,12 +323,14 @@ def measure(runners: dict, ids: list[int], threads: list[int], new_tokens: int, 
     return results
 
 
-# (numerator, denominator) of the paired ratios: speed-ups of ours over the baselines, and what R3 + R4 cost.
+# (numerator, denominator) of the paired ratios: speed-ups of ours over the baselines, what R3 + R4 cost, what
+# 4-bit activations and KV cache cost, and how far the program is from the bandwidth floor.
 RATIOS = (
     ("xnnpack_8da4w", "w4a8_no_had"),
     ("xnnpack_8da4w_fused", "w4a8_no_had"),
     ("fp32_eager", "w4a8_no_had"),
     ("w4a8_had", "w4a8_no_had"),
+    ("w4a4kv4_had", "w4a8_had"),
     ("w4a8_no_had", FLOOR),
 )
 
