@@ -80,7 +80,15 @@ std::vector<SizesType> sizes_of(const Tensor& t) { return {t.sizes().begin(), t.
 
 // ---- hadamard ------------------------------------------------------------------------------------------
 
-const spinquant::HadamardTransform& hadamard_for(int64_t n, const int8_t* hk, int64_t K) {
+// Whether hk can be a Hadamard base: an int8 [K, K] matrix (its values are checked when the transform is built).
+bool is_hadamard_base(const Tensor& hk) {
+  return hk.scalar_type() == ScalarType::Char && hk.dim() == 2 && hk.size(0) == hk.size(1);
+}
+
+// The transform over n with base hk (is_hadamard_base), built once per (n, base) and kept.
+const spinquant::HadamardTransform& hadamard_for(int64_t n, const Tensor& base) {
+  const int8_t* hk = base.const_data_ptr<int8_t>();
+  const int64_t K = base.size(0);
   struct Entry {
     int64_t n;
     std::vector<int8_t> hk;
@@ -100,13 +108,12 @@ const spinquant::HadamardTransform& hadamard_for(int64_t n, const int8_t* hk, in
 Tensor& hadamard_out(KernelRuntimeContext& ctx, const Tensor& x, const Tensor& hk, Tensor& out) {
   if (!check(ctx, x.scalar_type() == ScalarType::Float && out.scalar_type() == ScalarType::Float,
              "hadamard: x and out must be float32") ||
-      !check(ctx, hk.scalar_type() == ScalarType::Char && hk.dim() == 2 && hk.size(0) == hk.size(1),
-             "hadamard: hk must be an int8 [K, K] matrix") ||
+      !check(ctx, is_hadamard_base(hk), "hadamard: hk must be an int8 [K, K] matrix") ||
       !check(ctx, x.dim() >= 1, "hadamard: x needs at least one dimension") || !resize(ctx, out, sizes_of(x)))
     return out;
   const int64_t n = x.size(x.dim() - 1);
   try {
-    const auto& t = hadamard_for(n, hk.const_data_ptr<int8_t>(), hk.size(0));
+    const auto& t = hadamard_for(n, hk);
     float* y = out.mutable_data_ptr<float>();
     if (y != x.const_data_ptr<float>()) std::memcpy(y, x.const_data_ptr<float>(), x.nbytes());
     t.apply(y, n ? x.numel() / n : 0, op_threads(x.numel()));
@@ -265,12 +272,10 @@ Tensor& int4_linear_out(KernelRuntimeContext& ctx, const Tensor& x, const Tensor
              "int4_linear: residual must be float32 shaped like the output") ||
       !check(ctx, !norm || (norm->scalar_type() == ScalarType::Float && norm->numel() == width),
              "int4_linear: norm must be float32 [x.size(-1)]") ||
-      !check(ctx, !had || (had->scalar_type() == ScalarType::Char && had->dim() == 2 && had->size(0) == had->size(1)),
-             "int4_linear: had must be an int8 [K, K] matrix"))
+      !check(ctx, !had || is_hadamard_base(*had), "int4_linear: had must be an int8 [K, K] matrix"))
     return out;
   try {
-    const spinquant::HadamardTransform* transform =
-        had ? &hadamard_for(K, had->const_data_ptr<int8_t>(), had->size(0)) : nullptr;
+    const spinquant::HadamardTransform* transform = had ? &hadamard_for(K, *had) : nullptr;
     const float* input = linear_input(x.const_data_ptr<float>(), rows, width,
                                       norm ? norm->const_data_ptr<float>() : nullptr, static_cast<float>(norm_eps),
                                       glu, transform, g_threads.load());
@@ -311,8 +316,7 @@ bool prepare_qkv(KernelRuntimeContext& ctx, const char* op, const Tensor& qkv, c
                       cos.dim() == 2 && sin.dim() == 2 && cos.size(0) == qkv.size(0) && sin.size(0) == qkv.size(0) &&
                       cos.size(1) == D && sin.size(1) == D,
              "attention: cos and sin must be float32 [T, head_dim]") ||
-      !check(ctx, !hk || (hk->scalar_type() == ScalarType::Char && hk->dim() == 2 && hk->size(0) == hk->size(1)),
-             "attention: hk must be an int8 [K, K] matrix"))
+      !check(ctx, !hk || is_hadamard_base(*hk), "attention: hk must be an int8 [K, K] matrix"))
     return false;
   const int64_t T = qkv.size(0);
   thread_local std::vector<float> scratch;  // q then k, rotated
@@ -328,7 +332,7 @@ bool prepare_qkv(KernelRuntimeContext& ctx, const char* op, const Tensor& qkv, c
   }
   if (hk) {  // R3: the Hadamard transform over head_dim of every q and k head
     try {
-      hadamard_for(D, hk->const_data_ptr<int8_t>(), hk->size(0)).apply(q, T * (H + Hkv), threads);
+      hadamard_for(D, *hk).apply(q, T * (H + Hkv), threads);
     } catch (const std::exception& e) {
       return fail(ctx, std::string(op) + ": " + e.what());
     }
