@@ -61,12 +61,13 @@ bool check(KernelRuntimeContext& ctx, bool ok, const char* msg) { return ok || f
 // transforms and short-context attention), else the configured count.
 int op_threads(int64_t work) { return work < (int64_t{1} << 16) ? 1 : g_threads.load(); }
 
-// Threads for attention over `jobs` (token, kv head) pairs and `work` multiply-adds. Its decode step is worth a
-// second thread from far less work than op_threads asks: it runs 8-16 us cold (code and metadata misses more than
-// arithmetic) while the second core waits for the next linear anyway. 2 threads at 17-48 positions of SmolLM2
-// (13k-37k multiply-adds), time a token before / after: 1.04-1.09 (three A/Bs of 14 paired rounds).
-int attention_threads(int64_t jobs, int64_t work) {
-  if (jobs < 2 || work < (int64_t{1} << 13)) return 1;
+// Threads for attention of about `work` multiply-adds (the kernel splits it into (token, KV head, row chunk)
+// units; a long context gives even one KV head several). Its decode step is worth a second thread from far less
+// work than op_threads asks: it runs 8-16 us cold (code and metadata misses more than arithmetic) while the
+// second core waits for the next linear anyway. 2 threads at 17-48 positions of SmolLM2 (13k-37k multiply-adds),
+// time a token before / after: 1.04-1.09 (three A/Bs of 14 paired rounds).
+int attention_threads(int64_t work) {
+  if (work < (int64_t{1} << 13)) return 1;
   const int t = g_threads.load();
   return t > 0 ? t : spinquant::hardware_threads();  // 0 would let the kernel apply op_threads' bar again
 }
@@ -378,7 +379,7 @@ Tensor& attention_out(KernelRuntimeContext& ctx, const Tensor& qkv, const Tensor
   for (int64_t h = 0; h < hkv; ++h) heads[h] = spinquant::float_head_view(kc + h * S * D, vc + h * S * D, D);
   try {
     spinquant::attention(heads.data(), hkv, x.q, x.T, x.H, pos, out.mutable_data_ptr<float>(), 0.0f,
-                         attention_threads(x.T * hkv, x.T * len * (x.H + hkv) * D));
+                         attention_threads(x.T * len * (x.H + hkv) * D));
   } catch (const std::exception& e) {
     fail(ctx, std::string("attention: ") + e.what());
   }
@@ -468,7 +469,7 @@ Tensor& kv_attention_out(KernelRuntimeContext& ctx, const Tensor& qkv, const Ten
       }
     }
     spinquant::attention(heads.data(), n_kv_heads, x.q, x.T, x.H, pos.data(), out.mutable_data_ptr<float>(), 0.0f,
-                         attention_threads(x.T * n_kv_heads, x.T * (start + x.T) * (x.H + n_kv_heads) * x.D));
+                         attention_threads(x.T * (start + x.T) * (x.H + n_kv_heads) * x.D));
   } catch (const std::exception& e) {
     fail(ctx, std::string("kv_attention: ") + e.what());
   }

@@ -232,9 +232,12 @@ class KVProgram(nn.Module):
         return sq.kv_attention(qkv, cos, sin, self.hk, self.cache, pos, self.h, self.hkv, self.bits, self.group)
 
 
-# (bits, group, h, hkv, d, n): small, and decode steps big enough for the op to use every core (n - 2 positions
-# of prefill, then two decode steps)
-@pytest.mark.parametrize("bits,group,h,hkv,d,n", [(4, 0, 4, 2, 16, 7), (8, 8, 4, 2, 16, 7), (4, 32, 9, 3, 64, 40)])
+# (bits, group, h, hkv, d, n): small, decode steps big enough for the op to use every core, and a long context
+# whose decode steps split each KV head's rows into chunks (n - 2 positions of prefill, then two decode steps)
+@pytest.mark.parametrize(
+    "bits,group,h,hkv,d,n",
+    [(4, 0, 4, 2, 16, 7), (8, 8, 4, 2, 16, 7), (4, 32, 9, 3, 64, 40), (4, 32, 9, 3, 64, 300)],
+)
 def test_kv_attention_prefill_then_decode(tmp_path, bits, group, h, hkv, d, n):
     seq = n + 9 - (n + 9) % 4
     inputs = [torch.randn(n, (h + 2 * hkv) * d, generator=GEN), *_rope_angles(n, d)]
@@ -248,7 +251,10 @@ def test_kv_attention_prefill_then_decode(tmp_path, bits, group, h, hkv, d, n):
         *inputs, h, hkv, r3=True, kv_quant=lambda x: fake_quant(x, bits, sym=False, group=group or d)
     )
     last = [x[n - 1 : n] for x in inputs]
-    torch.testing.assert_close(eager(*last, torch.tensor([n - 1])), ref[n - 1 : n], atol=1e-5, rtol=1e-5)
+    # Over 300 positions a K value or two can sit on a rounding tie of its 4-bit code: the two RoPE + R3
+    # computations differ by ~1e-6 and may round it apart (one code in 57,600 for this seed), moving the output ~5e-4.
+    tol = 1e-5 if n < 100 else 2e-3
+    torch.testing.assert_close(eager(*last, torch.tensor([n - 1])), ref[n - 1 : n], atol=tol, rtol=1e-5)
 
 
 class FloatKVProgram(nn.Module):
@@ -264,8 +270,9 @@ class FloatKVProgram(nn.Module):
         return sq.attention(qkv, cos, sin, None, self.k_cache, self.v_cache, pos, self.h)
 
 
-# head_dim 20: the SIMD paths fall back to the reference; the second case's decode steps run on every core
-@pytest.mark.parametrize("h,hkv,d,n", [(6, 2, 20, 7), (9, 3, 64, 40)])
+# head_dim 20: the SIMD paths fall back to the reference; the second case's decode steps run on every core, the
+# third's in row chunks
+@pytest.mark.parametrize("h,hkv,d,n", [(6, 2, 20, 7), (9, 3, 64, 40), (9, 3, 64, 300)])
 def test_float_attention_prefill_then_decode(tmp_path, h, hkv, d, n):
     seq = n + 5
     inputs = [torch.randn(n, (h + 2 * hkv) * d, generator=GEN), *_rope_angles(n, d)]

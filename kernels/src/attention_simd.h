@@ -136,8 +136,8 @@ struct AttentionSimd {
     }
   }
 
-  // In place: s = exp(s - max) / sum over one row of scores.
-  static void softmax(float* s, int64_t len) {
+  // In place: s = exp(s - max) / sum over one row of scores; stats (null, or [2]) receives max and sum.
+  static void softmax(float* s, int64_t len, float* stats) {
     T mv = V::set1(s[0]);
     int64_t j = 0;
     for (; j + W <= len; j += W) mv = V::max(mv, V::load(s + j));
@@ -158,10 +158,14 @@ struct AttentionSimd {
       V::store(buf, vexp<V>(V::sub(V::load(buf), m)));
       for (int64_t k = j; k < len; ++k) tail_sum += (s[k] = buf[k - j]);
     }
-    const float inv = 1.0f / (V::hsum(sv) + tail_sum);
+    const float sum = V::hsum(sv) + tail_sum, inv = 1.0f / sum;
     const T iv = V::set1(inv);
     for (j = 0; j + W <= len; j += W) V::store(s + j, V::mul(V::load(s + j), iv));
     for (; j < len; ++j) s[j] *= inv;
+    if (stats) {
+      stats[0] = mx;
+      stats[1] = sum;
+    }
   }
 
   // out_i[d0 .. d0 + NV * W) = sum_j p[i * len + j] * v_j for RB query heads, accumulated in registers.
@@ -204,7 +208,7 @@ struct AttentionSimd {
 
   template <int Bits>
   static void attend_bits(const float* q, int64_t r, const KVHeadView& kv, int64_t len, float scale, float* out,
-                          float* scratch) {
+                          float* scratch, float* stats) {
     const int64_t hd = kv.head_dim;
     float* tail = scratch + r * len;  // r * head_dim floats: q, then the output, in the paired layout at 4 bits
     if constexpr (Bits == 4) {
@@ -214,7 +218,7 @@ struct AttentionSimd {
     by_head_block<V::kScoreHeads>(r, [&](int64_t i0, auto rb) {
       score_heads<Bits, decltype(rb)::value>(q + i0 * hd, kv, len, scale, scratch + i0 * len);
     });
-    for (int64_t i = 0; i < r; ++i) softmax(scratch + i * len, len);
+    for (int64_t i = 0; i < r; ++i) softmax(scratch + i * len, len, stats ? stats + 2 * i : nullptr);
     float* o = Bits == 4 ? tail : out;
     by_head_block<V::kValueHeads>(r, [&](int64_t i0, auto rb) {
       v_heads<Bits, decltype(rb)::value>(scratch + i0 * len, kv, len, o + i0 * hd);
@@ -223,13 +227,13 @@ struct AttentionSimd {
   }
 
   static void attend(const float* q, int64_t r, const KVHeadView& kv, int64_t len, float scale, float* out,
-                     float* scratch) {
+                     float* scratch, float* stats) {
     if (kv.bits == 32)
-      attend_bits<32>(q, r, kv, len, scale, out, scratch);
+      attend_bits<32>(q, r, kv, len, scale, out, scratch, stats);
     else if (kv.bits == 8)
-      attend_bits<8>(q, r, kv, len, scale, out, scratch);
+      attend_bits<8>(q, r, kv, len, scale, out, scratch, stats);
     else
-      attend_bits<4>(q, r, kv, len, scale, out, scratch);
+      attend_bits<4>(q, r, kv, len, scale, out, scratch, stats);
   }
 };
 

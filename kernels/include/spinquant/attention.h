@@ -83,7 +83,10 @@ void store_row_asym(const float* x, int64_t head_dim, int64_t group, int bits, u
 
 // out[t, h, :] = softmax(scale * q[t, h] . K[0 .. pos[t]]) @ V[0 .. pos[t]] over heads[h / (n_heads /
 // n_kv_heads)] (grouped-query, causal): q, out float32 [T, n_heads, head_dim]; every view holds rows up to
-// max(pos) and shares head_dim and bits. scale <= 0 means 1 / sqrt(head_dim); threads <= 0: automatic.
+// max(pos) and shares head_dim and bits. scale <= 0 means 1 / sqrt(head_dim); threads <= 0: automatic. When
+// the (token, KV head) jobs do not divide evenly over the threads and every query sees enough rows for chunks of
+// 128 (a long-context decode step), each job's rows are split into chunks that merge afterwards, so the float
+// rounding then depends on the thread count.
 void attention(const KVHeadView* heads, int64_t n_kv_heads, const float* q, int64_t T, int64_t n_heads,
                const int64_t* pos, float* out, float scale = 0.0f, int threads = 0);
 
@@ -95,19 +98,21 @@ void quant_kv_attention(const QuantKVCache& cache, const float* q, int64_t T, in
 namespace detail {
 
 // r query heads sharing one KV head at one position, attending to cache rows 0 .. len - 1:
-// q, out [r][head_dim]; scratch holds r * len + r * head_dim floats. Implemented per ISA.
+// q, out [r][head_dim]; scratch holds r * len + r * head_dim floats; stats (null, or [r][2]) receives each
+// head's score maximum m and sum of exp(score - m), by which attention over separate row ranges merges.
+// Implemented per ISA.
 using AttendFn = void (*)(const float* q, int64_t r, const KVHeadView& kv, int64_t len, float scale, float* out,
-                          float* scratch);
+                          float* scratch, float* stats);
 void attend_ref(const float* q, int64_t r, const KVHeadView& kv, int64_t len, float scale, float* out,
-                float* scratch);
+                float* scratch, float* stats);
 #if defined(__x86_64__)
 void attend_avx2(const float* q, int64_t r, const KVHeadView& kv, int64_t len, float scale, float* out,
-                 float* scratch);
+                 float* scratch, float* stats);
 void attend_avx512(const float* q, int64_t r, const KVHeadView& kv, int64_t len, float scale, float* out,
-                   float* scratch);
+                   float* scratch, float* stats);
 #elif defined(__aarch64__)
 void attend_neon(const float* q, int64_t r, const KVHeadView& kv, int64_t len, float scale, float* out,
-                 float* scratch);
+                 float* scratch, float* stats);
 #endif
 AttendFn attend_kernel();
 

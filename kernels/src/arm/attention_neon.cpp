@@ -9,9 +9,9 @@
 namespace spinquant::detail {
 
 void attend_neon(const float* q, int64_t r, const KVHeadView& kv, int64_t len, float scale, float* out,
-                 float* scratch) {
-  if (!AttentionSimd<Neon>::supported(kv)) return attend_ref(q, r, kv, len, scale, out, scratch);
-  AttentionSimd<Neon>::attend(q, r, kv, len, scale, out, scratch);
+                 float* scratch, float* stats) {
+  if (!AttentionSimd<Neon>::supported(kv)) return attend_ref(q, r, kv, len, scale, out, scratch, stats);
+  AttentionSimd<Neon>::attend(q, r, kv, len, scale, out, scratch, stats);
 }
 
 }  // namespace spinquant::detail

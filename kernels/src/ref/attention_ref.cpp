@@ -28,7 +28,7 @@ void dequant_row(const KVHeadView& kv, int which, int64_t j, float* out) {
 }  // namespace
 
 void attend_ref(const float* q, int64_t r, const KVHeadView& kv, int64_t len, float scale, float* out,
-                float* scratch) {
+                float* scratch, float* stats) {
   const int64_t hd = kv.head_dim;
   float* scores = scratch;        // [r][len]
   float* row = scratch + r * len;  // [head_dim] (scratch holds r * head_dim here, r >= 1)
@@ -46,6 +46,10 @@ void attend_ref(const float* q, int64_t r, const KVHeadView& kv, int64_t len, fl
     float sum = 0.0f;
     for (int64_t j = 0; j < len; ++j) sum += (s[j] = std::exp(s[j] - mx));
     for (int64_t j = 0; j < len; ++j) s[j] /= sum;
+    if (stats) {
+      stats[2 * i] = mx;
+      stats[2 * i + 1] = sum;
+    }
     std::fill(out + i * hd, out + (i + 1) * hd, 0.0f);
   }
   for (int64_t j = 0; j < len; ++j) {

@@ -7,9 +7,9 @@
 namespace spinquant::detail {
 
 void attend_avx512(const float* q, int64_t r, const KVHeadView& kv, int64_t len, float scale, float* out,
-                   float* scratch) {
-  if (!AttentionSimd<Avx512>::supported(kv)) return attend_ref(q, r, kv, len, scale, out, scratch);
-  AttentionSimd<Avx512>::attend(q, r, kv, len, scale, out, scratch);
+                   float* scratch, float* stats) {
+  if (!AttentionSimd<Avx512>::supported(kv)) return attend_ref(q, r, kv, len, scale, out, scratch, stats);
+  AttentionSimd<Avx512>::attend(q, r, kv, len, scale, out, scratch, stats);
 }
 
 }  // namespace spinquant::detail
