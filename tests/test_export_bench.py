@@ -84,3 +84,15 @@ def test_baseline_export_children_run_on_idle_cycles_only():
     got = queue.get(timeout=120)
     child.join()
     assert got == (os.SCHED_IDLE if hasattr(os, "SCHED_IDLE") else 19)
+
+
+def test_prompt_ids_take_wiki_text_beyond_the_built_in_prompt():
+    import transformers
+
+    from spinquant import assets
+    from spinquant.data import test_windows
+
+    tokenizer = transformers.AutoTokenizer.from_pretrained(str(assets.default_model_dir()))
+    assert bench.prompt_ids(tokenizer, 16) == tokenizer.encode(bench.PROMPT)[:16]
+    long = bench.prompt_ids(tokenizer, 300)
+    assert long == test_windows(tokenizer, 300, 1)[0].tolist() and len(long) == 300

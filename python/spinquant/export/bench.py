@@ -65,10 +65,11 @@ def warn_if_loaded(limit: float = LOAD_LIMIT) -> float:
 
 
 def prompt_ids(tokenizer, n: int) -> list[int]:
+    """The first n tokens of PROMPT, or of the wiki test text when n is longer (long-context runs)."""
+    from spinquant.data import test_windows
+
     ids = tokenizer.encode(PROMPT)
-    if len(ids) < n:
-        raise ValueError(f"--prompt-len {n} is longer than the benchmark prompt ({len(ids)} tokens)")
-    return ids[:n]
+    return ids[:n] if n <= len(ids) else test_windows(tokenizer, n, 1)[0].tolist()
 
 
 # ---- runners: (prefill(ids) -> seconds, decode_step(token, pos) -> next token) -------------------------

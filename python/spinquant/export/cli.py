@@ -141,7 +141,7 @@ def bench_add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--variants", default=",".join(VARIANTS), help=f"comma list of {', '.join(VARIANTS)}")
     # Not `threads`: `spinquant` sizes torch's pool from an int --threads before running any command.
     p.add_argument("--threads", dest="bench_threads", default="1,2", help="comma list of thread counts")
-    p.add_argument("--prompt-len", type=int, default=16)
+    p.add_argument("--prompt-len", type=int, default=16, help="prompt tokens (beyond 42, the prompt is wiki test text)")
     p.add_argument("--new-tokens", type=int, default=32)
     p.add_argument("--runs", type=int, default=5, help="runs per setting (the median is reported)")
     p.add_argument("--max-seq-len", type=int, default=256)
