@@ -29,7 +29,7 @@ def test_table_chart_and_load_warning(tmp_path, capsys, monkeypatch):
     table = bench.markdown(results)
     assert "| w4a8_no_had | 2 | 1.50 | 200 | 0.10 |" in table
     assert "| w4a8_no_had / read_floor | 2 | 1.250 |" in table and "2 thread(s) 1.20 ms" in table
-    bench.plot(results, tmp_path / "decode.png")
+    bench.plot(results, tmp_path / "decode.png", "tiny decode: 16-token prompt, 32 new tokens")
     assert (tmp_path / "decode.png").read_bytes()[:4] == b"\x89PNG"
     monkeypatch.setattr(bench, "machine_load", lambda: 3.0)
     assert bench.warn_if_loaded() == 3.0

@@ -370,7 +370,7 @@ def markdown(results: list[Result]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(results: list[Result], path: Path) -> None:
+def plot(results: list[Result], path: Path, title: str) -> None:
     """Grouped bar chart of decode ms/token (one bar per thread count)."""
     import matplotlib
 
@@ -389,7 +389,7 @@ def plot(results: list[Result], path: Path) -> None:
         ax.bar_label(bars, fmt="%.1f", fontsize=7)
     ax.set_xticks([i + width * (len(threads) - 1) / 2 for i in range(len(variants))], variants, fontsize=8)
     ax.set_ylabel("decode ms/token (lower is better)")
-    ax.set_title("SmolLM2-135M decode on this CPU")
+    ax.set_title(title, fontsize=10)
     ax.legend()
     fig.tight_layout()
     tmp = path.with_suffix(".tmp.png")
@@ -448,7 +448,8 @@ def run_bench(
     for runner in runners.values():
         if isinstance(runner, PteRunner):
             runner.close()
-    table = markdown(results)
+    setting = f"{Path(folder).name} decode on this CPU: {prompt_len}-token prompt, {new_tokens} new tokens"
+    table = f"{setting}, median of {runs} runs a setting\n\n" + markdown(results)
     if ppl is not None:
         n = min(ppl_tokens, max_seq_len)
         table += f"\nPerplexity of {PPL_VARIANT} on {n} wiki test tokens: eager {ppl[0]:.4f}, .pte {ppl[1]:.4f}\n"
@@ -456,6 +457,6 @@ def run_bench(
     keys = ("numerator", "denominator", "threads", "ratio")
     ratios = [dict(zip(keys, r, strict=True)) for r in paired_ratios(results)]
     (out / "results.json").write_text(json.dumps({"results": [asdict(r) for r in results], "ratios": ratios}, indent=1))
-    plot(results, out / "decode.png")
+    plot(results, out / "decode.png", setting)
     log(table)
     return results
