@@ -200,28 +200,35 @@ void attention(const KVHeadView* heads, int64_t n_kv, const float* q, int64_t T,
   const int64_t work = T * max_len * (r + 1) * hd;
   const int nt = threads > 0 ? threads
                              : static_cast<int>(std::clamp<int64_t>(work / kMinWorkPerThread, 1, hardware_threads()));
-  // Units of work: (token, KV head, chunk of rows), chunk-minor.
   const int64_t jobs = T * n_kv, head_floats = r * hd;
   const int64_t chunks = row_chunks(jobs, plan_threads(jobs * nt, nt), *std::min_element(pos, pos + T) + 1);
-  const int64_t units = jobs * chunks;
   thread_local std::vector<float> parts;  // chunk outputs [units][r][hd], then their stats [units][r][2]
-  if (chunks > 1) parts.resize(static_cast<size_t>(units * (head_floats + 2 * r)));
+  if (chunks > 1) parts.resize(static_cast<size_t>(jobs * chunks * (head_floats + 2 * r)));
   float* const part = parts.data();  // a pointer: inside the region, `parts` would name each thread's own
-  float* const stats = part + units * head_floats;
+  float* const stats = part + jobs * chunks * head_floats;
+  // Units of work: query heads (token-major) when rows are not split, so that 3 KV heads' 9 query heads go 4 / 5
+  // over 2 threads, not 3 / 6 (a KV head whose heads two threads share is read by both); else (token, KV head,
+  // chunk of rows), chunk-minor.
+  const int64_t units = chunks == 1 ? T * n_heads : jobs * chunks;
   parallel_for(units, nt, [&](int64_t u0, int64_t u1) {
     thread_local std::vector<float> scratch;  // grown once, reused by every call on this thread
     const size_t need = static_cast<size_t>(r * (max_len + hd));
     if (scratch.size() < need) scratch.resize(need);
+    if (chunks == 1) {
+      for (int64_t i = u0; i < u1;) {  // the query heads [i, e) of one (token, KV head) job
+        const int64_t job = i / r, e = std::min(u1, (job + 1) * r), t = job / n_kv, h = job % n_kv;
+        const int64_t off = t * row_floats + h * head_floats + (i - job * r) * hd;
+        attend(q + off, e - i, heads[h], pos[t] + 1, scale, out + off, scratch.data(), nullptr);
+        i = e;
+      }
+      return;
+    }
     for (int64_t u = u0; u < u1; ++u) {
       const int64_t job = u / chunks, c = u % chunks, t = job / n_kv, h = job % n_kv;
       const int64_t len = pos[t] + 1, off = t * row_floats + h * head_floats;
-      if (chunks == 1) {
-        attend(q + off, r, heads[h], len, scale, out + off, scratch.data(), nullptr);
-      } else {
-        const int64_t b = len * c / chunks, e = len * (c + 1) / chunks;
-        attend(q + off, r, rows_from(heads[h], b), e - b, scale, part + u * head_floats, scratch.data(),
-               stats + 2 * u * r);
-      }
+      const int64_t b = len * c / chunks, e = len * (c + 1) / chunks;
+      attend(q + off, r, rows_from(heads[h], b), e - b, scale, part + u * head_floats, scratch.data(),
+             stats + 2 * u * r);
     }
   });
   if (chunks > 1)

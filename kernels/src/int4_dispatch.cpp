@@ -94,17 +94,17 @@ class Scratch {
   Buffer<float> floats_;
 };
 
-// Parts the row blocks of w are split into on `threads` threads (all of them when one token leaves no other split).
-int64_t row_parts(const PackedInt4& w, int threads) { return std::min<int64_t>(w.NB, threads); }
+// Row blocks a decode (one-token) claim takes at least: ~16 KiB of codes, so that a claim outweighs its
+// compare-and-swap.
+int64_t decode_grain(const PackedInt4& w) { return std::max<int64_t>(1, (16 << 10) / (w.Kp * 8)); }
 
-// Idle workers prefetch the blocks they will take in a one-token call of w on `threads` threads: the last of the
-// row_parts, which parallel_for hands to a worker; at most its first kIdlePrefetchBytes of codes (half a typical
-// L2: more would evict what was prefetched first) and their scales.
+// Idle workers prefetch the blocks they will take first in a one-token call of w (parallel_for_balanced's
+// first worker share, the last blocks); at most its first kIdlePrefetchBytes of codes (half a typical L2: more
+// would evict what was prefetched first) and their scales.
 constexpr int64_t kIdlePrefetchBytes = 512 << 10;
 
 void prefetch_worker_share(const PackedInt4& w, int threads) {
-  const int64_t parts = row_parts(w, threads);
-  const int64_t b0 = w.NB * (parts - 1) / parts, block_bytes = w.Kp * 8;
+  const int64_t b0 = w.NB - first_share(w.NB, threads), block_bytes = w.Kp * 8;
   const int64_t blocks = std::min(w.NB - b0, std::max<int64_t>(1, kIdlePrefetchBytes / block_bytes));
   prefetch_when_idle({w.codes.data() + b0 * block_bytes, static_cast<size_t>(blocks * block_bytes)},
                      {w.scales.data() + b0 * w.G * kRows, static_cast<size_t>(blocks * w.G * kRows) * sizeof(uint16_t)});
@@ -160,18 +160,21 @@ void linear(const PackedInt4& w, const float* x, int64_t M, float* y, const Line
     job.a_gsum = gsum;
   }
 
-  // Tasks: row blocks split over the threads; when there are too few blocks, tokens are split too.
-  const int threads = plan_threads(w.NB * M, params.threads);
-  const int64_t n_parts = row_parts(w, threads);
-  const int64_t m_parts = std::min<int64_t>(M, (threads + n_parts - 1) / n_parts);
   const detail::BlockFn fn = bits == 16 ? kern.gemm_f32 : kern.gemm_codes;
+  const int threads = plan_threads(w.NB * M, params.threads);
   if (threads > 1) prefetch_when_idle({});  // this call's blocks are being read now: stop prefetching them
-  parallel_for(n_parts * m_parts, threads, [&](int64_t t0, int64_t t1) {
-    for (int64_t t = t0; t < t1; ++t) {
-      const int64_t pm = t / n_parts, pn = t % n_parts;
-      fn(job, M * pm / m_parts, M * (pm + 1) / m_parts, w.NB * pn / n_parts, w.NB * (pn + 1) / n_parts);
-    }
-  });
+  if (M == 1) {  // decode: row blocks in balanced claims
+    parallel_for_balanced(w.NB, threads, decode_grain(w), [&](int64_t b0, int64_t b1) { fn(job, 0, 1, b0, b1); });
+  } else {  // row blocks split over the threads; when there are too few blocks, tokens are split too
+    const int64_t n_parts = std::min<int64_t>(w.NB, threads);
+    const int64_t m_parts = std::min<int64_t>(M, (threads + n_parts - 1) / n_parts);
+    parallel_for(n_parts * m_parts, threads, [&](int64_t t0, int64_t t1) {
+      for (int64_t t = t0; t < t1; ++t) {
+        const int64_t pm = t / n_parts, pn = t % n_parts;
+        fn(job, M * pm / m_parts, M * (pm + 1) / m_parts, w.NB * pn / n_parts, w.NB * (pn + 1) / n_parts);
+      }
+    });
+  }
   const int next_threads = params.next != nullptr ? plan_threads(params.next->NB, params.threads) : 1;
   if (next_threads > 1) prefetch_worker_share(*params.next, next_threads);
 }

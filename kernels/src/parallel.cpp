@@ -38,13 +38,21 @@ void spin_until(Done done) {
   while (!done()) std::this_thread::yield();
 }
 
-// A region is published as (generation, task, n_tasks); a task index is claimed by a compare-and-swap on
+// A region is published as (generation, task, shape); units are claimed by a compare-and-swap on
 // `claim_` = generation << 32 | claimed from the front << 16 | claimed from the back, which fails once a newer
-// region replaced it, so a worker that wakes late can never run a task of a region that has ended. The caller
-// claims from the front, workers from the back: with one worker the split is the same every time, so what the
-// worker prefetched while idle (prefetch_when_idle) is what it then reads. Workers spin between regions
-// (back-to-back decode kernels pay no wake-up), then sleep on a condition variable after kSpinMicros of idleness.
+// region replaced it, so a worker that wakes late can never run a unit of a region that has ended. The caller
+// claims from the front, workers from the back: with one worker the first split is the same every time, so what
+// the worker prefetched while idle (prefetch_when_idle) is what it then reads. parallel_for's units are its
+// ranges, one a claim; parallel_for_balanced's are items, claimed in shrinking pieces (balanced_claim). Workers
+// spin between regions (back-to-back decode kernels pay no wake-up), then sleep on a condition variable after
+// kSpinMicros of idleness.
 class Pool {
+  struct Shape {
+    int32_t n;        // units in the region
+    int16_t threads;  // threads it was planned for
+    int16_t grain;    // units a claim; negative: balanced claims of at least -grain units
+  };
+
  public:
   explicit Pool(int n_workers) {
     for (int i = 0; i < n_workers; ++i) workers_.emplace_back([this] { worker_loop(); });
@@ -60,15 +68,16 @@ class Pool {
     for (auto& t : workers_) t.join();
   }
 
-  // Runs task(i) for i in [0, n_tasks) on the workers and the calling thread.
-  void run(int n_tasks, const std::function<void(int)>& task) {
-    if (n_tasks > kMaxTasks) throw std::invalid_argument("parallel_for: too many tasks for the pool");
+  // Runs task(begin, end) over the units [0, n) on the workers and the calling thread, claimed as Shape::grain says.
+  void run(int64_t n, int threads, int64_t grain, const std::function<void(int64_t, int64_t)>& task) {
+    if (n > kMaxUnits) throw std::invalid_argument("parallel_for: too many units for the pool");
     std::lock_guard<std::mutex> region(region_mutex_);
     const uint64_t gen = generation_.load(std::memory_order_relaxed) + 1;
     claim_.store(gen << 32, std::memory_order_seq_cst);  // from here on, claims for older regions fail
     error_ = nullptr;
-    pending_.store(n_tasks, std::memory_order_relaxed);
-    n_tasks_.store(n_tasks, std::memory_order_release);
+    pending_.store(n, std::memory_order_relaxed);
+    shape_.store(Shape{static_cast<int32_t>(n), static_cast<int16_t>(threads), static_cast<int16_t>(grain)},
+                 std::memory_order_release);
     task_.store(&task, std::memory_order_release);
     generation_.store(gen, std::memory_order_seq_cst);
     if (sleeping_.load(std::memory_order_seq_cst) > 0) {
@@ -92,32 +101,42 @@ class Pool {
   }
 
  private:
-  // Claims and runs tasks of region `gen` until none is left (or the region was replaced).
+  // Claims and runs units of region `gen` until none is left (or the region was replaced).
   void work(uint64_t gen, bool from_back) {
-    const std::function<void(int)>* task = task_.load(std::memory_order_acquire);
-    const int n = n_tasks_.load(std::memory_order_acquire);
+    const std::function<void(int64_t, int64_t)>* task = task_.load(std::memory_order_acquire);
+    const Shape shape = shape_.load(std::memory_order_acquire);
     t_inside_region = true;
     for (;;) {
       uint64_t cur = claim_.load(std::memory_order_acquire);
-      int index = -1;
+      int64_t begin = -1, count = 0;
       for (;;) {
-        const int front = static_cast<int>((cur >> 16) & 0xffff), back = static_cast<int>(cur & 0xffff);
-        if ((cur >> 32) != gen || front + back >= n) break;
-        if (claim_.compare_exchange_weak(cur, cur + (from_back ? 1 : 1 << 16), std::memory_order_acq_rel)) {
-          index = from_back ? n - 1 - back : front;
+        const int64_t front = (cur >> 16) & 0xffff, back = cur & 0xffff, left = shape.n - front - back;
+        if ((cur >> 32) != gen || left <= 0) break;
+        const int64_t want = shape.grain > 0 ? shape.grain : balanced_claim(shape, from_back ? back : front, left, from_back);
+        count = std::min(left, want);
+        if (claim_.compare_exchange_weak(cur, cur + (from_back ? count : count << 16), std::memory_order_acq_rel)) {
+          begin = from_back ? shape.n - back - count : front;
           break;
         }
       }
-      if (index < 0) break;
+      if (begin < 0) break;
       try {
-        (*task)(index);
+        (*task)(begin, begin + count);
       } catch (...) {
         std::lock_guard<std::mutex> lock(error_mutex_);
         if (!error_) error_ = std::current_exception();
       }
-      pending_.fetch_sub(1, std::memory_order_acq_rel);
+      pending_.fetch_sub(count, std::memory_order_acq_rel);
     }
     t_inside_region = false;
+  }
+
+  // Units of a balanced claim: a first share (the caller's from the front, each worker's from the back), then
+  // 1 / (2 threads) of what is left, at least |grain|; `own` is what this end has claimed so far.
+  static int64_t balanced_claim(const Shape& s, int64_t own, int64_t left, bool from_back) {
+    const int64_t first = first_share(s.n, s.threads);
+    if (from_back ? own < first * (s.threads - 1) : own == 0) return first;
+    return std::max<int64_t>(-s.grain, (left + 2 * s.threads - 1) / (2 * s.threads));
   }
 
   void worker_loop() {
@@ -167,7 +186,7 @@ class Pool {
     std::atomic<const void*> data{nullptr};
     std::atomic<size_t> bytes{0};
   };
-  static constexpr int kMaxTasks = 0xffff;
+  static constexpr int64_t kMaxUnits = 0xffff;
   static constexpr uint64_t kPrefetchChunk = 4096;
   static constexpr int kIdShift = 40;
   static constexpr uint64_t kOffsetMask = (uint64_t{1} << kIdShift) - 1, kIdMask = (uint64_t{1} << (64 - kIdShift)) - 1;
@@ -180,9 +199,9 @@ class Pool {
   std::condition_variable wake_;
   std::atomic<uint64_t> generation_{0};
   std::atomic<uint64_t> claim_{0};
-  std::atomic<const std::function<void(int)>*> task_{nullptr};
-  std::atomic<int> n_tasks_{0};
-  std::atomic<int> pending_{0};
+  std::atomic<const std::function<void(int64_t, int64_t)>*> task_{nullptr};
+  std::atomic<Shape> shape_{Shape{0, 1, 1}};
+  std::atomic<int64_t> pending_{0};
   std::atomic<int> sleeping_{0};
   std::atomic<bool> stop_{false};
   std::exception_ptr error_;
@@ -210,16 +229,32 @@ void prefetch_when_idle(ByteSpan first, ByteSpan second) { pool().request_prefet
 
 void parallel_for(int64_t n, int threads, const std::function<void(int64_t, int64_t)>& fn) {
   if (n <= 0) return;
-  int t = t_inside_region ? 1 : plan_threads(n, threads);
+  const int t = t_inside_region ? 1 : plan_threads(n, threads);
   if (t == 1) {
     fn(0, n);
     return;
   }
-  auto range = [&](int i) {
-    int64_t begin = n * i / t, end = n * (i + 1) / t;
+  pool().run(t, t, 1, [&](int64_t i, int64_t) {
+    const int64_t begin = n * i / t, end = n * (i + 1) / t;
     if (begin < end) fn(begin, end);
-  };
-  pool().run(t, range);
+  });
+}
+
+int64_t first_share(int64_t n, int threads) { return std::max<int64_t>(1, n * 7 / (8 * threads)); }
+
+void parallel_for_balanced(int64_t n, int threads, int64_t grain,
+                           const std::function<void(int64_t, int64_t)>& fn) {
+  if (n <= 0) return;
+  const int t = t_inside_region ? 1 : plan_threads(n, threads);
+  if (t == 1) {
+    fn(0, n);
+    return;
+  }
+  if (n > 0xffff) {  // more units than a claim word counts: the even split
+    parallel_for(n, t, fn);
+    return;
+  }
+  pool().run(n, t, -std::clamp<int64_t>(grain, 1, 0x7fff), fn);
 }
 
 }  // namespace spinquant

@@ -175,6 +175,8 @@ void run_shape(const Shape& s, uint32_t seed, const std::vector<int64_t>& steps 
       std::vector<float> out2(q.size());  // 2 threads: the same numbers, or close ones where rows split in chunks
       quant_kv_attention(cache, q.data(), T, s.n_heads, pos, out2.data(), 0.0f, 2);
       compare(out2, want, "threads=2", s, pos, T, 2e-5);
+      // Under 256 rows no chunk splits them: 2 threads share out query heads, each computed as on 1 thread.
+      CHECK(pos >= 255 || out2 == out, "threads=2 not bit-identical to 1 thread at pos %lld", (long long)pos);
     }
     reset_isa();
     pos += T;
@@ -230,6 +232,8 @@ void run_float(int64_t n_heads, int64_t n_kv, int64_t hd, uint32_t seed,
       std::vector<float> out2(q.size());
       attention(heads.data(), n_kv, q.data(), T, n_heads, pos.data(), out2.data(), 0.0f, 2);
       compare(out2, want, "threads=2", s, pos[0], T, 2e-5);
+      CHECK(*std::min_element(pos.begin(), pos.end()) >= 255 || out2 == out,
+            "threads=2 not bit-identical to 1 thread at pos %lld", (long long)pos[0]);
       attention(heads.data(), n_kv, q.data(), T, n_heads, pos.data(), out2.data(), 0.0f, 4);
       compare(out2, want, "threads=4", s, pos[0], T, 2e-5);
     }

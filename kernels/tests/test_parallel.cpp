@@ -1,4 +1,5 @@
-// parallel_for: every index exactly once, any thread count, nested calls, exceptions rethrown; read_bytes's sum.
+// parallel_for and parallel_for_balanced: every index exactly once, any thread count, nested calls, exceptions
+// rethrown; read_bytes's sum.
 #include <atomic>
 #include <cstdint>
 #include <cstdio>
@@ -33,6 +34,49 @@ void test_covers_once() {
       expect(ok, "each index runs once per call");
     }
   }
+}
+
+// Balanced claims: every index once, pieces non-empty and in bounds, the caller's first piece no longer than
+// first_share; more items than a claim word counts fall back to the even split.
+void test_balanced_covers_once() {
+  for (int64_t n : {1, 2, 3, 7, 36, 192, 1000, 3072, 70000}) {
+    for (int threads : {0, 1, 2, 8}) {
+      for (int64_t grain : {1, 3, 50}) {
+        std::vector<std::atomic<int>> hits(n);
+        std::atomic<bool> bounds{true}, first{true};
+        const int t = spinquant::plan_threads(n, threads);
+        for (int rep = 0; rep < 20; ++rep)
+          spinquant::parallel_for_balanced(n, threads, grain, [&](int64_t b, int64_t e) {
+            if (!(0 <= b && b < e && e <= n)) bounds = false;
+            if (b == 0 && t > 1 && grain == 1 && n <= 0xffff && e > spinquant::first_share(n, t)) first = false;
+            for (int64_t i = b; b < e && i < e; ++i) hits[i].fetch_add(1);
+          });
+        bool ok = true;
+        for (auto& h : hits) ok &= h.load() == 20;
+        expect(ok, "balanced: each index runs once per call");
+        expect(bounds.load(), "balanced: pieces are non-empty and in bounds");
+        expect(first.load(), "balanced: the piece at 0 is at most first_share");
+      }
+    }
+  }
+  expect(spinquant::first_share(192, 2) == 84 && spinquant::first_share(36, 2) == 15 &&
+             spinquant::first_share(2, 2) == 1 && spinquant::first_share(1, 1) == 1,
+         "first_share is 7/8 of an even split, at least 1");
+  std::atomic<int64_t> sum{0};
+  spinquant::parallel_for(4, 0, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i)
+      spinquant::parallel_for_balanced(100, 0, 1, [&](int64_t b2, int64_t e2) { sum.fetch_add(e2 - b2); });
+  });
+  expect(sum.load() == 400, "balanced calls nested in a region run serially and completely");
+  bool threw = false;
+  try {
+    spinquant::parallel_for_balanced(100, 0, 1, [](int64_t, int64_t e) {
+      if (e == 100) throw std::runtime_error("boom");
+    });
+  } catch (const std::runtime_error&) {
+    threw = true;
+  }
+  expect(threw, "an exception in a balanced piece reaches the caller");
 }
 
 void test_nested() {
@@ -104,6 +148,7 @@ int main() {
   expect(spinquant::hardware_threads() >= 1, "at least one hardware thread");
   expect(spinquant::plan_threads(1, 0) == 1 && spinquant::plan_threads(0, 4) == 1, "plan_threads bounds");
   test_covers_once();
+  test_balanced_covers_once();
   test_nested();
   test_exception();
   test_prefetch_when_idle();

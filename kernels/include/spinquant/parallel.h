@@ -35,4 +35,15 @@ void prefetch_when_idle(ByteSpan first, ByteSpan second = {});
 
 void parallel_for(int64_t n, int threads, const std::function<void(int64_t begin, int64_t end)>& fn);
 
+// Like parallel_for, for work whose pieces may run at uneven speed (a decode GEMV sharing the memory bus with
+// other tenants): each thread first claims first_share(n, t) items, the caller from the front and the workers
+// from the back, then the rest goes in shrinking pieces (half of a thread's fair share of what is left, at least
+// `grain` items) to whichever thread is free, so no core waits long for a slow one.
+void parallel_for_balanced(int64_t n, int threads, int64_t grain,
+                           const std::function<void(int64_t begin, int64_t end)>& fn);
+
+// Items of a thread's first claim in parallel_for_balanced on t threads: the caller takes [0, share), the first
+// worker [n - share, n). 7/8 of an even split, at least 1.
+int64_t first_share(int64_t n, int threads);
+
 }  // namespace spinquant
