@@ -19,6 +19,8 @@ namespace {
 
 thread_local bool t_inside_region = false;
 
+constexpr int64_t kMaxUnits = 0xffff;  // units a region may have: the claim word counts each end in 16 bits
+
 inline void cpu_relax() {
 #if defined(__x86_64__)
   _mm_pause();
@@ -112,8 +114,8 @@ class Pool {
       for (;;) {
         const int64_t front = (cur >> 16) & 0xffff, back = cur & 0xffff, left = shape.n - front - back;
         if ((cur >> 32) != gen || left <= 0) break;
-        const int64_t want = shape.grain > 0 ? shape.grain : balanced_claim(shape, from_back ? back : front, left, from_back);
-        count = std::min(left, want);
+        const int64_t own = from_back ? back : front;
+        count = std::min(left, shape.grain > 0 ? shape.grain : balanced_claim(shape, own, left, from_back));
         if (claim_.compare_exchange_weak(cur, cur + (from_back ? count : count << 16), std::memory_order_acq_rel)) {
           begin = from_back ? shape.n - back - count : front;
           break;
@@ -186,7 +188,6 @@ class Pool {
     std::atomic<const void*> data{nullptr};
     std::atomic<size_t> bytes{0};
   };
-  static constexpr int64_t kMaxUnits = 0xffff;
   static constexpr uint64_t kPrefetchChunk = 4096;
   static constexpr int kIdShift = 40;
   static constexpr uint64_t kOffsetMask = (uint64_t{1} << kIdShift) - 1, kIdMask = (uint64_t{1} << (64 - kIdShift)) - 1;
@@ -250,7 +251,7 @@ void parallel_for_balanced(int64_t n, int threads, int64_t grain,
     fn(0, n);
     return;
   }
-  if (n > 0xffff) {  // more units than a claim word counts: the even split
+  if (n > kMaxUnits) {  // more items than a claim word counts: the even split
     parallel_for(n, t, fn);
     return;
   }

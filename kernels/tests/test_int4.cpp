@@ -189,7 +189,8 @@ void run_case(const Case& c, std::mt19937& rng) {
         params.threads = threads;
         std::vector<float> y_t(c.M * c.N, -1.0f);
         int4::linear(p, x.data(), c.M, y_t.data(), params);
-        expect(std::memcmp(y.data(), y_t.data(), y.size() * sizeof(float)) == 0, "same result on any thread count", c.K);
+        expect(std::memcmp(y.data(), y_t.data(), y.size() * sizeof(float)) == 0, "same result on any thread count",
+               c.K);
       }
       if (isa == Isa::Scalar) {
         scalar_y = y;
