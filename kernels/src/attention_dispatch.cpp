@@ -202,7 +202,7 @@ void attention(const KVHeadView* heads, int64_t n_kv, const float* q, int64_t T,
                              : static_cast<int>(std::clamp<int64_t>(work / kMinWorkPerThread, 1, hardware_threads()));
   const int64_t jobs = T * n_kv, head_floats = r * hd;
   const int64_t chunks = row_chunks(jobs, plan_threads(jobs * nt, nt), *std::min_element(pos, pos + T) + 1);
-  thread_local std::vector<float> parts;  // chunk outputs [units][r][hd], then their stats [units][r][2]
+  thread_local std::vector<float> parts;  // chunk outputs [jobs * chunks][r][hd], then their stats [..][r][2]
   if (chunks > 1) parts.resize(static_cast<size_t>(jobs * chunks * (head_floats + 2 * r)));
   float* const part = parts.data();  // a pointer: inside the region, `parts` would name each thread's own
   float* const stats = part + jobs * chunks * head_floats;
