@@ -14,6 +14,8 @@
 // layout and cached by the address of the program's constant data (plus a sampled fingerprint), so a decode
 // step only streams packed weights. spinquant_et_clear_cache() drops the cache (the Python runtime calls it
 // when it releases a program) and spinquant_et_set_threads(n) sets the kernels' thread count (0 = all cores).
+#include "program.h"
+
 #include <executorch/extension/kernel_util/make_boxed_from_unboxed_functor.h>
 #include <executorch/runtime/core/exec_aten/util/tensor_util.h>
 #include <executorch/runtime/kernel/kernel_includes.h>
@@ -519,7 +521,6 @@ EXECUTORCH_LIBRARY(spinquant, "int4_linear.out", int4_linear_out);
 EXECUTORCH_LIBRARY(spinquant, "kv_attention.out", kv_attention_out);
 
 extern "C" {
-// Thread count of the kernels (0 = every core).
 __attribute__((visibility("default"))) void spinquant_et_set_threads(int threads) {
   g_threads.store(threads < 0 ? 0 : threads);
 }

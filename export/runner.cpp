@@ -6,9 +6,7 @@
 // Prints the generated ids on one line ("ids: 5 7 ..."), then prefill and decode timings (wall clock, and the
 // process CPU time a token, which stays meaningful when other work shares the cores): the medians of R runs of
 // the whole generation (the first run, which prepacks the weights, is not timed when R > 1).
-#include <executorch/extension/module/module.h>
-#include <executorch/runtime/core/exec_aten/exec_aten.h>
-#include <executorch/runtime/platform/runtime.h>
+#include "program.h"
 
 #include <algorithm>
 #include <chrono>
@@ -19,15 +17,7 @@
 #include <string>
 #include <vector>
 
-extern "C" void spinquant_et_set_threads(int threads);
-
 namespace {
-
-using executorch::aten::ScalarType;
-using executorch::aten::Tensor;
-using executorch::aten::TensorImpl;
-using executorch::extension::Module;
-using executorch::runtime::EValue;
 
 struct Args {
   std::string model;
@@ -90,38 +80,27 @@ double now_ms() {
 }
 
 // Runs forward on ids at positions start.. and returns the argmax of the last position's logits.
-int64_t step(Module& module, std::vector<int64_t> ids, int64_t start) {
-  const auto T = static_cast<TensorImpl::SizesType>(ids.size());
+int64_t step(SpinquantProgram* program, const std::vector<int64_t>& ids, int64_t start) {
   std::vector<int64_t> pos(ids.size());
   for (size_t i = 0; i < pos.size(); ++i) pos[i] = start + static_cast<int64_t>(i);
-  TensorImpl::SizesType tok_sizes[2] = {1, T}, pos_sizes[1] = {T};
-  TensorImpl::DimOrderType tok_order[2] = {0, 1}, pos_order[1] = {0};
-  TensorImpl::StridesType tok_strides[2] = {T, 1}, pos_strides[1] = {1};
-  TensorImpl tok_impl(ScalarType::Long, 2, tok_sizes, ids.data(), tok_order, tok_strides);
-  TensorImpl pos_impl(ScalarType::Long, 1, pos_sizes, pos.data(), pos_order, pos_strides);
-  auto result = module.forward({EValue(Tensor(&tok_impl)), EValue(Tensor(&pos_impl))});
-  if (!result.ok()) {
+  int64_t next = 0;
+  const int err = spinquant_et_forward(program, ids.data(), pos.data(), static_cast<int64_t>(ids.size()), nullptr,
+                                       0, &next);
+  if (err != 0) {
     std::fprintf(stderr, "spinquant_runner: forward failed (error 0x%x); was the .pte exported by "
-                         "spinquant-export and is libspinquant_et_ops linked?\n", static_cast<int>(result.error()));
+                         "spinquant-export and is libspinquant_et_ops linked?\n", err);
     std::exit(1);
   }
-  const Tensor logits = result->at(0).toTensor();
-  const int64_t V = logits.size(logits.dim() - 1);
-  const float* last = logits.const_data_ptr<float>() + (logits.numel() / V - 1) * V;
-  int64_t best = 0;
-  for (int64_t v = 1; v < V; ++v)
-    if (last[v] > last[best]) best = v;
-  return best;
+  return next;
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
   const Args args = parse(argc, argv);
-  executorch::runtime::runtime_init();
   spinquant_et_set_threads(args.threads);
-  Module module(args.model, Module::LoadMode::Mmap);
-  if (module.load_method("forward") != executorch::runtime::Error::Ok) {
+  SpinquantProgram* program = spinquant_et_open(args.model.c_str(), "forward");
+  if (program == nullptr) {
     std::fprintf(stderr, "spinquant_runner: cannot load method 'forward' of %s (missing file, not a .pte, or "
                          "an operator this runner lacks)\n", args.model.c_str());
     return 1;
@@ -131,10 +110,10 @@ int main(int argc, char** argv) {
   for (int run = 0; run < args.runs + (args.runs > 1); ++run) {  // run 0 (prepacking) is a warm-up when R > 1
     out.clear();
     const double t0 = now_ms();
-    out.push_back(step(module, args.tokens, 0));
+    out.push_back(step(program, args.tokens, 0));
     const double t1 = now_ms(), c1 = cpu_ms();
     int64_t pos = static_cast<int64_t>(args.tokens.size());
-    for (int i = 1; i < args.max_new; ++i, ++pos) out.push_back(step(module, {out.back()}, pos));
+    for (int i = 1; i < args.max_new; ++i, ++pos) out.push_back(step(program, {out.back()}, pos));
     const double t2 = now_ms(), c2 = cpu_ms();
     if (args.runs > 1 && run == 0) continue;
     prefill.push_back(t1 - t0);
@@ -147,5 +126,6 @@ int main(int argc, char** argv) {
   std::printf("\nprefill_ms %.3f prefill_tok_per_s %.1f\n", prefill_ms, 1000.0 * args.tokens.size() / prefill_ms);
   if (args.max_new > 1)
     std::printf("decode_ms_per_token %.3f decode_cpu_ms_per_token %.3f\n", median(decode), median(decode_cpu));
+  spinquant_et_close(program);
   return 0;
 }

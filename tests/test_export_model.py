@@ -78,6 +78,22 @@ def test_perplexity_matches_eager(exported):
     assert math.isclose(math.exp(got), math.exp(ref), rel_tol=1e-5)
 
 
+def test_step_is_the_argmax_of_forward(exported):
+    _, pte, _ = exported
+    ids = _tokens(7, seed=5)
+    full = pte.forward(ids[None, :6], torch.arange(6))[0]
+    assert pte.step(ids[:6].tolist(), 0) == int(full[-1].argmax())
+    one = pte.forward(ids[None, 6:], torch.tensor([6]))[0, -1]
+    assert pte.step(ids[6:].tolist(), 6) == int(one.argmax())
+
+
+def test_near_zero_temperature_samples_the_greedy_tokens(exported):
+    _, pte, _ = exported  # sampling reads the copied last row of logits, greedy the runtime's argmax
+    prompt = _tokens(5, seed=6).tolist()
+    greedy = list(pte.generate_ids(prompt, 6))
+    assert list(pte.generate_ids(prompt, 6, temperature=1e-6, seed=1)) == greedy
+
+
 def test_sampling_is_seeded(exported):
     _, pte, _ = exported
     prompt = _tokens(4, seed=4).tolist()
@@ -112,6 +128,13 @@ def test_bad_paths_and_files(tmp_path, exported):
     truncated.write_bytes(exported[2].read_bytes()[:4096])
     with pytest.raises(RuntimeLoadError):
         PteModel(truncated)
+
+
+def test_closed_program_refuses_to_run(exported):
+    pte = PteModel(exported[2])
+    pte.close()
+    with pytest.raises(RuntimeError, match="was closed"):
+        pte.step([1, 2], 0)
 
 
 def test_program_without_spinquant_metadata(tmp_path):

@@ -130,13 +130,12 @@ class PteRunner:
             if self.resizes != _et_pool["resizes"]:
                 self._load()
                 self.forward([0], 0)  # XNNPACK's first call sets up its workspace: not part of a timed prefill
-        # torch only wraps the inputs here; its intra-op threads (left at 2 by the eager runner) would wait for
-        # cores on a busy machine.
+        # torch does not run in the decode loop; one intra-op thread (the eager runner leaves 2) keeps any torch
+        # call between runs off the second core.
         torch.set_num_threads(1)
 
     def forward(self, ids: list[int], start: int) -> int:
-        pos = torch.arange(start, start + len(ids))
-        return int(self.model.forward(torch.tensor([ids]), pos)[0, -1].numpy().argmax())
+        return self.model.step(ids, start)
 
     def close(self) -> None:
         self.model.close()

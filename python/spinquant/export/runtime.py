@@ -2,7 +2,9 @@
 
 The op library `libspinquant_et_ops.so` is loaded once, from one canonical path (beside this package's
 `__init__.py`), after the ExecuTorch runtime and before any program: loading it twice from different paths
-would abort the process ("Re-registering").
+would abort the process ("Re-registering"). The pybinding reads a program's metadata; `forward` runs through
+the library's C API (export/program.h: ExecuTorch's Module, as in the C++ runner), which skips the pybinding's
+per-call tensor conversions (~6 % of a decode step on 2 cores, benchmarks/RESULTS.md session 9).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -59,11 +62,22 @@ def load_library() -> ctypes.CDLL:
                 "CMake with -DSPINQUANT_BUILD_EXECUTORCH_OPS=ON and copy libspinquant_et_ops.so there"
             )
         runtime = _runtime()
-        _library = ctypes.CDLL(str(path), mode=ctypes.RTLD_GLOBAL)
+        _library = _declare(ctypes.CDLL(str(path), mode=ctypes.RTLD_GLOBAL))
         missing = [op for op in OPS if op not in runtime.operator_registry.operator_names]
         if missing:
             raise RuntimeLoadError(f"{path} loaded but did not register {missing}; rebuild it against executorch 1.5.1")
         return _library
+
+
+def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
+    """The C API's signatures (export/program.h)."""
+    i64, ptr = ctypes.c_int64, ctypes.c_void_p
+    lib.spinquant_et_open.restype, lib.spinquant_et_open.argtypes = ptr, [ctypes.c_char_p, ctypes.c_char_p]
+    lib.spinquant_et_close.restype, lib.spinquant_et_close.argtypes = None, [ptr]
+    lib.spinquant_et_vocab.restype, lib.spinquant_et_vocab.argtypes = i64, [ptr]
+    lib.spinquant_et_forward.restype = ctypes.c_int
+    lib.spinquant_et_forward.argtypes = [ptr, ptr, ptr, i64, ptr, i64, ctypes.POINTER(i64)]
+    return lib
 
 
 def set_threads(threads: int) -> None:
@@ -119,7 +133,7 @@ class PteModel:
         path = Path(path)
         if not path.is_file():
             raise RuntimeLoadError(f"no such .pte file: {path}; create one with `spinquant-export`")
-        load_library()
+        self._lib = load_library()
         try:
             self.program = _runtime().load_program(path)
         except Exception as e:  # the pybinding raises RuntimeError with an error code only
@@ -130,25 +144,42 @@ class PteModel:
                 f"{path} was exported for {self.metadata['target']} but this machine is {host_target()}; "
                 f"re-export with --target {host_target()}"
             )
-        try:
-            self.method = self.program.load_method("forward")
-        except Exception as e:
+        self._handle = self._lib.spinquant_et_open(str(path).encode(), b"forward")
+        if not self._handle:
             raise RuntimeLoadError(
                 f"cannot load method 'forward' of {path}: an operator is missing from this runtime "
-                f"(see the 'Missing operator' log line above) or the program is damaged: {e}"
-            ) from e
+                "(see the 'Missing operator' log line above) or the program is damaged"
+            )
+        self.vocab = int(self._lib.spinquant_et_vocab(self._handle))
+        self._last = np.empty(self.vocab, np.float32)  # the last position's logits of a generation step
         self.path = path
         self.max_seq_len = int(self.metadata["max_seq_len"])
         self.timing = Timing()
 
     def forward(self, tokens: Tensor, input_pos: Tensor) -> Tensor:
         """Logits [1, T, V] for tokens [1, T] at positions input_pos [T]."""
-        # The pybinding's default output copy costs ~165 ns an element (8 ms for SmolLM2's logits); take the
-        # planned output buffer as is and copy it (it is overwritten by the next call) with numpy: a plain
-        # memcpy, where torch's copy splits 49152 floats over its intra-op threads and, when other work holds
-        # the cores, waits milliseconds for them.
-        inputs = [tokens.long().contiguous(), input_pos.long().contiguous()]
-        return torch.from_numpy(self.method._method(inputs, clone_outputs=False)[0].numpy().copy())
+        out = np.empty((tokens.shape[-1], self.vocab), np.float32)
+        self._run(tokens.reshape(-1), input_pos, out)
+        return torch.from_numpy(out)[None]
+
+    def step(self, ids: list[int], start: int) -> int:
+        """The greedy next token after ids at positions start.. (no logits are copied out)."""
+        return self._run(ids, range(start, start + len(ids)), None)
+
+    def _run(self, ids, positions, out: np.ndarray | None) -> int:
+        """Runs forward, copies the last out.shape[0] rows of logits into out; the last row's argmax."""
+        ids = np.ascontiguousarray(ids, np.int64)
+        pos = np.ascontiguousarray(positions, np.int64)
+        if self._handle is None:
+            raise RuntimeError(f"{self.path} was closed")
+        rows = 0 if out is None else (out.shape[0] if out.ndim == 2 else 1)
+        nxt, logits = ctypes.c_int64(), None if out is None else out.ctypes.data
+        err = self._lib.spinquant_et_forward(
+            self._handle, ids.ctypes.data, pos.ctypes.data, len(ids), logits, rows, nxt
+        )
+        if err:
+            raise RuntimeError(f"forward of {self.path} failed with ExecuTorch error 0x{err:x}")
+        return nxt.value
 
     def logits(self, ids: list[int] | Tensor) -> Tensor:
         """Logits [T, V] of a whole sequence, one prefill from position 0."""
@@ -174,18 +205,19 @@ class PteModel:
                 f"prompt ({len(prompt)}) + max_new_tokens ({max_new_tokens}) exceed max_seq_len {self.max_seq_len}"
             )
         pick = _sampler(temperature, top_p, seed)
+        greedy = temperature == 0  # the runtime's argmax: no logits copied out
         self.timing = Timing()
         t0 = time.perf_counter()
-        logits = self.forward(torch.tensor([prompt]), torch.arange(len(prompt)))[0, -1]
+        nxt = self._run(prompt, range(len(prompt)), None if greedy else self._last)
         self.timing.prefill_tokens, self.timing.prefill_s = len(prompt), time.perf_counter() - t0
         pos = len(prompt)
         for i in range(max_new_tokens):
-            token = pick(logits)
+            token = nxt if greedy else pick(torch.from_numpy(self._last))
             yield token
             if (stop and token in stop) or i == max_new_tokens - 1:
                 return
             t0 = time.perf_counter()
-            logits = self.forward(torch.tensor([[token]]), torch.tensor([pos]))[0, -1]
+            nxt = self._run([token], [pos], None if greedy else self._last)
             self.timing.decode_s += time.perf_counter() - t0
             self.timing.decode_tokens += 1
             pos += 1
@@ -208,9 +240,18 @@ class PteModel:
 
     def close(self) -> None:
         """Release the program and the weights the op library prepacked from it."""
-        self.method = self.program = None
+        self._release()
+        self.program = None
         if _library is not None:
             _library.spinquant_et_clear_cache()
+
+    def _release(self) -> None:
+        if getattr(self, "_handle", None):
+            self._lib.spinquant_et_close(self._handle)
+        self._handle = None
+
+    def __del__(self) -> None:
+        self._release()
 
 
 def _sampler(temperature: float, top_p: float, seed: int) -> Callable[[Tensor], int]:

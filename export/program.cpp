@@ -1,0 +1,75 @@
+// C API over ExecuTorch's Module (program.h): the one decode step shared by the C++ runner and the Python
+// runtime.
+#include "program.h"
+
+#include <executorch/extension/module/module.h>
+#include <executorch/runtime/core/exec_aten/exec_aten.h>
+#include <executorch/runtime/platform/runtime.h>
+
+#include <cstring>
+#include <memory>
+#include <string>
+#include <vector>
+
+using executorch::aten::ScalarType;
+using executorch::aten::Tensor;
+using executorch::aten::TensorImpl;
+using executorch::extension::Module;
+using executorch::runtime::Error;
+using executorch::runtime::EValue;
+
+struct SpinquantProgram {
+  std::unique_ptr<Module> module;
+  std::string method;
+  int64_t vocab = 0;
+};
+
+extern "C" {
+
+__attribute__((visibility("default"))) SpinquantProgram* spinquant_et_open(const char* path, const char* method) {
+  executorch::runtime::runtime_init();
+  auto program = std::make_unique<SpinquantProgram>();
+  program->module = std::make_unique<Module>(path, Module::LoadMode::Mmap);
+  program->method = method;
+  if (program->module->load_method(method) != Error::Ok) return nullptr;
+  const auto meta = program->module->method_meta(method);
+  if (!meta.ok() || meta->num_outputs() < 1) return nullptr;
+  const auto out = meta->output_tensor_meta(0);
+  if (!out.ok() || out->sizes().empty()) return nullptr;
+  program->vocab = out->sizes()[out->sizes().size() - 1];
+  return program.release();
+}
+
+__attribute__((visibility("default"))) void spinquant_et_close(SpinquantProgram* program) { delete program; }
+
+__attribute__((visibility("default"))) int64_t spinquant_et_vocab(const SpinquantProgram* program) {
+  return program->vocab;
+}
+
+__attribute__((visibility("default"))) int spinquant_et_forward(SpinquantProgram* program, const int64_t* ids,
+                                                                const int64_t* pos, int64_t n, float* logits,
+                                                                int64_t rows, int64_t* next) {
+  const auto T = static_cast<TensorImpl::SizesType>(n);
+  TensorImpl::SizesType tok_sizes[2] = {1, T}, pos_sizes[1] = {T};
+  TensorImpl::DimOrderType tok_order[2] = {0, 1}, pos_order[1] = {0};
+  TensorImpl::StridesType tok_strides[2] = {T, 1}, pos_strides[1] = {1};
+  // The runtime only reads its inputs.
+  TensorImpl tok_impl(ScalarType::Long, 2, tok_sizes, const_cast<int64_t*>(ids), tok_order, tok_strides);
+  TensorImpl pos_impl(ScalarType::Long, 1, pos_sizes, const_cast<int64_t*>(pos), pos_order, pos_strides);
+  auto result = program->module->execute(program->method, {EValue(Tensor(&tok_impl)), EValue(Tensor(&pos_impl))});
+  if (!result.ok()) return static_cast<int>(result.error());
+  const Tensor out = result->at(0).toTensor();
+  const int64_t V = program->vocab, total = out.numel() / V;
+  if (rows > total) return static_cast<int>(Error::InvalidArgument);
+  const float* last = out.const_data_ptr<float>() + (total - 1) * V;
+  if (rows > 0) std::memcpy(logits, last - (rows - 1) * V, static_cast<size_t>(rows * V) * sizeof(float));
+  if (next != nullptr) {
+    int64_t best = 0;
+    for (int64_t v = 1; v < V; ++v)
+      if (last[v] > last[best]) best = v;
+    *next = best;
+  }
+  return 0;
+}
+
+}  // extern "C"
