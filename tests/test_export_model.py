@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -92,6 +93,16 @@ def test_near_zero_temperature_samples_the_greedy_tokens(exported):
     prompt = _tokens(5, seed=6).tolist()
     greedy = list(pte.generate_ids(prompt, 6))
     assert list(pte.generate_ids(prompt, 6, temperature=1e-6, seed=1)) == greedy
+
+
+def test_sampler_follows_the_softmax_and_the_nucleus():
+    logits = np.log(np.array([1.0, 3.0], np.float32))  # probabilities 1/4, 3/4
+    pick = runtime._sampler(1.0, 1.0, seed=0)
+    share = sum(pick(logits) for _ in range(4000)) / 4000
+    assert 0.72 < share < 0.78
+    noisy = np.random.default_rng(0).normal(size=1000).astype(np.float32)
+    top_only = runtime._sampler(1.0, 1e-9, seed=0)  # a nucleus of one token is greedy
+    assert all(top_only(noisy) == int(noisy.argmax()) for _ in range(5))
 
 
 def test_sampling_is_seeded(exported):
