@@ -119,12 +119,13 @@ def run_main(a: argparse.Namespace) -> int:
         sys.exit(f"spinquant run: {e}")
     set_threads(a.threads)
     tok = _tokenizer(a.tokenizer or model.metadata.get("tokenizer", {}).get("name"))
+    prepack_s = model.prepack()
     text = model.generate(tok, a.prompt, a.max_new_tokens, a.temperature, a.top_p, a.seed)
     print(a.prompt + text)
     t = model.timing
     print(
-        f"[prefill {t.prefill_tokens} tokens at {t.prefill_tok_per_s:.1f} tok/s; decode {t.decode_tokens} tokens "
-        f"at {t.decode_ms_per_token:.2f} ms/token]",
+        f"[weights prepacked in {prepack_s:.2f} s; prefill {t.prefill_tokens} tokens at {t.prefill_tok_per_s:.1f} "
+        f"tok/s; decode {t.decode_tokens} tokens at {t.decode_ms_per_token:.2f} ms/token]",
         file=sys.stderr,
     )
     return 0
