@@ -524,7 +524,6 @@ extern "C" {
 __attribute__((visibility("default"))) void spinquant_et_set_threads(int threads) {
   g_threads.store(threads < 0 ? 0 : threads);
 }
-// Drops the prepacked weights (call when the program that owns the constant data is released).
 __attribute__((visibility("default"))) void spinquant_et_clear_cache() {
   std::lock_guard<std::mutex> lock(g_pack_mu);
   g_pack_order.clear();

@@ -14,6 +14,9 @@ typedef struct SpinquantProgram SpinquantProgram;
 // Thread count of the spinquant kernels (0 = every core).
 void spinquant_et_set_threads(int threads);
 
+// Drops the weights the op library prepacked (call when the program that owns their constant data is released).
+void spinquant_et_clear_cache(void);
+
 // Loads `method` of the program at `path`; NULL if it cannot (the runtime logged why: missing file, not a
 // program, or an operator this process has not registered).
 SpinquantProgram* spinquant_et_open(const char* path, const char* method);

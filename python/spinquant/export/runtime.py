@@ -174,7 +174,7 @@ class PteModel:
         return time.perf_counter() - t0
 
     def _run(self, ids, positions, out: np.ndarray | None) -> int:
-        """Runs forward, copies the last out.shape[0] rows of logits into out; the last row's argmax."""
+        """Runs forward, copies the last rows of logits into out (one if out is 1-D); the last row's argmax."""
         ids = np.ascontiguousarray(ids, np.int64)
         pos = np.ascontiguousarray(positions, np.int64)
         if self._handle is None:
@@ -212,7 +212,7 @@ class PteModel:
                 f"prompt ({len(prompt)}) + max_new_tokens ({max_new_tokens}) exceed max_seq_len {self.max_seq_len}"
             )
         pick = _sampler(temperature, top_p, seed)
-        greedy = temperature == 0  # the runtime's argmax: no logits copied out
+        greedy = pick is None  # the runtime's argmax: no logits copied out
         self.timing = Timing()
         t0 = time.perf_counter()
         nxt = self._run(prompt, range(len(prompt)), None if greedy else self._last)
@@ -261,13 +261,13 @@ class PteModel:
         self._release()
 
 
-def _sampler(temperature: float, top_p: float, seed: int) -> Callable[[np.ndarray], int]:
-    """Greedy (temperature 0) or temperature + nucleus sampling with a seeded generator. numpy, not torch: a
-    torch op here wakes its intra-op threads, which then spin beside the decode kernels (2.3x slower decode)."""
+def _sampler(temperature: float, top_p: float, seed: int) -> Callable[[np.ndarray], int] | None:
+    """Temperature + nucleus sampling with a seeded generator; None for greedy (temperature 0). numpy, not torch:
+    a torch op here wakes its intra-op threads, which then spin beside the decode kernels (2.3x slower decode)."""
     if temperature < 0 or not 0 < top_p <= 1:
         raise ValueError(f"temperature must be >= 0 and top_p in (0, 1], got {temperature}, {top_p}")
     if temperature == 0:
-        return lambda logits: int(np.argmax(logits))
+        return None
     rng = np.random.default_rng(seed)
 
     def pick(logits: np.ndarray) -> int:
