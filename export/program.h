@@ -1,7 +1,7 @@
 // C API of libspinquant_et_ops over ExecuTorch's Module: open a .pte, run forward(tokens [1, T] int64,
 // input_pos [T] int64) -> logits [1, T, V] (or [1, V]), close it. The C++ runner and the Python runtime
-// (through ctypes) both call it, so a decode step costs the same from either: the pybinding's per-call
-// tensor conversions cost ~6 % of a decode step here (benchmarks/RESULTS.md, session 9).
+// (through ctypes) both call it, so both run the same decode step; the pybinding's per-call tensor handling
+// cost ~6 % of a decode step here (benchmarks/RESULTS.md, session 9).
 #pragma once
 #include <stdint.h>
 
