@@ -72,3 +72,17 @@ def test_weights_override_is_per_call():
         again = model(tokens)
     assert torch.count_nonzero(zeroed) == 0
     assert torch.equal(base, again)
+
+
+def test_converted_folder_names_its_architecture(tmp_path):
+    """A GGUF-loaded config has no `architectures`; the fp32 cache we write from it must name the class."""
+    from spinquant import assets
+
+    torch.manual_seed(0)
+    hf = transformers.LlamaForCausalLM(transformers.LlamaConfig(**SHAPE, tie_word_embeddings=True)).eval()
+    hf.config.architectures = None
+    assets._save_fp32_folder(hf, tmp_path)
+    assert assets._is_converted(tmp_path)
+    tokens = torch.randint(0, SHAPE["vocab_size"], (1, 12))
+    with torch.no_grad():
+        assert torch.allclose(load_transformer(tmp_path)(tokens), hf(input_ids=tokens).logits, atol=1e-5)

@@ -7,6 +7,7 @@ The packages are located with `importlib.util.find_spec` and never imported: `ll
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import shutil
 import tempfile
@@ -50,8 +51,9 @@ def default_gguf() -> Path:
 def default_model_dir() -> Path:
     """An fp32 Hugging Face folder of the default model, converted from the GGUF once and cached."""
     target = cache_dir() / "smollm2-135m-instruct-fp32"
-    if (target / "config.json").is_file():
+    if _is_converted(target):
         return target
+    shutil.rmtree(target, ignore_errors=True)  # an earlier conversion wrote no architecture: redo it
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -65,11 +67,17 @@ def default_model_dir() -> Path:
         try:
             tmp.rename(target)
         except OSError:  # another process finished first
-            if not (target / "config.json").is_file():
+            if not _is_converted(target):
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def _is_converted(folder: Path) -> bool:
+    """True if `folder` holds a finished conversion whose config names the model class."""
+    config = folder / "config.json"
+    return config.is_file() and bool(json.loads(config.read_text()).get("architectures"))
 
 
 def _save_fp32_folder(model, folder: Path) -> None:
@@ -84,6 +92,7 @@ def _save_fp32_folder(model, folder: Path) -> None:
     if hasattr(config, "quantization_config"):
         del config.quantization_config
     config.dtype = "float32"
+    config.architectures = [type(model).__name__]  # a GGUF-loaded config has none; model loading needs it
     config.save_pretrained(folder)
 
 
