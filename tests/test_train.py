@@ -105,11 +105,13 @@ def test_learning_lowers_quantized_loss_and_keeps_rotations_orthonormal() -> Non
     fp = held_out_loss(model, FP, calib, R1_0, R2_0, True)
     cfg = dataclasses.replace(W4A4KV4, w_clip_search=False)  # min/max weight scales: a bigger gap to recover
     before = held_out_loss(model, cfg, calib, R1_0, R2_0, True)
-    R1, R2, history = learn_rotations(model, cfg, calib, steps=20, lr=1.5, progress=False)
+    # Whole-batch steps: one sample a step made the outcome hang on float rounding (3.02 on an AMD EPYC, 3.18 on
+    # an Intel Xeon); the whole batch descends steadily (3.24 -> 2.93 over the steps here).
+    R1, R2, history = learn_rotations(model, cfg, calib, steps=20, lr=1.5, batch_size=len(calib), progress=False)
     after = held_out_loss(model, cfg, calib, R1, R2, True)
     assert len(history) == 20
     assert before > fp + 0.2  # quantization hurts at the random Hadamard start (measured 3.24 vs 2.91)
-    assert after < before - 0.1  # learned rotations recover most of it (measured 3.02)
+    assert after < before - 0.15  # learned rotations recover most of it (measured 2.97 on the Xeon)
     assert R1.dtype == torch.float64 and R2.shape == (2, 16, 16)
     assert orthogonality_error(R1) < 1e-8
     assert max(orthogonality_error(r) for r in R2) < 1e-8
