@@ -72,4 +72,17 @@ __attribute__((visibility("default"))) int spinquant_et_forward(SpinquantProgram
   return 0;
 }
 
+__attribute__((visibility("default"))) int64_t spinquant_et_bytes(SpinquantProgram* program, const char* method,
+                                                                  uint8_t* buf, int64_t cap) {
+  const auto names = program->module->method_names();
+  if (!names.ok() || names->count(method) == 0) return -1;
+  auto result = program->module->execute(method);
+  if (!result.ok() || result->empty() || !result->at(0).isTensor()) return -1;
+  const Tensor out = result->at(0).toTensor();
+  if (out.scalar_type() != ScalarType::Byte) return -1;
+  const int64_t size = out.numel();
+  if (size <= cap) std::memcpy(buf, out.const_data_ptr<uint8_t>(), static_cast<size_t>(size));
+  return size;
+}
+
 }  // extern "C"

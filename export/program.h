@@ -1,7 +1,8 @@
 // C API of libspinquant_et_ops over ExecuTorch's Module: open a .pte, run forward(tokens [1, T] int64,
-// input_pos [T] int64) -> logits [1, T, V] (or [1, V]), close it. The C++ runner and the Python runtime
-// (through ctypes) both call it, so both run the same decode step; the pybinding's per-call tensor handling
-// cost ~6 % of a decode step here (benchmarks/RESULTS.md, session 9).
+// input_pos [T] int64) -> logits [1, T, V] (or [1, V]), read its constant methods, close it; and the tokenizer a
+// program carries. The C++ runner and the Python runtime (through ctypes) both call it, so both run the same
+// decode step; the pybinding's per-call tensor handling cost ~6 % of a decode step (benchmarks/RESULTS.md,
+// session 9).
 #pragma once
 #include <stdint.h>
 
@@ -31,6 +32,31 @@ int64_t spinquant_et_vocab(const SpinquantProgram* program);
 // error code.
 int spinquant_et_forward(SpinquantProgram* program, const int64_t* ids, const int64_t* pos, int64_t n,
                          float* logits, int64_t rows, int64_t* next);
+
+// Runs a constant method of the program that returns a uint8 tensor (`spinquant_metadata`: JSON;
+// `spinquant_tokenizer`: docs/TOKENIZER_FORMAT.md) and copies it to `buf` when it fits in `cap` bytes. Returns
+// its size, or -1 if the program has no such method.
+int64_t spinquant_et_bytes(SpinquantProgram* program, const char* method, uint8_t* buf, int64_t cap);
+
+// ---- tokenizer (export/tokenizer.h): byte-level BPE from the packed bytes of `spinquant_tokenizer` ----
+
+typedef struct SpinquantTokenizer SpinquantTokenizer;
+
+// Parses a packed tokenizer; NULL if the bytes are not one (damaged, or another format version).
+SpinquantTokenizer* spinquant_tok_new(const uint8_t* data, int64_t size);
+
+void spinquant_tok_free(SpinquantTokenizer* tok);
+
+// Token ids of UTF-8 `text` (`len` bytes), with the tokenizer's BOS-style prefix and suffix. Returns how many;
+// copies them to `ids` only when they fit in `cap`.
+int64_t spinquant_tok_encode(const SpinquantTokenizer* tok, const char* text, int64_t len, int64_t* ids, int64_t cap);
+
+// Points `*bytes` at the bytes of token `id` (valid while `tok` lives) and returns their count (0 for special
+// tokens and unknown ids). Concatenated, a generation's bytes are its UTF-8 text.
+int64_t spinquant_tok_decode(const SpinquantTokenizer* tok, int64_t id, const char** bytes);
+
+// The end-of-sequence id, or -1.
+int64_t spinquant_tok_eos(const SpinquantTokenizer* tok);
 
 #ifdef __cplusplus
 }

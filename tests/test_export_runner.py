@@ -3,43 +3,23 @@ Python runtime on a tiny exported model; the arm64 build (runner + op library + 
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 pytest.importorskip("executorch")
 
+from native_build import arm64_tools, build_runner, qemu  # noqa: E402
 from spinquant.export.cli import prepare_model  # noqa: E402
 from spinquant.export.exporter import export_model  # noqa: E402
 from spinquant.export.runtime import PteModel  # noqa: E402
 from spinquant.model import tiny_model  # noqa: E402
 from spinquant.quant.config import QuantConfig  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
 PROMPT = [3, 14, 15, 92, 65, 35]
 NEW = 8
-# An unpacked aarch64 executorch 1.5.1 wheel (folder holding executorch/lib/libexecutorch.so); run.sh makes it.
-ARM_ET = Path(os.environ.get("SPINQUANT_ET_AARCH64_DIR", ROOT / "build" / "executorch-aarch64")) / "executorch"
-
-
-def _build(build_dir: Path, *cmake_args: str) -> Path:
-    """Configure and build spinquant_runner (incremental when the folder exists); returns the binary."""
-    if shutil.which("cmake") is None or shutil.which("ninja") is None:
-        pytest.skip("cmake and ninja are needed to build the runner")
-    subprocess.run(
-        ["cmake", "-S", str(ROOT), "-B", str(build_dir), "-G", "Ninja", "-DCMAKE_BUILD_TYPE=Release",
-         "-DSPINQUANT_BUILD_TESTS=OFF", "-DSPINQUANT_BUILD_EXECUTORCH_OPS=ON", f"-DPython_EXECUTABLE={sys.executable}",
-         *cmake_args],
-        check=True, capture_output=True,
-    )  # fmt: skip
-    subprocess.run(["cmake", "--build", str(build_dir), "-j2", "--target", "spinquant_runner"], check=True,
-                   capture_output=True)  # fmt: skip
-    return build_dir / "export" / "spinquant_runner"
 
 
 def _run(cmd: list[str]) -> list[int]:
@@ -65,28 +45,20 @@ def _args(path: Path) -> list[str]:
 
 def test_runner_matches_python_runtime(program):
     path, want = program
-    runner = _build(ROOT / "build" / "pytest-et-x86_64")
+    runner = build_runner()
     assert _run([str(runner), *_args(path)]) == want
     assert _run([str(runner), *_args(path), "--runs", "3"]) == want  # repeated generations restart at position 0
 
 
 def test_runner_reports_a_bad_path(program, tmp_path):
-    runner = _build(ROOT / "build" / "pytest-et-x86_64")
+    runner = build_runner()
     res = subprocess.run([str(runner), str(tmp_path / "none.pte"), "--tokens", "1"], capture_output=True, text=True)
     assert res.returncode == 1 and "cannot load method 'forward'" in res.stderr
 
 
-@pytest.mark.skipif(
-    not (shutil.which("aarch64-linux-gnu-g++") and shutil.which("qemu-aarch64") and ARM_ET.is_dir()),
-    reason="needs g++-aarch64-linux-gnu, qemu-user and an unpacked aarch64 executorch wheel (see run.sh)",
-)
+@arm64_tools
 @pytest.mark.parametrize("cpu", ["max", "cortex-a72"])  # dotprod + i8mm, and the plain NEON fallback
 def test_arm64_runner_under_qemu(program, cpu):
     path, want = program
-    runner = _build(
-        ROOT / "build" / "pytest-et-arm64",
-        f"-DCMAKE_TOOLCHAIN_FILE={ROOT / 'kernels' / 'cmake' / 'aarch64-linux-gnu.cmake'}",
-        f"-DSPINQUANT_EXECUTORCH_DIR={ARM_ET}",
-    )
-    qemu = ["qemu-aarch64", "-L", "/usr/aarch64-linux-gnu", "-cpu", cpu]
-    assert _run([*qemu, str(runner), *_args(path)]) == want
+    runner = build_runner(arm64=True)
+    assert _run([*qemu(cpu), str(runner), *_args(path)]) == want

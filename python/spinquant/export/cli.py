@@ -98,15 +98,18 @@ def run_add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (with --temperature > 0)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0, help="kernel threads (0 = all cores)")
-    p.add_argument("--tokenizer", help="tokenizer folder (default: the one recorded in the program, else SmolLM2)")
+    p.add_argument("--tokenizer", help="HF tokenizer folder (default: the program's own, else the folder it names)")
 
 
-def _tokenizer(path: str | None):
+def _tokenizer(model, folder: str | None):
+    """`--tokenizer` if given, else the one the program carries, else the folder its metadata names."""
     from transformers import AutoTokenizer
 
-    from spinquant import assets
-
-    folder = path if path and Path(path).is_dir() else str(assets.default_model_dir())
+    if folder is None and (native := model.tokenizer()) is not None:
+        return native
+    folder = folder or model.metadata.get("tokenizer", {}).get("name")
+    if not folder or not Path(folder).is_dir():
+        sys.exit(f"spinquant run: {model.path} carries no tokenizer and names no folder here; pass --tokenizer")
     return AutoTokenizer.from_pretrained(folder)
 
 
@@ -118,7 +121,7 @@ def run_main(a: argparse.Namespace) -> int:
     except RuntimeLoadError as e:
         sys.exit(f"spinquant run: {e}")
     set_threads(a.threads)
-    tok = _tokenizer(a.tokenizer or model.metadata.get("tokenizer", {}).get("name"))
+    tok = _tokenizer(model, a.tokenizer)
     prepack_s = model.prepack()
     text = model.generate(tok, a.prompt, a.max_new_tokens, a.temperature, a.top_p, a.seed)
     print(a.prompt + text)

@@ -2,8 +2,10 @@
 
 torch.export (dynamic sequence length) -> to_edge (custom ops kept, out variants picked by EXIR) ->
 to_executorch (KV cache buffers updated in place). The program carries its metadata as constant methods:
-`get_max_seq_len`, `get_vocab_size`, `get_bos_id`, `get_eos_id` (ints) and `spinquant_metadata` (a uint8
-tensor holding JSON: format, target, had, quant config, model identity, tokenizer ids).
+`get_max_seq_len`, `get_vocab_size`, `get_bos_id`, `get_eos_id` (ints), `spinquant_metadata` (a uint8
+tensor holding JSON: format, target, had, quant config, model identity, tokenizer ids) and, for byte-level BPE
+tokenizers, `spinquant_tokenizer` (uint8: the tokenizer the C++ runner encodes prompts with,
+docs/TOKENIZER_FORMAT.md).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import os
 import platform
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,12 +23,14 @@ import torch
 from torch.export import Dim
 
 from .exportable import ExportableDecoder, ExportError
+from .tokenizer import UnsupportedTokenizer, pack_tokenizer
 
 # v2: int4_linear takes the residual; v3: attention ops take qkv and do RoPE; v4: int4_linear applies the RMSNorm;
 # v5: int4_linear applies silu(gate) * up and the online Hadamard (down_proj)
 FORMAT = "spinquant-pte-v5"
 TARGETS = ("arm64", "x86_64")
 METADATA_METHOD = "spinquant_metadata"
+TOKENIZER_METHOD = "spinquant_tokenizer"
 
 
 def host_target() -> str:
@@ -61,16 +66,31 @@ def build_metadata(model, target: str, had: bool, quant: dict | None, tokenizer=
     }
 
 
-def _constant_methods(meta: dict) -> dict:
-    blob = torch.tensor(list(json.dumps(meta, sort_keys=True).encode()), dtype=torch.uint8)
+def _bytes_tensor(data: bytes) -> torch.Tensor:
+    return torch.frombuffer(bytearray(data), dtype=torch.uint8)
+
+
+def _packed_tokenizer(tokenizer) -> bytes | None:
+    """The tokenizer packed for the C++ runner, or None (with a warning) if it is of a kind the runner lacks."""
+    try:
+        return pack_tokenizer(tokenizer)
+    except UnsupportedTokenizer as e:
+        warnings.warn(f"the program carries no tokenizer, so the C++ runner needs --tokens: {e}", stacklevel=3)
+        return None
+
+
+def _constant_methods(meta: dict, tokenizer_blob: bytes | None = None) -> dict:
     tok = meta.get("tokenizer", {})
-    return {
+    methods = {
         "get_max_seq_len": int(meta["max_seq_len"]),
         "get_vocab_size": int(meta["vocab_size"]),
         "get_bos_id": int(tok.get("bos_id") if tok.get("bos_id") is not None else -1),
         "get_eos_id": int(tok.get("eos_id") if tok.get("eos_id") is not None else -1),
-        METADATA_METHOD: blob,
+        METADATA_METHOD: _bytes_tensor(json.dumps(meta, sort_keys=True).encode()),
     }
+    if tokenizer_blob is not None:
+        methods[TOKENIZER_METHOD] = _bytes_tensor(tokenizer_blob)
+    return methods
 
 
 def _check_had(model, had: bool | None) -> bool:
@@ -85,7 +105,7 @@ def _check_had(model, had: bool | None) -> bool:
     return has
 
 
-def to_program(decoder: ExportableDecoder, meta: dict, xnnpack: bool = False):
+def to_program(decoder: ExportableDecoder, meta: dict, xnnpack: bool = False, tokenizer_blob: bytes | None = None):
     """ExecuTorch program manager of the decoder (not yet written)."""
     from executorch.exir import EdgeCompileConfig, ExecutorchBackendConfig, to_edge_transform_and_lower
     from executorch.exir.passes.init_mutable_pass import InitializedMutableBufferPass
@@ -102,7 +122,7 @@ def to_program(decoder: ExportableDecoder, meta: dict, xnnpack: bool = False):
     edge = to_edge_transform_and_lower(
         ep,
         partitioner=partitioners,
-        constant_methods=_constant_methods(meta),
+        constant_methods=_constant_methods(meta, tokenizer_blob),
         compile_config=EdgeCompileConfig(_check_ir_validity=False),
     )
     # Float KV caches start at zero (their masked rows enter q @ K^T, so garbage there could be NaN);
@@ -149,8 +169,15 @@ def export_model(
         quant = model.quant_config.to_dict()
     max_seq_len = min(max_seq_len, model.args.max_seq_len)
     max_seq_len -= max_seq_len % 4
+    if tokenizer is not None and len(tokenizer) > model.args.vocab_size:
+        raise ExportError(
+            f"the tokenizer has {len(tokenizer)} tokens but the model only {model.args.vocab_size}: it belongs to "
+            "another model; pass the model's own tokenizer"
+        )
     meta = build_metadata(model, target, had, quant, tokenizer, max_seq_len)
+    blob = None if tokenizer is None else _packed_tokenizer(tokenizer)
+    meta["tokenizer"]["packed"] = blob is not None
     decoder = ExportableDecoder(model, max_seq_len).eval()
-    program = to_program(decoder, meta, xnnpack=xnnpack)
+    program = to_program(decoder, meta, xnnpack=xnnpack, tokenizer_blob=blob)
     write_atomic(path, program.buffer)
     return ExportResult(path, time.perf_counter() - start, path.stat().st_size, meta)

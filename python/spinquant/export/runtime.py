@@ -24,7 +24,7 @@ from torch import Tensor
 import spinquant
 
 from . import ops as _ops
-from .exporter import FORMAT, METADATA_METHOD, host_target
+from .exporter import FORMAT, METADATA_METHOD, TOKENIZER_METHOD, host_target
 
 LIBRARY_NAME = "libspinquant_et_ops.so"
 OPS = tuple(f"spinquant::{name}.out" for name in _ops.OPS)
@@ -77,6 +77,13 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
     lib.spinquant_et_vocab.restype, lib.spinquant_et_vocab.argtypes = i64, [ptr]
     lib.spinquant_et_forward.restype = ctypes.c_int
     lib.spinquant_et_forward.argtypes = [ptr, ptr, ptr, i64, ptr, i64, ctypes.POINTER(i64)]
+    lib.spinquant_et_bytes.restype, lib.spinquant_et_bytes.argtypes = i64, [ptr, ctypes.c_char_p, ptr, i64]
+    lib.spinquant_tok_new.restype, lib.spinquant_tok_new.argtypes = ptr, [ptr, i64]
+    lib.spinquant_tok_free.restype, lib.spinquant_tok_free.argtypes = None, [ptr]
+    lib.spinquant_tok_encode.restype, lib.spinquant_tok_encode.argtypes = i64, [ptr, ctypes.c_char_p, i64, ptr, i64]
+    lib.spinquant_tok_decode.restype = i64
+    lib.spinquant_tok_decode.argtypes = [ptr, i64, ctypes.POINTER(ctypes.c_void_p)]
+    lib.spinquant_tok_eos.restype, lib.spinquant_tok_eos.argtypes = i64, [ptr]
     return lib
 
 
@@ -108,6 +115,39 @@ def _decode_metadata(program) -> dict:
     if meta.get("format") != FORMAT:
         raise RuntimeLoadError(f"unsupported .pte format {meta.get('format')!r}; re-export it with this spinquant")
     return meta
+
+
+class NativeTokenizer:
+    """The C++ runner's tokenizer (export/tokenizer.cpp) over packed bytes (docs/TOKENIZER_FORMAT.md)."""
+
+    def __init__(self, blob: bytes):
+        self._lib = load_library()
+        self._blob = (ctypes.c_uint8 * len(blob)).from_buffer_copy(blob)
+        self._handle = self._lib.spinquant_tok_new(self._blob, len(blob))
+        if not self._handle:
+            raise RuntimeLoadError("the packed tokenizer is damaged or of another format version; re-export it")
+        self.eos_token_id = int(self._lib.spinquant_tok_eos(self._handle))
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of `text`, with the tokenizer's BOS-style prefix and suffix."""
+        data = text.encode()
+        n = self._lib.spinquant_tok_encode(self._handle, data, len(data), None, 0)
+        ids = np.empty(n, np.int64)
+        self._lib.spinquant_tok_encode(self._handle, data, len(data), ids.ctypes.data, n)
+        return ids.tolist()
+
+    def decode(self, ids, skip_special_tokens: bool = True) -> str:
+        """Text of token ids (special tokens are always skipped)."""
+        out, at = [], ctypes.c_void_p()
+        for i in ids:
+            n = self._lib.spinquant_tok_decode(self._handle, int(i), ctypes.byref(at))
+            out.append(ctypes.string_at(at, n) if n else b"")
+        return b"".join(out).decode(errors="replace")
+
+    def __del__(self) -> None:
+        if getattr(self, "_handle", None):
+            self._lib.spinquant_tok_free(self._handle)
+            self._handle = None
 
 
 @dataclass
@@ -155,6 +195,15 @@ class PteModel:
         self.path = path
         self.max_seq_len = int(self.metadata["max_seq_len"])
         self.timing = Timing()
+
+    def tokenizer(self) -> NativeTokenizer | None:
+        """The tokenizer the program carries (spinquant-export packs byte-level BPE ones), or None."""
+        size = self._lib.spinquant_et_bytes(self._handle, TOKENIZER_METHOD.encode(), None, 0)
+        if size < 0:
+            return None
+        blob = (ctypes.c_uint8 * size)()
+        self._lib.spinquant_et_bytes(self._handle, TOKENIZER_METHOD.encode(), blob, size)
+        return NativeTokenizer(bytes(blob))
 
     def forward(self, tokens: Tensor, input_pos: Tensor) -> Tensor:
         """Logits [1, T, V] for tokens [1, T] at positions input_pos [T]."""
