@@ -93,3 +93,49 @@ def test_pipeline_writes_the_table(tiny_folder, tmp_path):
         "rotations-W4A4KV4-had.safetensors",
         "rotations-W4A4KV4-no_had.safetensors",
     ]
+
+
+def test_spinquant_export(tiny_folder, tmp_path, capsys):
+    """`spinquant-export` from a model folder and from an int4 checkpoint; both programs carry the tokenizer."""
+    from spinquant.cli import export_main
+    from spinquant.export.runtime import PteModel
+
+    export_main(
+        [
+            "--model",
+            str(tiny_folder),
+            "--mode",
+            "W4A8",
+            "--no-had",
+            "--max-seq-len",
+            "64",
+            "-o",
+            str(tmp_path / "m.pte"),
+        ]
+    )
+    assert "with its tokenizer" in capsys.readouterr().out
+    meta = PteModel(tmp_path / "m.pte").metadata
+    assert meta["had"] is False and meta["quant"]["a_bits"] == 8 and meta["tokenizer"]["packed"] is True
+    ckpt = tmp_path / "q.safetensors"
+    main(["quantize", "--model", str(tiny_folder), "--precision", "W4A4KV4", "--out", str(ckpt)])
+    with pytest.raises(SystemExit, match="was made with had=True; drop --no-had"):
+        export_main(["--checkpoint", str(ckpt), "--no-had", "-o", str(tmp_path / "c.pte")])
+    export_main(
+        [
+            "--checkpoint",
+            str(ckpt),
+            "--tokenizer",
+            str(tiny_folder),
+            "--max-seq-len",
+            "64",
+            "-o",
+            str(tmp_path / "c.pte"),
+        ]
+    )
+    pte = PteModel(tmp_path / "c.pte")
+    assert pte.metadata["had"] is True and pte.metadata["quant"]["kv_bits"] == 4
+    assert pte.tokenizer().encode("Hello there") == pte.tokenizer().encode("Hello there") != []
+    with pytest.raises(SystemExit):
+        export_main(["--model", str(tiny_folder), "-o", str(tmp_path / "m.bin")])
+    assert "should end in .pte" in capsys.readouterr().err
+    assert not (tmp_path / "m.bin").exists()

@@ -54,11 +54,18 @@ def export_add_arguments(p: argparse.ArgumentParser) -> None:
         help="online Hadamards R3/R4 (with --model default on; with --checkpoint it must match the file)",
     )
     p.add_argument("--target", choices=("arm64", "x86_64"), help="kernel set recorded in the program (default: host)")
+    p.add_argument(
+        "--tokenizer",
+        help="HF tokenizer folder packed into the program for the C++ runner's --prompt (default: the model's own; "
+        "with --checkpoint none unless given)",
+    )
     p.add_argument("--max-seq-len", type=int, default=512, help="KV cache length (prompt + generated tokens)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random rotations")
 
 
 def export_main(a: argparse.Namespace) -> int:
+    from transformers import AutoTokenizer
+
     from spinquant.export.exporter import export_model
     from spinquant.model import load_model
 
@@ -77,12 +84,15 @@ def export_main(a: argparse.Namespace) -> int:
         cfg = mode_config(a.mode, not a.no_quantize_lm_head)
         had = True if a.had is None else a.had
         prepare_model(model, cfg, had, a.rotation, a.seed)
+    if a.tokenizer:
+        tokenizer = AutoTokenizer.from_pretrained(a.tokenizer)
     res = export_model(
         model, a.output, target=a.target, had=had, quant=cfg.to_dict(), tokenizer=tokenizer, max_seq_len=a.max_seq_len
     )
+    packed = "with its tokenizer" if res.metadata["tokenizer"].get("packed") else "no tokenizer: runner needs --tokens"
     print(
-        f"wrote {res.path} ({res.bytes / 1e6:.1f} MB, {cfg.name}, had={had}, target={res.metadata['target']}) "
-        f"in {res.seconds:.0f} s"
+        f"wrote {res.path} ({res.bytes / 1e6:.1f} MB, {cfg.name}, had={had}, target={res.metadata['target']}, "
+        f"{packed}) in {res.seconds:.0f} s"
     )
     return 0
 
