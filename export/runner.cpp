@@ -105,42 +105,88 @@ double now_ms() {
   return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
 
-// Temperature + nucleus sampling over one row of logits, seeded. Only the tokens above a threshold are sorted:
-// the threshold falls until their mass reaches top_p, so every token the nucleus keeps is among them.
+// e^x for x <= 0 in float (relative error ~1e-7; 0 below -87), in plain arithmetic the compiler vectorizes
+// (with -fno-trapping-math, which lets it turn the clamp into a select).
+inline float exp_nonpositive(float x) {
+  constexpr float kLog2e = 1.44269504f, kLn2Hi = 0.693145752f, kLn2Lo = 1.42860677e-6f, kRound = 12582912.0f;
+  const float c = x > -87.0f ? x : -87.0f;
+  const float n = (c * kLog2e + kRound) - kRound;  // nearest integer to x / ln 2
+  const float r = (c - n * kLn2Hi) - n * kLn2Lo;     // |r| <= ln 2 / 2
+  const float p = 1.0f + r * (1.0f + r * (0.5f + r * (1.0f / 6 + r * (1.0f / 24 + r * (1.0f / 120 + r * (1.0f / 720))))));
+  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;  // 2^n as a float's bits
+  float scale;
+  std::memcpy(&scale, &bits, sizeof scale);
+  return p * scale;
+}
+
+// Largest of x[0, n), n >= 1, in eight independent lanes.
+float max_of(const float* x, int64_t n) {
+  float lane[8];
+  std::fill(lane, lane + 8, x[0]);
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    for (int j = 0; j < 8; ++j) lane[j] = x[i + j] > lane[j] ? x[i + j] : lane[j];
+  for (; i < n; ++i) lane[0] = x[i] > lane[0] ? x[i] : lane[0];
+  return *std::max_element(lane, lane + 8);
+}
+
+// Temperature + nucleus sampling over one row of logits, seeded (the same draws on every platform). Only the
+// tokens the nucleus can keep are sorted: those above the highest power-of-16 threshold whose tokens hold
+// top_p of the mass, found in one pass from a histogram of the odds' exponents.
 class Sampler {
  public:
   Sampler(double temperature, double top_p, uint64_t seed) : temperature_(temperature), top_p_(top_p), rng_(seed) {}
 
   int64_t pick(const float* logits, int64_t vocab) {
-    const float top = *std::max_element(logits, logits + vocab);
+    const float top = max_of(logits, vocab), inv_t = static_cast<float>(1.0 / temperature_);
     probs_.resize(static_cast<size_t>(vocab));
-    double total = 0;
-    for (int64_t v = 0; v < vocab; ++v) total += probs_[v] = std::exp((logits[v] - top) / temperature_);
-    double floor = 1.0, mass = 0;
-    do {
-      floor /= 16;
-      kept_.clear();
-      mass = 0;
-      for (int64_t v = 0; v < vocab; ++v)
-        if (probs_[v] >= floor) kept_.push_back(v), mass += probs_[v];
-    } while (mass < top_p_ * total && floor > 0);
+    for (int64_t v = 0; v < vocab; ++v) probs_[v] = exp_nonpositive((logits[v] - top) * inv_t);
+    const double u = static_cast<double>(rng_() >> 11) * 0x1.0p-53;
+    if (top_p_ >= 1) return draw_in_order(u);
+    double mass[kBuckets] = {}, total = 0;  // mass[k]: tokens with odds in [16^-(k+1), 16^-k)
+    for (float p : probs_) mass[bucket(p)] += p;
+    for (double m : mass) total += m;
+    const double want = top_p_ * total;
+    int k = 0;
+    for (double below = mass[0]; below < want && k + 1 < kBuckets;) below += mass[++k];
+    const float floor = k + 1 < kBuckets ? std::ldexp(1.0f, -4 * (k + 1)) : 0.0f;  // buckets 0..k
+    kept_.clear();
+    for (int64_t v = 0; v < vocab; ++v)
+      if (probs_[v] >= floor) kept_.push_back(v);
     std::sort(kept_.begin(), kept_.end(), [&](int64_t a, int64_t b) {
       return probs_[a] > probs_[b] || (probs_[a] == probs_[b] && a < b);
     });
     double before = 0;  // keep a token while the mass before it is under top_p (the first always)
     size_t n = 0;
-    while (n < kept_.size() && (n == 0 || before < top_p_ * total)) before += probs_[kept_[n++]];
-    const double u = static_cast<double>(rng_() >> 11) * 0x1.0p-53 * before;  // same draws on every platform
+    while (n < kept_.size() && (n == 0 || before < want)) before += probs_[kept_[n++]];
     double sum = 0;
     for (size_t i = 0; i < n; ++i)
-      if ((sum += probs_[kept_[i]]) > u) return kept_[i];
+      if ((sum += probs_[kept_[i]]) > u * before) return kept_[i];
     return kept_[n - 1];
   }
 
  private:
+  static constexpr int kBuckets = 32;  // the last one holds everything below 16^-31, zero included
+
+  static int bucket(float p) {  // k with p in [16^-(k+1), 16^-k), from p's binary exponent
+    uint32_t bits;
+    std::memcpy(&bits, &p, sizeof bits);
+    const int k = (130 - static_cast<int>(bits >> 23)) / 4 - 1;
+    return k < 0 ? 0 : k < kBuckets ? k : kBuckets - 1;
+  }
+
+  int64_t draw_in_order(double u) const {  // the token where the running mass passes u of the total
+    double total = 0;
+    for (float p : probs_) total += p;
+    double sum = 0;
+    for (size_t v = 0; v < probs_.size(); ++v)
+      if ((sum += probs_[v]) > u * total) return static_cast<int64_t>(v);
+    return static_cast<int64_t>(probs_.size()) - 1;
+  }
+
   double temperature_, top_p_;
   std::mt19937_64 rng_;
-  std::vector<double> probs_;
+  std::vector<float> probs_;  // odds against the top token
   std::vector<int64_t> kept_;
 };
 

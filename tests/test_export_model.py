@@ -104,6 +104,13 @@ def test_sampler_follows_the_softmax_and_the_nucleus():
     noisy = np.random.default_rng(0).normal(size=1000).astype(np.float32)
     top_only = runtime._sampler(1.0, 1e-9, seed=0)  # a nucleus of one token is greedy
     assert all(top_only(noisy) == int(noisy.argmax()) for _ in range(5))
+    # Nucleus 0.8 of (0.5, 0.3, 0.15, 0.05) keeps the first two (the mass before the third is 0.8), at odds 5:3;
+    # the other 996 tokens hold ~1e-9 of the mass.
+    four = np.log(np.array([0.5, 0.3, 0.15, 0.05] + [1e-12] * 996, np.float32))
+    for top_p, allowed, share_of_1 in ((0.8, {0, 1}, 3 / 8), (0.81, {0, 1, 2}, 0.3 / 0.95)):
+        pick = runtime._sampler(1.0, top_p, seed=0)
+        draws = [pick(four) for _ in range(4000)]
+        assert set(draws) == allowed and abs(draws.count(1) / 4000 - share_of_1) < 0.03
 
 
 def test_sampling_is_seeded(exported):
