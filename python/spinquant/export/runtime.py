@@ -122,8 +122,7 @@ class NativeTokenizer:
 
     def __init__(self, blob: bytes):
         self._lib = load_library()
-        self._blob = (ctypes.c_uint8 * len(blob)).from_buffer_copy(blob)
-        self._handle = self._lib.spinquant_tok_new(self._blob, len(blob))
+        self._handle = self._lib.spinquant_tok_new(blob, len(blob))  # the library keeps its own copy
         if not self._handle:
             raise RuntimeLoadError("the packed tokenizer is damaged or of another format version; re-export it")
         self.eos_token_id = int(self._lib.spinquant_tok_eos(self._handle))
