@@ -262,8 +262,10 @@ int main(int argc, char** argv) {
     tok = program_tokenizer(program, args.model);
     eos = spinquant_tok_eos(tok);
     const auto len = static_cast<int64_t>(args.prompt.size());
-    args.tokens.resize(static_cast<size_t>(spinquant_tok_encode(tok, args.prompt.data(), len, nullptr, 0)));
-    spinquant_tok_encode(tok, args.prompt.data(), len, args.tokens.data(), static_cast<int64_t>(args.tokens.size()));
+    args.tokens.resize(args.prompt.size() + 8);  // a token a byte at most, plus a few BOS-style ids: one call
+    const int64_t n = spinquant_tok_encode(tok, args.prompt.data(), len, args.tokens.data(), len + 8);
+    args.tokens.resize(static_cast<size_t>(n));
+    if (n > len + 8) spinquant_tok_encode(tok, args.prompt.data(), len, args.tokens.data(), n);
     if (args.tokens.empty()) usage("the prompt is empty: give at least one token's worth of text");
   }
   std::vector<int64_t> out;

@@ -130,10 +130,12 @@ class NativeTokenizer:
     def encode(self, text: str) -> list[int]:
         """Token ids of `text`, with the tokenizer's BOS-style prefix and suffix."""
         data = text.encode()
-        n = self._lib.spinquant_tok_encode(self._handle, data, len(data), None, 0)
-        ids = np.empty(n, np.int64)
-        self._lib.spinquant_tok_encode(self._handle, data, len(data), ids.ctypes.data, n)
-        return ids.tolist()
+        ids = np.empty(len(data) + 8, np.int64)  # a token a byte at most, plus a few BOS-style ids: one call
+        n = self._lib.spinquant_tok_encode(self._handle, data, len(data), ids.ctypes.data, len(ids))
+        if n > len(ids):
+            ids = np.empty(n, np.int64)
+            self._lib.spinquant_tok_encode(self._handle, data, len(data), ids.ctypes.data, n)
+        return ids[:n].tolist()
 
     def decode(self, ids, skip_special_tokens: bool = True) -> str:
         """Text of token ids (special tokens are always skipped)."""
