@@ -25,12 +25,13 @@ PYBIND11_MODULE(_kernels, m) {
     throw py::value_error("unknown ISA '" + name + "': use scalar, avx2, avx512, neon, dotprod or i8mm");
   }, "Force one ISA for the following calls (tests, benchmarks).");
   m.def("reset_isa", &spinquant::reset_isa, "Return to automatic ISA choice.");
-  m.def("read_bytes", [](py::array_t<uint8_t, py::array::c_style> buffer, int threads) {
+  m.def("read_bytes", [](py::array_t<uint8_t, py::array::c_style> buffer, int threads, int64_t prefetch_bytes) {
     if (threads < 0) throw py::value_error("threads must be >= 0 (0 = all cores)");
+    if (prefetch_bytes < 0) throw py::value_error("prefetch_bytes must be >= 0 (0 = no software prefetch)");
     spinquant::ByteSpan span{buffer.data(), static_cast<size_t>(buffer.size())};
     py::gil_scoped_release release;
-    return spinquant::read_bytes(span, threads);
-  }, py::arg("buffer"), py::arg("threads") = 0,
+    return spinquant::read_bytes(span, threads, prefetch_bytes);
+  }, py::arg("buffer"), py::arg("threads") = 0, py::arg("prefetch_bytes") = 16384,
         "Read a contiguous buffer once on the kernels' thread pool (sum of its 64-bit words): a bandwidth probe.");
   spinquant_py::bind_int4(m);
   spinquant_py::bind_hadamard(m);

@@ -41,9 +41,14 @@ def test_floor_runner_reads_its_buffer_on_the_kernels_pool():
 
     runner = bench.FloorRunner(1024)
     runner.set_threads(2)
-    assert runner.forward([1, 2], 0) == 0 and read_bytes(runner.buffer, 2) == 128 * 0x0101010101010101
+    assert runner.prefetch == {2: runner.prefetch[2]} and runner.prefetch[2] in bench.FloorRunner.PREFETCH_CHOICES
+    assert runner.forward([1, 2], 0) == 0
+    for prefetch in (0, 64, 16384):
+        assert read_bytes(runner.buffer, 2, prefetch) == 128 * 0x0101010101010101
     with pytest.raises(TypeError):
         read_bytes(runner.buffer.view("float32"), 1)
+    with pytest.raises(ValueError, match="prefetch_bytes must be >= 0"):
+        read_bytes(runner.buffer, 1, -1)
 
 
 def test_eager_runner_greedy_matches_model():

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "spinquant/bandwidth.h"
+#include "spinquant/cpu.h"
 #include "spinquant/parallel.h"
 
 namespace {
@@ -123,7 +124,8 @@ void test_prefetch_when_idle() {
   spinquant::prefetch_when_idle({});
 }
 
-// read_bytes reads every byte once: its sum of 64-bit words equals a plain one for ragged sizes and offsets.
+// read_bytes reads every byte once: its sum of 64-bit words equals a plain one for ragged sizes and offsets, on
+// every ISA, with and without prefetching (also past the end of a short span).
 void test_read_bytes() {
   std::vector<unsigned char> buffer(100000 + 77);
   for (size_t i = 0; i < buffer.size(); ++i) buffer[i] = static_cast<unsigned char>(i * 2654435761u >> 13);
@@ -136,10 +138,24 @@ void test_read_bytes() {
         want += word;
       }
       for (size_t i = bytes / 64 * 64; i < bytes; ++i) want += buffer[offset + i];
-      for (int threads : {0, 1, 2, 3})
-        expect(spinquant::read_bytes({buffer.data() + offset, bytes}, threads) == want, "read_bytes sums every byte");
+      for (auto isa : {spinquant::Isa::Scalar, spinquant::Isa::Avx2, spinquant::Isa::Avx512, spinquant::Isa::Neon}) {
+        if (!spinquant::isa_supported(isa)) continue;
+        spinquant::force_isa(isa);
+        for (int64_t ahead : {0, 64, 16384})
+          for (int threads : {0, 1, 2, 3})
+            expect(spinquant::read_bytes({buffer.data() + offset, bytes}, threads, ahead) == want,
+                   "read_bytes sums every byte");
+      }
+      spinquant::reset_isa();
     }
   }
+  bool threw = false;
+  try {
+    spinquant::read_bytes({buffer.data(), 64}, 1, -1);
+  } catch (const std::invalid_argument&) {
+    threw = true;
+  }
+  expect(threw, "read_bytes rejects a negative prefetch distance");
 }
 
 }  // namespace

@@ -39,9 +39,10 @@ def use_isa(name: str) -> Iterator[None]:
 # --- int4 linear --------------------------------------------------------------------------------------------
 
 
-def read_bytes(buffer: np.ndarray, threads: int = 0) -> int:
-    """Read a contiguous uint8 array once on the kernels' thread pool (a bandwidth probe); returns its word sum."""
-    return _kernels.read_bytes(buffer, threads)
+def read_bytes(buffer: np.ndarray, threads: int = 0, prefetch_bytes: int = 16384) -> int:
+    """Read a contiguous uint8 array once on the kernels' thread pool (a bandwidth probe), software-prefetching
+    prefetch_bytes ahead (0 = none); returns its word sum."""
+    return _kernels.read_bytes(buffer, threads, prefetch_bytes)
 
 
 def quantize_activations(x: Tensor, bits: int, clip: float = 1.0) -> tuple[Tensor, Tensor, Tensor]:

@@ -143,22 +143,40 @@ class PteRunner:
 
 class FloorRunner:
     """Reads as many bytes as a decode step streams, once per "token", on the kernels' thread pool: the time no
-    weight-streaming program can beat on this machine, measured in the same rounds as the programs."""
+    weight-streaming program can beat on this machine, measured in the same rounds as the programs. Reads with
+    whichever software-prefetch distance (none or 16 KiB) reads faster here at this thread count."""
+
+    PREFETCH_CHOICES = (0, 16384)
 
     def __init__(self, nbytes: int):
         import numpy as np
 
         self.buffer = np.ones(nbytes, np.uint8)  # touched: its pages exist before the first timed read
         self.threads = 1
+        self.prefetch: dict[int, int] = {}  # threads -> the faster prefetch distance, chosen once
 
     def set_threads(self, n: int) -> None:
         self.threads = n
         torch.set_num_threads(1)
+        if n not in self.prefetch:
+            self.prefetch[n] = self._faster_prefetch(n)
+
+    def _faster_prefetch(self, threads: int, reads: int = 9) -> int:
+        """The prefetch distance with the lower median time of `reads` alternating reads of the buffer."""
+        from spinquant.kernels import read_bytes
+
+        times: dict[int, list[float]] = {p: [] for p in self.PREFETCH_CHOICES}
+        for _ in range(reads):
+            for p in self.PREFETCH_CHOICES:
+                t0 = time.perf_counter()
+                read_bytes(self.buffer, threads, p)
+                times[p].append(time.perf_counter() - t0)
+        return min(self.PREFETCH_CHOICES, key=lambda p: statistics.median(times[p]))
 
     def forward(self, ids: list[int], start: int) -> int:
         from spinquant.kernels import read_bytes
 
-        read_bytes(self.buffer, self.threads)
+        read_bytes(self.buffer, self.threads, self.prefetch.get(self.threads, 16384))
         return 0
 
 
@@ -449,6 +467,9 @@ def run_bench(
             runner.close()
     setting = f"{Path(folder).name} decode on this CPU: {prompt_len}-token prompt, {new_tokens} new tokens"
     table = f"{setting}, median of {runs} runs a setting\n\n" + markdown(results)
+    if FLOOR in runners:
+        chosen = ", ".join(f"{t} thread(s) {p} B" for t, p in sorted(runners[FLOOR].prefetch.items()))
+        table += f"{FLOOR} software prefetch distance, the faster of none and 16 KiB here: {chosen}\n"
     if ppl is not None:
         n = min(ppl_tokens, max_seq_len)
         table += f"\nPerplexity of {PPL_VARIANT} on {n} wiki test tokens: eager {ppl[0]:.4f}, .pte {ppl[1]:.4f}\n"
