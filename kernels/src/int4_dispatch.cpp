@@ -94,9 +94,10 @@ class Scratch {
   Buffer<float> floats_;
 };
 
-// Row blocks a decode (one-token) claim takes at least: ~16 KiB of codes, so that a claim outweighs its
-// compare-and-swap.
-int64_t decode_grain(const PackedInt4& w) { return std::max<int64_t>(1, (16 << 10) / (w.Kp * 8)); }
+// Row blocks a decode (one-token) claim takes at least: ~4 KiB of codes, so that a claim outweighs its
+// compare-and-swap; on SmolLM2 that is one block. Smaller last claims end a region's two cores closer together:
+// 2-3 % faster decode at 2 threads than 16 KiB (AMD EPYC, four 24-round runner A/Bs, benchmarks/RESULTS.md).
+int64_t decode_grain(const PackedInt4& w) { return std::max<int64_t>(1, (4 << 10) / (w.Kp * 8)); }
 
 // Idle workers prefetch the blocks they will take first in a one-token call of w (parallel_for_balanced's
 // first worker share, the last blocks); at most its first kIdlePrefetchBytes of codes (half a typical L2: more
