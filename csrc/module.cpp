@@ -27,7 +27,6 @@ PYBIND11_MODULE(_kernels, m) {
   m.def("reset_isa", &spinquant::reset_isa, "Return to automatic ISA choice.");
   m.def("read_bytes", [](py::array_t<uint8_t, py::array::c_style> buffer, int threads, int64_t prefetch_bytes) {
     if (threads < 0) throw py::value_error("threads must be >= 0 (0 = all cores)");
-    if (prefetch_bytes < 0) throw py::value_error("prefetch_bytes must be >= 0 (0 = no software prefetch)");
     spinquant::ByteSpan span{buffer.data(), static_cast<size_t>(buffer.size())};
     py::gil_scoped_release release;
     return spinquant::read_bytes(span, threads, prefetch_bytes);

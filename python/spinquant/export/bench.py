@@ -176,7 +176,7 @@ class FloorRunner:
     def forward(self, ids: list[int], start: int) -> int:
         from spinquant.kernels import read_bytes
 
-        read_bytes(self.buffer, self.threads, self.prefetch.get(self.threads, 16384))
+        read_bytes(self.buffer, self.threads, self.prefetch[self.threads])
         return 0
 
 
