@@ -11,6 +11,8 @@
 #include <string>
 #include <vector>
 
+#include "spinquant/elementwise.h"
+
 using executorch::aten::ScalarType;
 using executorch::aten::Tensor;
 using executorch::aten::TensorImpl;
@@ -63,12 +65,7 @@ __attribute__((visibility("default"))) int spinquant_et_forward(SpinquantProgram
   if (rows > total) return static_cast<int>(Error::InvalidArgument);
   const float* last = out.const_data_ptr<float>() + (total - 1) * V;
   if (rows > 0) std::memcpy(logits, last - (rows - 1) * V, static_cast<size_t>(rows * V) * sizeof(float));
-  if (next != nullptr) {
-    int64_t best = 0;
-    for (int64_t v = 1; v < V; ++v)
-      if (last[v] > last[best]) best = v;
-    *next = best;
-  }
+  if (next != nullptr) *next = spinquant::argmax(last, V);
   return 0;
 }
 

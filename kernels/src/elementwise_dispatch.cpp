@@ -74,4 +74,9 @@ void add(const float* a, const float* b, int64_t n, float* y, int threads) {
   });
 }
 
+int64_t argmax(const float* x, int64_t n) {
+  require(n >= 1, "argmax: needs n >= 1");
+  return kernels().argmax(x, n);
+}
+
 }  // namespace spinquant

@@ -4,6 +4,7 @@
 // header are compiled with -ffp-contract=off: a multiply and an add must stay two roundings everywhere.
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -18,6 +19,7 @@ struct ElementwiseKernels {
   void (*silu_mul)(const float* gate_up, int64_t rows, int64_t f, float* y);
   void (*rope)(const float* x, const float* cos, const float* sin, int64_t T, int64_t H, int64_t D, float* y);
   void (*add)(const float* a, const float* b, int64_t n, float* y);
+  int64_t (*argmax)(const float* x, int64_t n);
 };
 
 const ElementwiseKernels& elementwise_ref();
@@ -45,6 +47,8 @@ struct Scalar {
   static T fma(T a, T b, T c) { return std::fma(a, b, c); }
   static T max(T a, T b) { return a > b ? a : b; }
   static T min(T a, T b) { return a < b ? a : b; }
+  static float hsum(T v) { return v; }
+  static float hmax(T v) { return v; }
   static T round(T x) { return std::nearbyint(x); }
   static T pow2(T n) {
     const uint32_t bits = static_cast<uint32_t>(static_cast<int32_t>(n) + 127) << 23;
@@ -133,8 +137,48 @@ struct ElementwiseSimd {
     for (; i < n; ++i) y[i] = a[i] + b[i];
   }
 
+  // The first index of the largest of x[0, n), as the scan `if (x[i] > x[best]) best = i` finds it (greedy
+  // decoding's argmax over the vocabulary). The largest of each kBlock floats in vectors, then a scan of the
+  // first block that holds the overall largest; a NaN or an infinity anywhere (then some x * 0 is NaN) takes the
+  // plain scan, whose NaN rules no vector max shares.
+  static int64_t argmax(const float* x, int64_t n) {
+    constexpr int64_t kBlock = 1024;
+    float best = x[0], poison = 0.0f;
+    int64_t best_block = 0;
+    for (int64_t b = 0; b < n; b += kBlock) {
+      const int64_t end = std::min(n, b + kBlock);
+      T m = V::set1(x[b]), bad = V::zero();
+      int64_t i = b;
+      for (; i + W <= end; i += W) {
+        const T v = V::load(x + i);
+        m = V::max(m, v);
+        bad = V::fma(v, V::zero(), bad);
+      }
+      float mb = V::hmax(m);
+      poison += V::hsum(bad);
+      for (; i < end; ++i) {
+        mb = std::max(mb, x[i]);
+        poison += x[i] * 0.0f;
+      }
+      if (mb > best) {
+        best = mb;
+        best_block = b;
+      }
+    }
+    int64_t i = 0;
+    if (poison == 0.0f) {
+      for (i = best_block; x[i] != best; ++i) {
+      }
+      return i;
+    }
+    int64_t at = 0;
+    for (i = 1; i < n; ++i)
+      if (x[i] > x[at]) at = i;
+    return at;
+  }
+
   static const ElementwiseKernels& table() {
-    static const ElementwiseKernels k{rms_norm, silu_mul, rope, add};
+    static const ElementwiseKernels k{rms_norm, silu_mul, rope, add, argmax};
     return k;
   }
 };

@@ -1,6 +1,6 @@
 // Element-wise kernels: every ISA path bit-identical to the scalar reference on awkward sizes (tails shorter
 // than a vector, one row, many rows split over threads), the reference close to a double-precision definition,
-// clear errors on bad arguments.
+// clear errors on bad arguments; argmax equal to a plain scan (ties, NaN, infinities) on every ISA.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -140,6 +140,50 @@ void test_add() {
   }
 }
 
+// The scan argmax must match: the first of equal maxima wins, NaNs never do.
+int64_t scan_argmax(const std::vector<float>& x) {
+  int64_t best = 0;
+  for (size_t i = 1; i < x.size(); ++i)
+    if (x[i] > x[best]) best = static_cast<int64_t>(i);
+  return best;
+}
+
+void test_argmax() {
+  const float inf = INFINITY, nan = NAN;
+  for (int64_t n : {1, 2, 15, 17, 1023, 1024, 1025, 3000, 49152}) {
+    std::vector<std::vector<float>> cases;
+    cases.push_back(randn(n, static_cast<uint32_t>(n)));
+    auto tied = cases[0];  // the maximum twice: in the last block, then again earlier in another block
+    const float top = *std::max_element(tied.begin(), tied.end()) + 1.0f;
+    tied[n - 1] = top;
+    tied[n / 3] = top;
+    cases.push_back(tied);
+    auto zeros = std::vector<float>(n, -1.0f);  // -0 before +0: equal maxima
+    zeros[n / 2] = -0.0f;
+    zeros[n - 1] = 0.0f;
+    cases.push_back(zeros);
+    for (float special : {nan, inf, -inf}) {
+      for (int64_t at : {int64_t{0}, n / 2, n - 1}) {
+        auto x = cases[0];
+        x[at] = special;
+        cases.push_back(x);
+      }
+    }
+    cases.push_back(std::vector<float>(n, nan));
+    cases.push_back(std::vector<float>(n, -inf));
+    for (size_t c = 0; c < cases.size(); ++c) {
+      const int64_t want = scan_argmax(cases[c]);
+      for (Isa isa : isas()) {
+        force_isa(isa);
+        const int64_t got = argmax(cases[c].data(), n);
+        CHECK(got == want, "argmax n=%lld case %zu on %s: %lld, the scan finds %lld", (long long)n, c, isa_name(isa),
+              (long long)got, (long long)want);
+      }
+      reset_isa();
+    }
+  }
+}
+
 void test_errors() {
   float x[2] = {1, 2}, y[2];
   auto throws = [](auto f) {
@@ -153,6 +197,7 @@ void test_errors() {
   CHECK(throws([&] { rms_norm(x, x, 1, 0, 1e-5f, y); }), "rms_norm with n = 0 throws");
   CHECK(throws([&] { rope(x, x, x, 1, 1, 3, y); }), "rope with an odd head_dim throws");
   CHECK(throws([&] { silu_mul(x, -1, 1, y); }), "silu_mul with negative rows throws");
+  CHECK(throws([&] { argmax(x, 0); }), "argmax of nothing throws");
 }
 
 }  // namespace
@@ -162,6 +207,7 @@ int main() {
   test_silu_mul();
   test_rope();
   test_add();
+  test_argmax();
   test_errors();
   std::printf("%s\n", g_failures == 0 ? "test_elementwise: all passed" : "test_elementwise: FAILED");
   return g_failures == 0 ? 0 : 1;

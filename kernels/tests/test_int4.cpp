@@ -246,6 +246,9 @@ int main() {
       {37, 40, 100, 32, true, true},   {5, 33, 4096, 128, false, true},  {2, 7, 77, 77, true, false},
       {1, 300, 576, 64, false, true},  {7, 24, 31, 8, true, true},       {37, 1, 4096, 32, false, false},
       {1, 1000, 64, 32, true, false},  {9, 50, 200, 200, false, true},   {6, 20, 96, 32, false, true},
+      // one token with groups of an odd number of 8-input chunks (the decode kernels' peeled chunk): 3 a group,
+      // then a short last group of 1; symmetric and asymmetric
+      {1, 48, 40, 32, false, false},   {1, 33, 72, 24, true, false},     {1, 64, 104, 24, false, true},
   };
   for (const Case& c : cases) run_case(c, rng);
   test_errors();

@@ -1,5 +1,6 @@
 // Element-wise steps of a decoder layer between its int4 linears, fused so that each is one pass over
-// the activations: RMSNorm, SiLU(gate) * up, the rotate-half rotary embedding, and the residual add.
+// the activations: RMSNorm, SiLU(gate) * up, the rotate-half rotary embedding, and the residual add; and the
+// argmax over the logits that greedy decoding takes after the last one.
 //
 // Every ISA computes each output with the same float operations in the same order (the RMSNorm sum of
 // squares in 16 running partial sums, lane l taking elements l, l + 16, ..., then a pairwise tree; exp as
@@ -24,5 +25,8 @@ void rope(const float* x, const float* cos, const float* sin, int64_t T, int64_t
 
 // y = a + b over n floats (y may alias a or b).
 void add(const float* a, const float* b, int64_t n, float* y, int threads = 0);
+
+// The first index of the largest of x[0, n) (n >= 1); NaNs never win (all NaN: 0). Greedy decoding's pick.
+int64_t argmax(const float* x, int64_t n);
 
 }  // namespace spinquant

@@ -2,9 +2,9 @@
 //
 //   spinquant::parallel_for(n, threads, [&](int64_t begin, int64_t end) { ... });
 //
-// splits [0, n) into at most `threads` contiguous, nearly equal ranges (0 = one per core) and runs
-// them on the pool, the calling thread taking the first range and the workers the last ones; it returns
-// when all are done and rethrows the first exception a range threw. Calls made from inside a range run
+// splits [0, n) into at most `threads` contiguous, nearly equal ranges (0 = one per core), the longer ones
+// first, and runs them on the pool, the calling thread taking the first range and the workers the last ones; it
+// returns when all are done and rethrows the first exception a range threw. Calls made from inside a range run
 // serially, and concurrent callers take turns, so kernels may call it freely.
 //
 //   spinquant::prefetch_when_idle({next, bytes});

@@ -80,7 +80,6 @@ void tile_codes(const Job& job, int64_t m0, int64_t b) {
     const uint8_t* ap = job.codes + m0 * w.Kp + w.goff[g];
     const int64_t chunks = (w.goff[g + 1] - w.goff[g]) / 8;
     auto step = [&](int64_t c, int parity) {
-      if (MT == 1) _mm_prefetch(reinterpret_cast<const char*>(wp + c * 64 + kPrefetchBytes), _MM_HINT_T0);
       const __m512i v = _mm512_load_si512(wp + c * 64);
       const __m512i lo = _mm512_and_si512(v, nib), hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), nib);
       for (int i = 0; i < MT; ++i) {
@@ -108,6 +107,66 @@ void tile_codes(const Job& job, int64_t m0, int64_t b) {
   for (int i = 0; i < MT; ++i) {
     const float shift = -(job.a_scale[m0 + i] * static_cast<float>(job.a_zero[m0 + i]));
     store_rows<true>(job, m0 + i, b, yacc[i], shift);
+  }
+}
+
+// acc += the 16 rows' products of the s8 weights q with the 4 activation codes at a. vpdpbusd is written out:
+// around the intrinsic, GCC 12 copies decode_blocks' loop-carried accumulators into scratch registers and back.
+inline void dot_acc(__m512i& acc, const uint8_t* a, __m512i q) {
+  const __m512i x = _mm512_set1_epi32(static_cast<int>(load_u32(a)));
+  asm("vpdpbusd %2, %1, %0" : "+v"(acc) : "v"(x), "v"(q));
+}
+
+// One token (decode) over row blocks [b0, b1): tile_codes<1>'s arithmetic, bit for bit (integer sums in another
+// order), in 20 instructions per two 64-byte lines where the generic tile took 28, 8 of them register moves
+// around its accumulator array. One thread streams the weights at memory speed either way; two may not, where
+// the two CPUs share execution units (on the AMD EPYC VM of benchmarks/RESULTS.md, a vpdpbusd-bound loop runs
+// 1.2-1.5x slower on both than on one).
+template <bool Asym>
+void decode_blocks(const Job& job, int64_t b0, int64_t b1) {
+  const PackedInt4& w = *job.w;
+  const __m512i nib = _mm512_set1_epi8(0x0f);
+  const __m512 sa = _mm512_set1_ps(job.a_scale[0]);
+  const float shift = -(job.a_scale[0] * static_cast<float>(job.a_zero[0]));
+  const int64_t* goff = w.goff.data();
+  for (int64_t b = b0; b < b1; ++b) {
+    const uint8_t* block = w.codes.data() + b * w.Kp * 8;
+    __m512 yacc = _mm512_setzero_ps();
+    for (int64_t g = 0; g < w.G; ++g) {
+      const int64_t meta = (b * w.G + g) * kRows;
+      const uint8_t* a = job.codes + goff[g];
+      const uint8_t* p = block + goff[g] * 8;
+      const uint8_t* const end = block + goff[g + 1] * 8;
+      __m512i lo0 = _mm512_setzero_si512(), lo1 = _mm512_setzero_si512(), hi0 = _mm512_setzero_si512(),
+              hi1 = _mm512_setzero_si512();
+      // An odd number of 64-byte chunks: the first one alone, into its own accumulator (with the loop's, or after
+      // the loop, GCC copies those around every vpdpbusd again).
+      __m512i odd = _mm512_setzero_si512();
+      if ((end - p) & 64) {
+        _mm_prefetch(reinterpret_cast<const char*>(p + kPrefetchBytes), _MM_HINT_T0);
+        const __m512i v = _mm512_load_si512(p);
+        dot_acc(odd, a, _mm512_and_si512(v, nib));
+        dot_acc(odd, a + 4, _mm512_and_si512(_mm512_srli_epi16(v, 4), nib));
+        p += 64;
+        a += 8;
+      }
+      for (; p < end; p += 128, a += 16) {
+        _mm_prefetch(reinterpret_cast<const char*>(p + kPrefetchBytes), _MM_HINT_T0);
+        _mm_prefetch(reinterpret_cast<const char*>(p + 64 + kPrefetchBytes), _MM_HINT_T0);
+        const __m512i v0 = _mm512_load_si512(p), v1 = _mm512_load_si512(p + 64);
+        dot_acc(lo0, a, _mm512_and_si512(v0, nib));
+        dot_acc(hi0, a + 4, _mm512_and_si512(_mm512_srli_epi16(v0, 4), nib));
+        dot_acc(lo1, a + 8, _mm512_and_si512(v1, nib));
+        dot_acc(hi1, a + 12, _mm512_and_si512(_mm512_srli_epi16(v1, 4), nib));
+      }
+      const __m512 s = load_scales(w, meta);
+      __m512i z = _mm512_set1_epi32(8);
+      if (Asym) z = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w.zeros.data() + meta)));
+      const __m512i d = _mm512_add_epi32(_mm512_add_epi32(_mm512_add_epi32(lo0, lo1), _mm512_add_epi32(hi0, hi1)), odd);
+      const __m512i isum = _mm512_sub_epi32(d, _mm512_mullo_epi32(z, _mm512_set1_epi32(job.a_gsum[g])));
+      yacc = _mm512_fmadd_ps(_mm512_mul_ps(sa, s), _mm512_cvtepi32_ps(isum), yacc);
+    }
+    store_rows<true>(job, 0, b, yacc, shift);
   }
 }
 
@@ -163,9 +222,13 @@ void tile_f32(const Job& job, int64_t m0, int64_t b) {
   for (int i = 0; i < MT; ++i) store_rows<false>(job, m0 + i, b, yacc[i], 0.0f);
 }
 
-// Loops blocks outside (a block's weights stay in cache) and token tiles of 4 inside.
+// One token: decode_blocks. Else loops blocks outside (a block's weights stay in cache) and token tiles of 4 inside.
 template <bool Asym>
 void gemm_codes_impl(const Job& job, int64_t m0, int64_t m1, int64_t b0, int64_t b1) {
+  if (m0 == 0 && m1 == 1) {
+    decode_blocks<Asym>(job, b0, b1);
+    return;
+  }
   for (int64_t b = b0; b < b1; ++b) {
     int64_t m = m0;
     for (; m + 4 <= m1; m += 4) tile_codes<4, Asym>(job, m, b);
