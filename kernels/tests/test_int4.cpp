@@ -247,8 +247,10 @@ int main() {
       {1, 300, 576, 64, false, true},  {7, 24, 31, 8, true, true},       {37, 1, 4096, 32, false, false},
       {1, 1000, 64, 32, true, false},  {9, 50, 200, 200, false, true},   {6, 20, 96, 32, false, true},
       // one token with groups of an odd number of 8-input chunks (the decode kernels' peeled chunk): 3 a group,
-      // then a short last group of 1; symmetric and asymmetric
+      // then a short last group of 1; symmetric and asymmetric; and uniform groups of 16 (the unrolled decode
+      // loops of 32, 64 and 128 are in the cases above)
       {1, 48, 40, 32, false, false},   {1, 33, 72, 24, true, false},     {1, 64, 104, 24, false, true},
+      {1, 40, 48, 16, false, false},   {1, 17, 96, 16, true, true},
   };
   for (const Case& c : cases) run_case(c, rng);
   test_errors();

@@ -117,12 +117,26 @@ inline void dot_acc(__m512i& acc, const uint8_t* a, __m512i q) {
   asm("vpdpbusd %2, %1, %0" : "+v"(acc) : "v"(x), "v"(q));
 }
 
+// Accumulates two 64-byte lines of codes at p (16 rows x 16 inputs) against the 16 activation codes at a, and
+// prefetches kPrefetchBytes ahead.
+inline void dot_pair(const uint8_t* p, const uint8_t* a, __m512i nib, __m512i& lo0, __m512i& hi0, __m512i& lo1,
+                     __m512i& hi1) {
+  _mm_prefetch(reinterpret_cast<const char*>(p + kPrefetchBytes), _MM_HINT_T0);
+  _mm_prefetch(reinterpret_cast<const char*>(p + 64 + kPrefetchBytes), _MM_HINT_T0);
+  const __m512i v0 = _mm512_load_si512(p), v1 = _mm512_load_si512(p + 64);
+  dot_acc(lo0, a, _mm512_and_si512(v0, nib));
+  dot_acc(hi0, a + 4, _mm512_and_si512(_mm512_srli_epi16(v0, 4), nib));
+  dot_acc(lo1, a + 8, _mm512_and_si512(v1, nib));
+  dot_acc(hi1, a + 12, _mm512_and_si512(_mm512_srli_epi16(v1, 4), nib));
+}
+
 // One token (decode) over row blocks [b0, b1): tile_codes<1>'s arithmetic, bit for bit (integer sums in another
-// order), in 20 instructions per two 64-byte lines where the generic tile took 28, 8 of them register moves
-// around its accumulator array. One thread streams the weights at memory speed either way; two may not, where
-// the two CPUs share execution units (on the AMD EPYC VM of benchmarks/RESULTS.md, a vpdpbusd-bound loop runs
-// 1.2-1.5x slower on both than on one).
-template <bool Asym>
+// order), in fewer instructions: 20 per two 64-byte lines where the generic tile took 28, 8 of them register moves
+// around its accumulator array, and with C > 0 (every group C chunks of 64 bytes, no padding: group 8C dividing
+// K) the group's chunks unrolled, without its offsets and an odd-chunk check. One thread streams the weights at
+// memory speed either way; two may not where the CPUs share execution units (on the AMD EPYC VM of
+// benchmarks/RESULTS.md, a vpdpbusd-bound loop runs 1.2-1.5x slower on both than on one).
+template <bool Asym, int C>
 void decode_blocks(const Job& job, int64_t b0, int64_t b1) {
   const PackedInt4& w = *job.w;
   const __m512i nib = _mm512_set1_epi8(0x0f);
@@ -134,30 +148,30 @@ void decode_blocks(const Job& job, int64_t b0, int64_t b1) {
     __m512 yacc = _mm512_setzero_ps();
     for (int64_t g = 0; g < w.G; ++g) {
       const int64_t meta = (b * w.G + g) * kRows;
-      const uint8_t* a = job.codes + goff[g];
-      const uint8_t* p = block + goff[g] * 8;
-      const uint8_t* const end = block + goff[g + 1] * 8;
       __m512i lo0 = _mm512_setzero_si512(), lo1 = _mm512_setzero_si512(), hi0 = _mm512_setzero_si512(),
               hi1 = _mm512_setzero_si512();
       // An odd number of 64-byte chunks: the first one alone, into its own accumulator (with the loop's, or after
       // the loop, GCC copies those around every vpdpbusd again).
       __m512i odd = _mm512_setzero_si512();
-      if ((end - p) & 64) {
-        _mm_prefetch(reinterpret_cast<const char*>(p + kPrefetchBytes), _MM_HINT_T0);
-        const __m512i v = _mm512_load_si512(p);
-        dot_acc(odd, a, _mm512_and_si512(v, nib));
-        dot_acc(odd, a + 4, _mm512_and_si512(_mm512_srli_epi16(v, 4), nib));
-        p += 64;
-        a += 8;
-      }
-      for (; p < end; p += 128, a += 16) {
-        _mm_prefetch(reinterpret_cast<const char*>(p + kPrefetchBytes), _MM_HINT_T0);
-        _mm_prefetch(reinterpret_cast<const char*>(p + 64 + kPrefetchBytes), _MM_HINT_T0);
-        const __m512i v0 = _mm512_load_si512(p), v1 = _mm512_load_si512(p + 64);
-        dot_acc(lo0, a, _mm512_and_si512(v0, nib));
-        dot_acc(hi0, a + 4, _mm512_and_si512(_mm512_srli_epi16(v0, 4), nib));
-        dot_acc(lo1, a + 8, _mm512_and_si512(v1, nib));
-        dot_acc(hi1, a + 12, _mm512_and_si512(_mm512_srli_epi16(v1, 4), nib));
+      if constexpr (C > 0) {
+        static_assert(C % 2 == 0, "whole pairs of chunks");
+        const uint8_t* p = block + g * C * 64;
+        const uint8_t* a = job.codes + g * C * 8;
+#pragma GCC unroll 8
+        for (int c = 0; c < C; c += 2) dot_pair(p + c * 64, a + c * 8, nib, lo0, hi0, lo1, hi1);
+      } else {
+        const uint8_t* a = job.codes + goff[g];
+        const uint8_t* p = block + goff[g] * 8;
+        const uint8_t* const end = block + goff[g + 1] * 8;
+        if ((end - p) & 64) {
+          _mm_prefetch(reinterpret_cast<const char*>(p + kPrefetchBytes), _MM_HINT_T0);
+          const __m512i v = _mm512_load_si512(p);
+          dot_acc(odd, a, _mm512_and_si512(v, nib));
+          dot_acc(odd, a + 4, _mm512_and_si512(_mm512_srli_epi16(v, 4), nib));
+          p += 64;
+          a += 8;
+        }
+        for (; p < end; p += 128, a += 16) dot_pair(p, a, nib, lo0, hi0, lo1, hi1);
       }
       const __m512 s = load_scales(w, meta);
       __m512i z = _mm512_set1_epi32(8);
@@ -167,6 +181,20 @@ void decode_blocks(const Job& job, int64_t b0, int64_t b1) {
       yacc = _mm512_fmadd_ps(_mm512_mul_ps(sa, s), _mm512_cvtepi32_ps(isum), yacc);
     }
     store_rows<true>(job, 0, b, yacc, shift);
+  }
+}
+
+// decode_blocks with the layout's chunks a group as a constant where it is uniform (the common groups 16-128).
+template <bool Asym>
+void decode(const Job& job, int64_t b0, int64_t b1) {
+  const PackedInt4& w = *job.w;
+  const int64_t chunks = w.Kp == w.K && w.K % w.group == 0 ? w.group / 8 : 0;
+  switch (chunks) {
+    case 2: return decode_blocks<Asym, 2>(job, b0, b1);
+    case 4: return decode_blocks<Asym, 4>(job, b0, b1);
+    case 8: return decode_blocks<Asym, 8>(job, b0, b1);
+    case 16: return decode_blocks<Asym, 16>(job, b0, b1);
+    default: return decode_blocks<Asym, 0>(job, b0, b1);
   }
 }
 
@@ -222,11 +250,11 @@ void tile_f32(const Job& job, int64_t m0, int64_t b) {
   for (int i = 0; i < MT; ++i) store_rows<false>(job, m0 + i, b, yacc[i], 0.0f);
 }
 
-// One token: decode_blocks. Else loops blocks outside (a block's weights stay in cache) and token tiles of 4 inside.
+// One token: decode. Else loops blocks outside (a block's weights stay in cache) and token tiles of 4 inside.
 template <bool Asym>
 void gemm_codes_impl(const Job& job, int64_t m0, int64_t m1, int64_t b0, int64_t b1) {
   if (m0 == 0 && m1 == 1) {
-    decode_blocks<Asym>(job, b0, b1);
+    decode<Asym>(job, b0, b1);
     return;
   }
   for (int64_t b = b0; b < b1; ++b) {
