@@ -165,14 +165,13 @@ struct ElementwiseSimd {
         best_block = b;
       }
     }
-    int64_t i = 0;
     if (poison == 0.0f) {
-      for (i = best_block; x[i] != best; ++i) {
-      }
+      int64_t i = best_block;
+      while (x[i] != best) ++i;
       return i;
     }
     int64_t at = 0;
-    for (i = 1; i < n; ++i)
+    for (int64_t i = 1; i < n; ++i)
       if (x[i] > x[at]) at = i;
     return at;
   }

@@ -97,7 +97,6 @@ void tile_codes(const Job& job, int64_t m0, int64_t b) {
     const uint8_t* ap = job.codes + m0 * w.Kp + w.goff[g];
     const int64_t chunks = (w.goff[g + 1] - w.goff[g]) / 8;
     for (int64_t c = 0; c < chunks; ++c) {
-      if (MT == 1) _mm_prefetch(reinterpret_cast<const char*>(wp + c * 64 + kPrefetchBytes), _MM_HINT_T0);
       const __m256i v0 = _mm256_load_si256(reinterpret_cast<const __m256i*>(wp + c * 64));
       const __m256i v1 = _mm256_load_si256(reinterpret_cast<const __m256i*>(wp + c * 64 + 32));
       const __m256i lo0 = _mm256_and_si256(v0, nib), hi0 = _mm256_and_si256(_mm256_srli_epi16(v0, 4), nib);
@@ -130,6 +129,87 @@ void tile_codes(const Job& job, int64_t m0, int64_t b) {
   }
   for (int i = 0; i < MT; ++i)
     store_rows<true>(job, m0 + i, b, yacc[i], -(job.a_scale[m0 + i] * static_cast<float>(job.a_zero[m0 + i])));
+}
+
+// The int16 sums of one 64-byte line at p (16 rows x 8 inputs) with the 8 activation codes at a, prefetching
+// kPrefetchBytes ahead: s0 for rows 0-7, s1 for rows 8-15, each lane in [0, 4 * 255 * 15] (u8 codes times nibbles),
+// so two lines' sums still fit in int16.
+inline void line_sums(const uint8_t* p, const uint8_t* a, __m256i nib, __m256i& s0, __m256i& s1) {
+  _mm_prefetch(reinterpret_cast<const char*>(p + kPrefetchBytes), _MM_HINT_T0);
+  const __m256i v0 = _mm256_load_si256(reinterpret_cast<const __m256i*>(p));
+  const __m256i v1 = _mm256_load_si256(reinterpret_cast<const __m256i*>(p + 32));
+  const __m256i a03 = _mm256_set1_epi32(static_cast<int>(load_u32(a)));
+  const __m256i a47 = _mm256_set1_epi32(static_cast<int>(load_u32(a + 4)));
+  s0 = _mm256_add_epi16(_mm256_maddubs_epi16(a03, _mm256_and_si256(v0, nib)),
+                        _mm256_maddubs_epi16(a47, _mm256_and_si256(_mm256_srli_epi16(v0, 4), nib)));
+  s1 = _mm256_add_epi16(_mm256_maddubs_epi16(a03, _mm256_and_si256(v1, nib)),
+                        _mm256_maddubs_epi16(a47, _mm256_and_si256(_mm256_srli_epi16(v1, 4), nib)));
+}
+
+// One token (decode) over row blocks [b0, b1): tile_codes<1>'s arithmetic, bit for bit (integer sums in another
+// order), with two lines' int16 sums added before they widen (one vpmaddwd and add a pair of lines, not a line),
+// the invariants hoisted, and with C > 0 (every group C 64-byte chunks, no padding) the group's chunks unrolled.
+template <bool Asym, int C>
+void decode_blocks(const Job& job, int64_t b0, int64_t b1) {
+  const PackedInt4& w = *job.w;
+  const __m256i nib = _mm256_set1_epi8(0x0f), ones = _mm256_set1_epi16(1);
+  const __m256 sa = _mm256_set1_ps(job.a_scale[0]);
+  const float shift = -(job.a_scale[0] * static_cast<float>(job.a_zero[0]));
+  const int64_t* goff = w.goff.data();
+  const auto widen = [&](__m256i s) { return _mm256_madd_epi16(s, ones); };
+  for (int64_t b = b0; b < b1; ++b) {
+    const uint8_t* block = w.codes.data() + b * w.Kp * 8;
+    Half2 yacc = {_mm256_setzero_ps(), _mm256_setzero_ps()};
+    for (int64_t g = 0; g < w.G; ++g) {
+      __m256i acc0 = _mm256_setzero_si256(), acc1 = _mm256_setzero_si256();
+      const uint8_t* p = block + (C > 0 ? g * C * 64 : goff[g] * 8);
+      const uint8_t* a = job.codes + (C > 0 ? g * C * 8 : goff[g]);
+      const uint8_t* const end = C > 0 ? p + C * 64 : block + goff[g + 1] * 8;
+      if (C == 0 && ((end - p) & 64)) {  // an odd number of chunks: the first one alone
+        __m256i s0, s1;
+        line_sums(p, a, nib, s0, s1);
+        acc0 = widen(s0);
+        acc1 = widen(s1);
+        p += 64;
+        a += 8;
+      }
+#pragma GCC unroll 8
+      for (; p < end; p += 128, a += 16) {
+        __m256i s0, s1, t0, t1;
+        line_sums(p, a, nib, s0, s1);
+        line_sums(p + 64, a + 8, nib, t0, t1);
+        acc0 = _mm256_add_epi32(acc0, widen(_mm256_add_epi16(s0, t0)));
+        acc1 = _mm256_add_epi32(acc1, widen(_mm256_add_epi16(s1, t1)));
+      }
+      const int64_t meta = (b * w.G + g) * kRows;
+      const Half2 s = load_scales(w, meta);
+      __m256i z0 = _mm256_set1_epi32(8), z1 = z0;
+      if (Asym) {
+        z0 = load_zeros8(w, meta);
+        z1 = load_zeros8(w, meta + 8);
+      }
+      const __m256i asum = _mm256_set1_epi32(job.a_gsum[g]);
+      const __m256i i0 = _mm256_sub_epi32(acc0, _mm256_mullo_epi32(z0, asum));
+      const __m256i i1 = _mm256_sub_epi32(acc1, _mm256_mullo_epi32(z1, asum));
+      yacc.lo = _mm256_fmadd_ps(_mm256_mul_ps(sa, s.lo), _mm256_cvtepi32_ps(i0), yacc.lo);
+      yacc.hi = _mm256_fmadd_ps(_mm256_mul_ps(sa, s.hi), _mm256_cvtepi32_ps(i1), yacc.hi);
+    }
+    store_rows<true>(job, 0, b, yacc, shift);
+  }
+}
+
+// decode_blocks with the layout's chunks a group as a constant where it is uniform (the common groups 16-128).
+template <bool Asym>
+void decode(const Job& job, int64_t b0, int64_t b1) {
+  const PackedInt4& w = *job.w;
+  const int64_t chunks = w.Kp == w.K && w.K % w.group == 0 ? w.group / 8 : 0;
+  switch (chunks) {
+    case 2: return decode_blocks<Asym, 2>(job, b0, b1);
+    case 4: return decode_blocks<Asym, 4>(job, b0, b1);
+    case 8: return decode_blocks<Asym, 8>(job, b0, b1);
+    case 16: return decode_blocks<Asym, 16>(job, b0, b1);
+    default: return decode_blocks<Asym, 0>(job, b0, b1);
+  }
 }
 
 template <int J>
@@ -185,6 +265,10 @@ void row_f32(const Job& job, int64_t m, int64_t b) {
 
 template <bool Asym>
 void gemm_codes_impl(const Job& job, int64_t m0, int64_t m1, int64_t b0, int64_t b1) {
+  if (m0 == 0 && m1 == 1) {
+    decode<Asym>(job, b0, b1);
+    return;
+  }
   for (int64_t b = b0; b < b1; ++b) {
     int64_t m = m0;
     for (; m + 2 <= m1; m += 2) tile_codes<2, Asym>(job, m, b);
