@@ -3,6 +3,7 @@
 
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 #include "spinquant/cpu.h"
 #include "spinquant/int4.h"
@@ -63,6 +64,20 @@ constexpr int64_t kPrefetchBytes = 8192;
 static inline int block_rows(const PackedInt4& w, int64_t b) {
   int64_t left = w.N - b * kRows;
   return left < kRows ? static_cast<int>(left) : kRows;
+}
+
+// Calls f(std::integral_constant<int, C>()) with C the 64-byte chunks every group of w holds when the layout is
+// uniform (no padding, groups dividing K) and C is 2, 4, 8 or 16 (groups 16-128), else C = 0: the decode loops
+// unroll a group's chunks for the first.
+template <class F>
+static inline void with_uniform_chunks(const PackedInt4& w, F&& f) {
+  switch (w.Kp == w.K && w.K % w.group == 0 ? w.group / 8 : 0) {
+    case 2: return f(std::integral_constant<int, 2>());
+    case 4: return f(std::integral_constant<int, 4>());
+    case 8: return f(std::integral_constant<int, 8>());
+    case 16: return f(std::integral_constant<int, 16>());
+    default: return f(std::integral_constant<int, 0>());
+  }
 }
 
 static inline uint32_t load_u32(const uint8_t* p) {

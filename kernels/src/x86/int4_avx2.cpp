@@ -66,6 +66,30 @@ inline __m256i load_zeros8(const PackedInt4& w, int64_t meta) {
   return _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(w.zeros.data() + meta)));
 }
 
+// One group's weight scales and zero points (8 when symmetric) for a row block: add() folds a token's integer
+// dot products acc0 (rows 0-7) and acc1 (rows 8-15) into yacc as sa * s * (acc - z * asum).
+template <bool Asym>
+struct GroupScale {
+  Half2 s;
+  __m256i z0, z1;
+
+  GroupScale(const PackedInt4& w, int64_t meta) : s(load_scales(w, meta)) {
+    z0 = z1 = _mm256_set1_epi32(8);
+    if (Asym) {
+      z0 = load_zeros8(w, meta);
+      z1 = load_zeros8(w, meta + 8);
+    }
+  }
+
+  void add(__m256 sa, int32_t asum, __m256i acc0, __m256i acc1, Half2& yacc) const {
+    const __m256i a = _mm256_set1_epi32(asum);
+    const __m256i i0 = _mm256_sub_epi32(acc0, _mm256_mullo_epi32(z0, a));
+    const __m256i i1 = _mm256_sub_epi32(acc1, _mm256_mullo_epi32(z1, a));
+    yacc.lo = _mm256_fmadd_ps(_mm256_mul_ps(sa, s.lo), _mm256_cvtepi32_ps(i0), yacc.lo);
+    yacc.hi = _mm256_fmadd_ps(_mm256_mul_ps(sa, s.hi), _mm256_cvtepi32_ps(i1), yacc.hi);
+  }
+};
+
 // y = acc, or fma(shift, corr, acc) on the quantized path; + bias; the block's valid rows stored.
 template <bool Corr>
 inline void store_rows(const Job& job, int64_t m, int64_t b, Half2 acc, float shift) {
@@ -111,21 +135,9 @@ void tile_codes(const Job& job, int64_t m0, int64_t b) {
         acc[i][1] = _mm256_add_epi32(acc[i][1], _mm256_madd_epi16(p1, ones));
       }
     }
-    const int64_t meta = (b * w.G + g) * kRows;
-    const Half2 s = load_scales(w, meta);
-    __m256i z0 = _mm256_set1_epi32(8), z1 = z0;
-    if (Asym) {
-      z0 = load_zeros8(w, meta);
-      z1 = load_zeros8(w, meta + 8);
-    }
-    for (int i = 0; i < MT; ++i) {
-      const __m256i asum = _mm256_set1_epi32(job.a_gsum[(m0 + i) * w.G + g]);
-      const __m256 sa = _mm256_set1_ps(job.a_scale[m0 + i]);
-      const __m256i i0 = _mm256_sub_epi32(acc[i][0], _mm256_mullo_epi32(z0, asum));
-      const __m256i i1 = _mm256_sub_epi32(acc[i][1], _mm256_mullo_epi32(z1, asum));
-      yacc[i].lo = _mm256_fmadd_ps(_mm256_mul_ps(sa, s.lo), _mm256_cvtepi32_ps(i0), yacc[i].lo);
-      yacc[i].hi = _mm256_fmadd_ps(_mm256_mul_ps(sa, s.hi), _mm256_cvtepi32_ps(i1), yacc[i].hi);
-    }
+    const GroupScale<Asym> gs(w, (b * w.G + g) * kRows);
+    for (int i = 0; i < MT; ++i)
+      gs.add(_mm256_set1_ps(job.a_scale[m0 + i]), job.a_gsum[(m0 + i) * w.G + g], acc[i][0], acc[i][1], yacc[i]);
   }
   for (int i = 0; i < MT; ++i)
     store_rows<true>(job, m0 + i, b, yacc[i], -(job.a_scale[m0 + i] * static_cast<float>(job.a_zero[m0 + i])));
@@ -181,34 +193,9 @@ void decode_blocks(const Job& job, int64_t b0, int64_t b1) {
         acc0 = _mm256_add_epi32(acc0, widen(_mm256_add_epi16(s0, t0)));
         acc1 = _mm256_add_epi32(acc1, widen(_mm256_add_epi16(s1, t1)));
       }
-      const int64_t meta = (b * w.G + g) * kRows;
-      const Half2 s = load_scales(w, meta);
-      __m256i z0 = _mm256_set1_epi32(8), z1 = z0;
-      if (Asym) {
-        z0 = load_zeros8(w, meta);
-        z1 = load_zeros8(w, meta + 8);
-      }
-      const __m256i asum = _mm256_set1_epi32(job.a_gsum[g]);
-      const __m256i i0 = _mm256_sub_epi32(acc0, _mm256_mullo_epi32(z0, asum));
-      const __m256i i1 = _mm256_sub_epi32(acc1, _mm256_mullo_epi32(z1, asum));
-      yacc.lo = _mm256_fmadd_ps(_mm256_mul_ps(sa, s.lo), _mm256_cvtepi32_ps(i0), yacc.lo);
-      yacc.hi = _mm256_fmadd_ps(_mm256_mul_ps(sa, s.hi), _mm256_cvtepi32_ps(i1), yacc.hi);
+      GroupScale<Asym>(w, (b * w.G + g) * kRows).add(sa, job.a_gsum[g], acc0, acc1, yacc);
     }
     store_rows<true>(job, 0, b, yacc, shift);
-  }
-}
-
-// decode_blocks with the layout's chunks a group as a constant where it is uniform (the common groups 16-128).
-template <bool Asym>
-void decode(const Job& job, int64_t b0, int64_t b1) {
-  const PackedInt4& w = *job.w;
-  const int64_t chunks = w.Kp == w.K && w.K % w.group == 0 ? w.group / 8 : 0;
-  switch (chunks) {
-    case 2: return decode_blocks<Asym, 2>(job, b0, b1);
-    case 4: return decode_blocks<Asym, 4>(job, b0, b1);
-    case 8: return decode_blocks<Asym, 8>(job, b0, b1);
-    case 16: return decode_blocks<Asym, 16>(job, b0, b1);
-    default: return decode_blocks<Asym, 0>(job, b0, b1);
   }
 }
 
@@ -266,7 +253,7 @@ void row_f32(const Job& job, int64_t m, int64_t b) {
 template <bool Asym>
 void gemm_codes_impl(const Job& job, int64_t m0, int64_t m1, int64_t b0, int64_t b1) {
   if (m0 == 0 && m1 == 1) {
-    decode<Asym>(job, b0, b1);
+    with_uniform_chunks(*job.w, [&](auto chunks) { decode_blocks<Asym, decltype(chunks)::value>(job, b0, b1); });
     return;
   }
   for (int64_t b = b0; b < b1; ++b) {

@@ -184,20 +184,6 @@ void decode_blocks(const Job& job, int64_t b0, int64_t b1) {
   }
 }
 
-// decode_blocks with the layout's chunks a group as a constant where it is uniform (the common groups 16-128).
-template <bool Asym>
-void decode(const Job& job, int64_t b0, int64_t b1) {
-  const PackedInt4& w = *job.w;
-  const int64_t chunks = w.Kp == w.K && w.K % w.group == 0 ? w.group / 8 : 0;
-  switch (chunks) {
-    case 2: return decode_blocks<Asym, 2>(job, b0, b1);
-    case 4: return decode_blocks<Asym, 4>(job, b0, b1);
-    case 8: return decode_blocks<Asym, 8>(job, b0, b1);
-    case 16: return decode_blocks<Asym, 16>(job, b0, b1);
-    default: return decode_blocks<Asym, 0>(job, b0, b1);
-  }
-}
-
 // Input J of a raw 64-byte tile as floats, lane r = row r: vpermps reads only the low 4 bits of each
 // index lane, so shifting the nibble down and looking it up in {0, 1, ..., 15} both masks and converts.
 // A accumulators a token (8 for one token: independent FMA chains; 2 when tokens supply the parallelism).
@@ -250,11 +236,11 @@ void tile_f32(const Job& job, int64_t m0, int64_t b) {
   for (int i = 0; i < MT; ++i) store_rows<false>(job, m0 + i, b, yacc[i], 0.0f);
 }
 
-// One token: decode. Else loops blocks outside (a block's weights stay in cache) and token tiles of 4 inside.
+// One token: decode_blocks. Else loops blocks outside (a block's weights stay in cache) and token tiles of 4 inside.
 template <bool Asym>
 void gemm_codes_impl(const Job& job, int64_t m0, int64_t m1, int64_t b0, int64_t b1) {
   if (m0 == 0 && m1 == 1) {
-    decode<Asym>(job, b0, b1);
+    with_uniform_chunks(*job.w, [&](auto chunks) { decode_blocks<Asym, decltype(chunks)::value>(job, b0, b1); });
     return;
   }
   for (int64_t b = b0; b < b1; ++b) {
