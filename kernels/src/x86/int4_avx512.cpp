@@ -49,6 +49,23 @@ inline __m512 load_scales(const PackedInt4& w, int64_t meta) {
   return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(w.scales.data() + meta)));
 }
 
+// One group's weight scales and zero points (8 when symmetric) for a row block: add() returns yacc plus a token's
+// integer dot products d scaled, sa * s * (d - z * asum).
+template <bool Asym>
+struct GroupScale {
+  __m512 s;
+  __m512i z;
+
+  GroupScale(const PackedInt4& w, int64_t meta) : s(load_scales(w, meta)), z(_mm512_set1_epi32(8)) {
+    if (Asym) z = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w.zeros.data() + meta)));
+  }
+
+  __m512 add(__m512 sa, int32_t asum, __m512i d, __m512 yacc) const {
+    const __m512i isum = _mm512_sub_epi32(d, _mm512_mullo_epi32(z, _mm512_set1_epi32(asum)));
+    return _mm512_fmadd_ps(_mm512_mul_ps(sa, s), _mm512_cvtepi32_ps(isum), yacc);
+  }
+};
+
 // Final step for one token: y = acc, or fma(shift, corr, acc) with shift = -(sa * za) on the
 // quantized path; then + bias, stored for the block's valid rows.
 template <bool Corr>
@@ -95,13 +112,10 @@ void tile_codes(const Job& job, int64_t m0, int64_t b) {
     }
     if (c < chunks) step(c, 0);
     const int64_t meta = (b * w.G + g) * kRows;
-    const __m512 s = load_scales(w, meta);
-    __m512i z = _mm512_set1_epi32(8);
-    if (Asym) z = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w.zeros.data() + meta)));
+    const GroupScale<Asym> gs(w, meta);
     for (int i = 0; i < MT; ++i) {
       const __m512i d = _mm512_add_epi32(_mm512_add_epi32(acc[i][0], acc[i][1]), _mm512_add_epi32(acc[i][2], acc[i][3]));
-      const __m512i isum = _mm512_sub_epi32(d, _mm512_mullo_epi32(z, _mm512_set1_epi32(job.a_gsum[(m0 + i) * w.G + g])));
-      yacc[i] = _mm512_fmadd_ps(_mm512_mul_ps(sa[i], s), _mm512_cvtepi32_ps(isum), yacc[i]);
+      yacc[i] = gs.add(sa[i], job.a_gsum[(m0 + i) * w.G + g], d, yacc[i]);
     }
   }
   for (int i = 0; i < MT; ++i) {
@@ -173,12 +187,8 @@ void decode_blocks(const Job& job, int64_t b0, int64_t b1) {
         }
         for (; p < end; p += 128, a += 16) dot_pair(p, a, nib, lo0, hi0, lo1, hi1);
       }
-      const __m512 s = load_scales(w, meta);
-      __m512i z = _mm512_set1_epi32(8);
-      if (Asym) z = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w.zeros.data() + meta)));
       const __m512i d = _mm512_add_epi32(_mm512_add_epi32(_mm512_add_epi32(lo0, lo1), _mm512_add_epi32(hi0, hi1)), odd);
-      const __m512i isum = _mm512_sub_epi32(d, _mm512_mullo_epi32(z, _mm512_set1_epi32(job.a_gsum[g])));
-      yacc = _mm512_fmadd_ps(_mm512_mul_ps(sa, s), _mm512_cvtepi32_ps(isum), yacc);
+      yacc = GroupScale<Asym>(w, meta).add(sa, job.a_gsum[g], d, yacc);
     }
     store_rows<true>(job, 0, b, yacc, shift);
   }
