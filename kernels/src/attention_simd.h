@@ -10,6 +10,7 @@
 #pragma once
 
 #include <algorithm>
+#include <cstdint>
 #include <type_traits>
 
 #include "simd_math.h"
@@ -114,11 +115,32 @@ struct AttentionSimd {
     }
   }
 
+  // Prefetches rows [j0, j1) of cache tensor `which` (codes, and scales and zeros when quantized).
+  template <int Bits>
+  static void prefetch_rows(const KVHeadView& kv, int which, int64_t j0, int64_t j1) {
+    const auto lines = [](const void* begin, const void* end) {  // every 64-byte line that [begin, end) touches
+      for (auto a = reinterpret_cast<uintptr_t>(begin) & ~uintptr_t{63}; a < reinterpret_cast<uintptr_t>(end); a += 64)
+        __builtin_prefetch(reinterpret_cast<const void*>(a));
+    };
+    lines(kv.codes[which] + j0 * kv.row_bytes, kv.codes[which] + j1 * kv.row_bytes);
+    if constexpr (Bits != 32) {
+      lines(kv.scales[which] + j0 * kv.groups, kv.scales[which] + j1 * kv.groups);
+      lines(kv.zeros[which] + j0 * kv.groups, kv.zeros[which] + j1 * kv.groups);
+    }
+  }
+
+  // Scores of RB query heads against keys [0, len); with prefetch_v, the value rows are prefetched alongside: at
+  // decode the cache is cold (the weights streamed since evicted it), and the V pass then finds its rows loaded.
   template <int Bits, int RB>
-  static void score_heads(const float* q, const KVHeadView& kv, int64_t len, float scale, float* scores) {
+  static void score_heads(const float* q, const KVHeadView& kv, int64_t len, float scale, float* scores,
+                          bool prefetch_v) {
     constexpr int TB = V::kScoreTokens;
     int64_t j = 0;
-    for (; j + TB <= len; j += TB) score_tokens<Bits, RB, TB>(q, kv, j, len, scale, scores);
+    for (; j + TB <= len; j += TB) {
+      if (prefetch_v) prefetch_rows<Bits>(kv, 1, j, j + TB);
+      score_tokens<Bits, RB, TB>(q, kv, j, len, scale, scores);
+    }
+    if (prefetch_v) prefetch_rows<Bits>(kv, 1, j, len);
     for (; j < len; ++j) score_tokens<Bits, RB, 1>(q, kv, j, len, scale, scores);
   }
 
@@ -216,7 +238,7 @@ struct AttentionSimd {
       q = tail;
     }
     by_head_block<V::kScoreHeads>(r, [&](int64_t i0, auto rb) {
-      score_heads<Bits, decltype(rb)::value>(q + i0 * hd, kv, len, scale, scratch + i0 * len);
+      score_heads<Bits, decltype(rb)::value>(q + i0 * hd, kv, len, scale, scratch + i0 * len, i0 == 0);
     });
     for (int64_t i = 0; i < r; ++i) softmax(scratch + i * len, len, stats ? stats + 2 * i : nullptr);
     float* o = Bits == 4 ? tail : out;
