@@ -131,17 +131,20 @@ inline void dot_acc(__m512i& acc, const uint8_t* a, __m512i q) {
   asm("vpdpbusd %2, %1, %0" : "+v"(acc) : "v"(x), "v"(q));
 }
 
-// Accumulates two 64-byte lines of codes at p (16 rows x 16 inputs) against the 16 activation codes at a, and
-// prefetches kPrefetchBytes ahead.
+// Accumulates one 64-byte line of codes at p (16 rows x 8 inputs) against the 8 activation codes at a, the low
+// nibbles into lo and the high ones into hi, and prefetches kPrefetchBytes ahead.
+inline void dot_line(const uint8_t* p, const uint8_t* a, __m512i nib, __m512i& lo, __m512i& hi) {
+  _mm_prefetch(reinterpret_cast<const char*>(p + kPrefetchBytes), _MM_HINT_T0);
+  const __m512i v = _mm512_load_si512(p);
+  dot_acc(lo, a, _mm512_and_si512(v, nib));
+  dot_acc(hi, a + 4, _mm512_and_si512(_mm512_srli_epi16(v, 4), nib));
+}
+
+// Two lines at p into two pairs of accumulators (independent chains).
 inline void dot_pair(const uint8_t* p, const uint8_t* a, __m512i nib, __m512i& lo0, __m512i& hi0, __m512i& lo1,
                      __m512i& hi1) {
-  _mm_prefetch(reinterpret_cast<const char*>(p + kPrefetchBytes), _MM_HINT_T0);
-  _mm_prefetch(reinterpret_cast<const char*>(p + 64 + kPrefetchBytes), _MM_HINT_T0);
-  const __m512i v0 = _mm512_load_si512(p), v1 = _mm512_load_si512(p + 64);
-  dot_acc(lo0, a, _mm512_and_si512(v0, nib));
-  dot_acc(hi0, a + 4, _mm512_and_si512(_mm512_srli_epi16(v0, 4), nib));
-  dot_acc(lo1, a + 8, _mm512_and_si512(v1, nib));
-  dot_acc(hi1, a + 12, _mm512_and_si512(_mm512_srli_epi16(v1, 4), nib));
+  dot_line(p, a, nib, lo0, hi0);
+  dot_line(p + 64, a + 8, nib, lo1, hi1);
 }
 
 // One token (decode) over row blocks [b0, b1): tile_codes<1>'s arithmetic, bit for bit (integer sums in another
@@ -178,10 +181,7 @@ void decode_blocks(const Job& job, int64_t b0, int64_t b1) {
         const uint8_t* p = block + goff[g] * 8;
         const uint8_t* const end = block + goff[g + 1] * 8;
         if ((end - p) & 64) {
-          _mm_prefetch(reinterpret_cast<const char*>(p + kPrefetchBytes), _MM_HINT_T0);
-          const __m512i v = _mm512_load_si512(p);
-          dot_acc(odd, a, _mm512_and_si512(v, nib));
-          dot_acc(odd, a + 4, _mm512_and_si512(_mm512_srli_epi16(v, 4), nib));
+          dot_line(p, a, nib, odd, odd);
           p += 64;
           a += 8;
         }
