@@ -93,8 +93,55 @@ def test_test_windows_are_consecutive_and_checked():
     assert w.shape == (5, 128)
     assert torch.equal(w.flatten(), torch.from_numpy(data.test_tokens(tok)[: 5 * 128].astype(np.int64)))
     assert data.test_windows(tok, 128).shape[0] == len(data.test_tokens(tok)) // 128
-    with pytest.raises(ValueError, match="lower n_windows"):
+    with pytest.raises(ValueError, match="ask for fewer or shorter windows"):
         data.test_windows(tok, 128, 10**6)
+
+
+def test_heldout_windows_spread_over_each_text():
+    tok = ByteTokenizer()
+    c4 = data.c4_tokens(tok)
+    assert bytes(c4.astype(np.uint8)) == assets.c4_text_path().read_bytes()
+    every = data.heldout_windows(tok, "c4", 256)
+    assert every.shape == (len(c4) // 256, 256)
+    spread = data.heldout_windows(tok, "c4", 256, 4)
+    rows = [int(i) for i in np.linspace(0, len(every) - 1, 4).round()]
+    assert rows[0] == 0 and rows[-1] == len(every) - 1
+    assert torch.equal(spread, every[rows])
+    wiki = data.heldout_windows(tok, "wiki", 256, 3)
+    assert torch.equal(wiki[0], data.test_windows(tok, 256, 1)[0])  # the test part, never calibration
+    with pytest.raises(ValueError, match="unknown held-out domain 'tiny'"):
+        data.heldout_windows(tok, "tiny", 256)
+
+
+def test_user_text_is_read_and_checked_with_one_line_errors(tmp_path):
+    tok = ByteTokenizer()
+    good = tmp_path / "mine.txt"
+    good.write_text("héllo " * 100, encoding="utf-8")
+    text = data.read_text_file(good)
+    assert data.text_windows(tok, text, 64, 2, "--text mine.txt").shape == (2, 64)
+    bad = tmp_path / "latin1.txt"
+    bad.write_bytes("caf\xe9".encode("latin-1"))
+    cases = [
+        (lambda: data.read_text_file(tmp_path / "missing.txt"), "no such file"),
+        (lambda: data.read_text_file(bad), "not UTF-8 text"),
+        (lambda: data.text_windows(tok, " \n", 64), "is empty"),
+        (lambda: data.text_windows(tok, "short", 64, what="--text s.txt"), "--text s.txt has 5 tokens, fewer than"),
+    ]
+    for call, message in cases:
+        with pytest.raises(ValueError, match=message) as err:
+            call()
+        assert "\n" not in str(err.value)
+
+
+def test_dataset_text_comes_from_a_local_file_field(tmp_path):
+    pytest.importorskip("datasets")
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text('{"body": "first row"}\n{"body": "second row"}\n{"body": ""}\n', encoding="utf-8")
+    assert data.read_dataset_text(rows, "body") == "first row" + data.DOC_SEPARATOR + "second row"
+    with pytest.raises(ValueError, match="has no field 'text' \\(it has body\\): name one with --text-field"):
+        data.read_dataset_text(rows)
+    with pytest.raises(ValueError, match="not a dataset folder or a file ending in"):
+        data.read_dataset_text(tmp_path / "rows.csv")
 
 
 def test_anchor_windows_are_the_end_of_the_untagged_file():

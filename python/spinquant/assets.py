@@ -98,7 +98,17 @@ def _save_fp32_folder(model, folder: Path) -> None:
 
 def wiki_text_path() -> Path:
     """`wiki.utf8` (Wikipedia articles in <doc> tags) shipped by `exllamav2`."""
-    path = package_dir("exllamav2", "exllamav2==0.3.2") / "conversion" / "standard_cal_data" / "wiki.utf8"
+    return shipped_text_path("wiki.utf8")
+
+
+def c4_text_path() -> Path:
+    """`c4.utf8` (web pages, one a line) shipped by `exllamav2`: held-out text only, never calibration."""
+    return shipped_text_path("c4.utf8")
+
+
+def shipped_text_path(name: str) -> Path:
+    """One of the text files `exllamav2` ships in `conversion/standard_cal_data/`."""
+    path = package_dir("exllamav2", "exllamav2==0.3.2") / "conversion" / "standard_cal_data" / name
     if not path.is_file():
         raise MissingAssetError(f"{path} is missing; reinstall `exllamav2==0.3.2` with --no-deps")
     return path

@@ -24,20 +24,28 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
 
 
 def add_quant_args(p: argparse.ArgumentParser, precision: str = "W4A4KV4") -> None:
+    from .recipes import RECIPES
+
     g = p.add_argument_group("quantization")
     g.add_argument("--precision", default=precision, type=str.upper, choices=PRESETS, help="bit-width preset")
+    g.add_argument(
+        "--recipe",
+        choices=tuple(RECIPES),
+        help="named settings for --precision: 'official' (the official SpinQuant code's) or 'device' (what the "
+        "exported program computes); default: the plain presets. Flags below still override.",
+    )
     g.add_argument("--w-bits", type=int, help="weight bits (2-8, 16 = off); overrides the preset")
     g.add_argument("--w-group", type=int, help="weight group size along K (0 = per-channel; preset: 32)")
     g.add_argument("--w-asym", action="store_true", help="asymmetric weights (default symmetric)")
     g.add_argument("--no-clip-search", action="store_true", help="plain min/max weight scales, no MSE clip search")
-    g.add_argument("--w-method", choices=("rtn", "gptq"), default="rtn", help="weight quantizer")
+    g.add_argument("--w-method", choices=("rtn", "gptq"), help="weight quantizer (default: the recipe's, else rtn)")
     g.add_argument("--a-bits", type=int, help="activation bits (per token; 16 = off)")
     g.add_argument("--a-clip", type=float, help="activation clip ratio (default 0.9 at 4 bits, else 1.0)")
     g.add_argument("--kv-bits", type=int, help="KV cache bits (16 = off)")
     g.add_argument("--kv-group", type=int, help="KV cache group size along head_dim (0 = head_dim)")
     g.add_argument("--quantize-lm-head", action="store_true", help="also quantize lm_head (off, as in the paper)")
-    g.add_argument("--gptq-samples", type=int, default=32, help="GPTQ calibration samples")
-    g.add_argument("--gptq-seq-len", type=int, default=512, help="GPTQ calibration sequence length")
+    g.add_argument("--gptq-samples", type=int, help="GPTQ calibration samples (default: the recipe's, else 32)")
+    g.add_argument("--gptq-seq-len", type=int, help="GPTQ calibration tokens per sample (default 2048)")
 
 
 def quant_config(a: argparse.Namespace):
@@ -45,6 +53,7 @@ def quant_config(a: argparse.Namespace):
     from .quant.config import QuantConfig
 
     overrides = {
+        "w_method": a.w_method,
         "w_bits": a.w_bits,
         "w_group": a.w_group,
         "a_bits": a.a_bits,
@@ -53,9 +62,29 @@ def quant_config(a: argparse.Namespace):
         "kv_group": a.kv_group,
     }
     overrides = {k: v for k, v in overrides.items() if v is not None}
-    overrides.update(w_method=a.w_method, w_sym=not a.w_asym, w_clip_search=not a.no_clip_search)
-    overrides["quantize_lm_head"] = a.quantize_lm_head
-    return QuantConfig.preset(a.precision, **overrides)
+    flags = {"w_sym": not a.w_asym, "w_clip_search": not a.no_clip_search}
+    flags["quantize_lm_head"] = a.quantize_lm_head
+    if a.recipe is None:
+        return QuantConfig.preset(a.precision, **overrides, **flags)
+    # With a recipe, only the flags the user set replace its settings.
+    defaults = {"w_sym": True, "w_clip_search": True, "quantize_lm_head": False}
+    overrides.update({k: v for k, v in flags.items() if v != defaults[k]})
+    return recipe_of(a).config(a.precision, **overrides)
+
+
+def recipe_of(a: argparse.Namespace):
+    from .recipes import recipe
+
+    return recipe(a.recipe)
+
+
+def gptq_calibration(a: argparse.Namespace, tokenizer):
+    """The GPTQ calibration samples the command line asks for (the recipe's sizes by default)."""
+    from .data import calibration_samples
+
+    samples = a.gptq_samples or (recipe_of(a).gptq_samples if a.recipe else 32)
+    seq_len = a.gptq_seq_len or (recipe_of(a).gptq_seq_len if a.recipe else 2048)
+    return calibration_samples(tokenizer, samples, seq_len, seed=a.seed + 1)
 
 
 def add_rotation_args(p: argparse.ArgumentParser) -> None:
@@ -74,7 +103,6 @@ def add_rotation_args(p: argparse.ArgumentParser) -> None:
 def quantized_model(a: argparse.Namespace, base, tokenizer):
     """Fuse, rotate and quantize `base` as the command line says; returns (model, cfg, R1, R2)."""
     from .checkpoint import load_rotations
-    from .data import calibration_samples
     from .pipeline import prepare
     from .rotation import random_rotations
 
@@ -84,11 +112,38 @@ def quantized_model(a: argparse.Namespace, base, tokenizer):
         rotation = load_rotations(a.rotation, base)[:2]
     elif a.random_hadamard is not None:
         rotation = random_rotations(base.args, a.random_hadamard)
-    calib = None
-    if cfg.w_method == "gptq":
-        calib = calibration_samples(tokenizer, a.gptq_samples, a.gptq_seq_len, seed=a.seed + 1)
+    calib = gptq_calibration(a, tokenizer) if cfg.w_method == "gptq" else None
     model = prepare(base, cfg, rotation, a.had, calib)
     return model, cfg, rotation
+
+
+def learn_config(a: argparse.Namespace):
+    """What `optimize` fake-quantizes: the recipe's learning target (flags override), else --precision."""
+    import dataclasses
+
+    if a.recipe is None:
+        return quant_config(a)
+    given = {k: v for k, v in vars(quant_config(a)).items() if k in _explicit_quant_fields(a)}
+    return dataclasses.replace(recipe_of(a).learn, **given)
+
+
+def _explicit_quant_fields(a: argparse.Namespace) -> set[str]:
+    """QuantConfig fields the user set on the command line."""
+    fields = {"w_bits": a.w_bits, "w_group": a.w_group, "a_bits": a.a_bits, "a_clip": a.a_clip}
+    fields.update(kv_bits=a.kv_bits, kv_group=a.kv_group, w_method=a.w_method)
+    out = {k for k, v in fields.items() if v is not None}
+    out |= {k for k, on in (("w_sym", a.w_asym), ("w_clip_search", a.no_clip_search)) if on}
+    return out | ({"quantize_lm_head"} if a.quantize_lm_head else set())
+
+
+def train_budget(a: argparse.Namespace):
+    """Steps, batch, sequence length and learning rate: the flags, else the recipe's (full scale), else the
+    defaults (100 x 1 x 512, lr 1.5)."""
+    from .recipes import TrainBudget
+
+    base = recipe_of(a).train if a.recipe else TrainBudget(steps=100, batch_size=1, seq_len=512, lr=1.5, grad_clip=None)
+    given = {"steps": a.steps, "batch_size": a.batch_size, "seq_len": a.seq_len, "lr": a.lr}
+    return dataclasses.replace(base, **{k: v for k, v in given.items() if v is not None})
 
 
 def cmd_optimize(a: argparse.Namespace) -> None:
@@ -107,7 +162,9 @@ def optimize(a: argparse.Namespace, world: World) -> None:
     from .train import learn_rotations
 
     base, tokenizer = load_model(a.model, sharded=a.fsdp)
-    cfg = quant_config(a)
+    cfg = learn_config(a)
+    budget = train_budget(a)
+    a.steps, a.batch_size, a.seq_len, a.lr = budget.steps, budget.batch_size, budget.seq_len, budget.lr
     calib = calibration_samples(tokenizer, a.steps * a.batch_size, a.seq_len, seed=a.seed)
     model = fuse_norms(base)
     set_online_hadamards(model, a.had)
@@ -130,6 +187,8 @@ def optimize(a: argparse.Namespace, world: World) -> None:
     if not world.is_main:
         return
     info = {
+        "recipe": a.recipe,
+        "batch_size": a.batch_size,
         "steps": a.steps,
         "seq_len": a.seq_len,
         "lr": a.lr,
@@ -164,11 +223,10 @@ def cmd_memory(a: argparse.Namespace) -> None:
 
 def cmd_eval(a: argparse.Namespace) -> None:
     from .checkpoint import load_quantized
-    from .data import test_windows
-    from .eval.perplexity import perplexity
-    from .eval.zeroshot import zeroshot
+    from .eval.perplexity import Perplexity, window_nlls
     from .model import load_model
 
+    own_text = user_text(a)  # read and checked before the model loads
     if a.checkpoint is not None:
         model, cfg, _, _ = load_quantized(a.checkpoint)
         from transformers import AutoTokenizer
@@ -179,11 +237,44 @@ def cmd_eval(a: argparse.Namespace) -> None:
     else:
         base, tokenizer = load_model(a.model)
         model, cfg, _ = quantized_model(a, base, tokenizer)
-    windows = test_windows(tokenizer, a.ppl_seq_len, a.ppl_windows or None)
-    result = {"config": str(cfg), "perplexity": perplexity(model, windows)}
+    result = {"config": str(cfg), "perplexity": {}}
+    for name, windows in eval_windows(a, tokenizer, own_text).items():
+        ppl = Perplexity.of(window_nlls(model, windows, progress=True))
+        lo, hi = ppl.ci()
+        n, t = windows.shape
+        result["perplexity"][name] = {"ppl": ppl.value, "ci95": [lo, hi], "windows": n, "tokens": n * t}
     if a.zeroshot_limit >= 0:
+        from .eval.harness import zeroshot
+
         result["zeroshot"] = zeroshot(model, tokenizer, a.tasks.split(","), limit=a.zeroshot_limit or None, seed=a.seed)
     print(json.dumps(result, indent=2))
+
+
+def user_text(a: argparse.Namespace) -> str | None:
+    """The text of --text FILE or --dataset PATH (--text-field), read and checked up front; else None."""
+    from .data import read_dataset_text, read_text_file
+
+    if a.text is not None:
+        return read_text_file(a.text)
+    if a.dataset is not None:
+        return read_dataset_text(a.dataset, a.text_field)
+    return None
+
+
+def eval_windows(a: argparse.Namespace, tokenizer, own_text: str | None) -> dict:
+    """Perplexity windows by name: the user's text, else each held-out domain of --domains."""
+    from .data import HELDOUT_DOMAINS, heldout_windows, text_windows
+
+    n = a.ppl_windows or None
+    if own_text is not None:
+        name = "text" if a.text is not None else "dataset"
+        what = f"--{name} {a.text if a.text is not None else a.dataset}"
+        return {name: text_windows(tokenizer, own_text, a.ppl_seq_len, n, what)}
+    domains = [d for d in a.domains.split(",") if d]
+    unknown = sorted(set(domains) - set(HELDOUT_DOMAINS))
+    if unknown or not domains:
+        raise ValueError(f"--domains {a.domains!r}: choose from {', '.join(HELDOUT_DOMAINS)}")
+    return {d: heldout_windows(tokenizer, d, a.ppl_seq_len, n) for d in domains}
 
 
 def cmd_quantize(a: argparse.Namespace) -> None:
@@ -209,7 +300,7 @@ def cmd_pipeline(a: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .eval.zeroshot import DEFAULT_TASKS
+    from .eval.harness import DEFAULT_TASKS
 
     parser = argparse.ArgumentParser(prog="spinquant", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -218,10 +309,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_args(p)
     add_quant_args(p)
     p.add_argument("--had", action=argparse.BooleanOptionalAction, default=True, help="learn with R3/R4 online")
-    p.add_argument("--steps", type=int, default=100, help="Cayley SGD steps (paper: 100)")
-    p.add_argument("--batch-size", type=int, default=1, help="sequences per step")
-    p.add_argument("--seq-len", type=int, default=512, help="tokens per sequence (paper: 2048)")
-    p.add_argument("--lr", type=float, default=1.5, help="learning rate (paper: 1.5, cosine schedule)")
+    p.add_argument("--steps", type=int, help="Cayley SGD steps (default: the recipe's, else 100; paper: 100)")
+    p.add_argument("--batch-size", type=int, help="sequences per step (default: the recipe's, else 1; paper: 8)")
+    p.add_argument("--seq-len", type=int, help="tokens per sequence (default: the recipe's, else 512; paper: 2048)")
+    p.add_argument("--lr", type=float, help="learning rate (default 1.5 as the paper, cosine schedule)")
     p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True, help="resume an interrupted run")
     p.add_argument("--checkpoint-every", type=int, default=10, help="save the resumable state every N steps")
     p.add_argument("--out", type=Path, default=Path("rotations.safetensors"), help="rotation file to write")
@@ -248,8 +339,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_quant_args(p)
     add_rotation_args(p)
     p.add_argument("--checkpoint", type=Path, help="evaluate a checkpoint from `spinquant quantize` instead")
-    p.add_argument("--ppl-windows", type=int, default=16, help="held-out windows (0 = the whole test split)")
-    p.add_argument("--ppl-seq-len", type=int, default=512, help="tokens per perplexity window")
+    p.add_argument("--ppl-windows", type=int, default=8, help="windows per text, spread over it (0 = all of it)")
+    p.add_argument("--ppl-seq-len", type=int, default=2048, help="tokens per perplexity window (paper: 2048)")
+    p.add_argument("--domains", default="wiki,c4", help="held-out texts: wiki (wiki.utf8's test part), c4")
+    own = p.add_mutually_exclusive_group()
+    own.add_argument("--text", type=Path, help="score your own plain UTF-8 text file instead")
+    own.add_argument("--dataset", type=Path, help="score a local dataset (.arrow, .parquet, .jsonl or a folder)")
+    p.add_argument("--text-field", default="text", help="the --dataset column holding the text")
     p.add_argument("--zeroshot-limit", type=int, default=-1, help="examples per task (0 = all, -1 = skip)")
     p.add_argument("--tasks", default=",".join(DEFAULT_TASKS), help="comma-separated zero-shot tasks")
     p.set_defaults(func=cmd_eval)
@@ -261,21 +357,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="checkpoint file (.safetensors) to write")
     p.set_defaults(func=cmd_quantize)
 
-    p = sub.add_parser("pipeline", help="the main job: optimize, evaluate, export, benchmark, print the table")
+    p = sub.add_parser("pipeline", help="the main job: optimize, evaluate, export, benchmark, print the tables")
     p.add_argument("--model", help="local Hugging Face folder; default: SmolLM2-135M offline")
-    p.add_argument("--full", action="store_true", help="paper-like sizes (hours on 2 cores)")
+    p.add_argument("--full", action="store_true", help="paper scale: the recipe's budgets, every window and document")
     p.add_argument("--out-dir", type=Path, help="where rotations, checkpoints and results go (runs/default)")
-    p.add_argument("--steps", type=int, help="rotation learning steps (default 24; --full 100)")
-    p.add_argument("--train-seq-len", type=int, help="tokens per training step (default 512; --full 2048)")
-    p.add_argument("--ppl-windows", type=int, help="perplexity windows (default 8; 0 = whole test split)")
-    p.add_argument("--ppl-seq-len", type=int, help="tokens per perplexity window (default 512)")
-    p.add_argument("--zeroshot-limit", type=int, help="zero-shot examples per task (default 10; 0 = all; -1 = skip)")
+    p.add_argument("--recipe", help="settings of the headline rows: official (default) or device")
+    p.add_argument("--steps", type=int, help="rotation learning steps (default 24; --full the recipe's 100)")
+    p.add_argument("--train-batch", type=int, help="sequences per learning step (default 1; --full 8)")
+    p.add_argument("--train-seq-len", type=int, help="tokens per learning sequence (default 512; --full 2048)")
+    p.add_argument("--ppl-windows", type=int, help="2048-token windows per held-out text (default 8; 0 = all)")
+    p.add_argument("--ppl-seq-len", type=int, help="tokens per perplexity window (default 2048)")
+    p.add_argument("--eval-dtype", help="fp32 (default) or bf16 matmuls in the evaluation")
+    p.add_argument("--zeroshot-limit", type=int, help="zero-shot documents per task (default 100; 0 = all; -1 = skip)")
     p.add_argument("--quarot-seeds", type=int, help="random Hadamard seeds (default 3; --full 5)")
-    p.add_argument("--precisions", help="comma-separated presets (default W4A4KV4; --full all three)")
+    p.add_argument("--precisions", help="comma-separated precisions of the recipe (default W4A4KV4; --full all)")
+    p.add_argument("--device-precision", help="the device recipe's row: W4A8KV8 (default), W4A4KV4 or '' to skip")
     p.add_argument("--w-methods", help="comma-separated weight quantizers (default rtn,gptq)")
-    p.add_argument("--gptq-samples", type=int, help="GPTQ calibration samples (default 8; --full 128)")
-    p.add_argument("--gptq-seq-len", type=int, help="GPTQ calibration tokens per sample (default 512)")
-    p.add_argument("--zeroshot-tasks", help="comma-separated zero-shot tasks (default: all eight)")
+    p.add_argument("--gptq-samples", type=int, help="GPTQ calibration samples (default 32; --full 128)")
+    p.add_argument("--gptq-seq-len", type=int, help="GPTQ calibration tokens per sample (default 2048)")
+    p.add_argument("--zeroshot-tasks", help="comma-separated lm-eval tasks (default: the eight of the paper)")
     p.add_argument(
         "--bench-variants",
         help="decode benchmark variants, '' to skip (default fp32_eager,xnnpack_8da4w,w4a8_no_had,"

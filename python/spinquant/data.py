@@ -161,8 +161,9 @@ def calibration_samples(tokenizer: Any, n_samples: int, seq_len: int, seed: int 
     return torch.stack([source[s : s + seq_len] for s in starts.tolist()])
 
 
-def _windows(ids: np.ndarray, seq_len: int, n_windows: int | None, what: str) -> torch.Tensor:
-    """Consecutive non-overlapping windows over `ids`: the first `n_windows` (all if None)."""
+def _windows(ids: np.ndarray, seq_len: int, n_windows: int | None, what: str, spread: bool = False) -> torch.Tensor:
+    """Non-overlapping windows of `seq_len` tokens over `ids`: all of them if `n_windows` is None, else the first
+    `n_windows` (consecutive) or, with `spread`, `n_windows` of them spread evenly from the start to the end."""
     if seq_len < 1:
         raise ValueError(f"seq_len must be positive, got {seq_len}")
     available = len(ids) // seq_len
@@ -170,14 +171,87 @@ def _windows(ids: np.ndarray, seq_len: int, n_windows: int | None, what: str) ->
     if n < 1 or n > available:
         raise ValueError(
             f"{what} has {len(ids)} tokens = {available} windows of {seq_len}; asked for {n_windows}: "
-            "lower n_windows or seq_len"
+            "ask for fewer or shorter windows"
         )
-    return torch.from_numpy(ids[: n * seq_len].astype(np.int64)).view(n, seq_len)
+    all_windows = torch.from_numpy(ids[: available * seq_len].astype(np.int64)).view(available, seq_len)
+    if not spread:
+        return all_windows[:n]
+    return all_windows[np.linspace(0, available - 1, n).round().astype(np.int64)]
 
 
 def test_windows(tokenizer: Any, seq_len: int, n_windows: int | None = None) -> torch.Tensor:
     """Consecutive non-overlapping windows of the held-out test part: LongTensor [n, seq_len]."""
     return _windows(test_tokens(tokenizer), seq_len, n_windows, "the test part")
+
+
+HELDOUT_DOMAINS = ("wiki", "c4")
+
+
+def c4_tokens(tokenizer: Any) -> np.ndarray:
+    """Token ids of `c4.utf8` (web pages): held out whole, no calibration sample is ever drawn from it."""
+    return tokenize_text(tokenizer, assets.c4_text_path().read_text(encoding="utf-8"))
+
+
+def heldout_windows(tokenizer: Any, domain: str, seq_len: int, n_windows: int | None = None) -> torch.Tensor:
+    """Perplexity windows of a held-out domain ("wiki": the test part of wiki.utf8, "c4": all of c4.utf8):
+    every window if `n_windows` is None, else `n_windows` spread evenly over the text. LongTensor [n, seq_len]."""
+    sources = {"wiki": test_tokens, "c4": c4_tokens}
+    if domain not in sources:
+        raise ValueError(f"unknown held-out domain {domain!r}; choose from {', '.join(HELDOUT_DOMAINS)}")
+    return _windows(sources[domain](tokenizer), seq_len, n_windows, f"the {domain} held-out text", spread=True)
+
+
+def text_windows(tokenizer: Any, text: str, seq_len: int, n_windows: int | None = None, what: str = "the text"):
+    """Perplexity windows of any text (e.g. the user's own): as `heldout_windows`, cached like the others."""
+    if not text.strip():
+        raise ValueError(f"{what} is empty: give a file with text in it")
+    ids = tokenize_text(tokenizer, text)
+    if len(ids) < seq_len:
+        raise ValueError(
+            f"{what} has {len(ids)} tokens, fewer than one window of {seq_len}: give more text or shorter windows"
+        )
+    return _windows(ids, seq_len, n_windows, what, spread=True)
+
+
+def read_text_file(path: str | Path) -> str:
+    """A plain UTF-8 text file's contents; a one-line ValueError for a missing, unreadable or non-UTF-8 file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"--text {path}: no such file")
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"--text {path}: not UTF-8 text (byte {err.start}): convert it to UTF-8 first") from None
+
+
+_DATASET_BUILDERS = {".arrow": "arrow", ".parquet": "parquet", ".jsonl": "json", ".json": "json"}
+
+
+def read_dataset_text(path: str | Path, field: str = "text") -> str:
+    """The `field` column of a local dataset (an .arrow, .parquet or .jsonl file, or a `save_to_disk` folder),
+    read with `datasets`, its rows joined by a blank line; one-line ValueErrors for what is wrong."""
+    import datasets
+
+    path = Path(path)
+    datasets.disable_progress_bars()
+    if path.is_dir():
+        ds = datasets.load_from_disk(str(path))
+        if isinstance(ds, datasets.DatasetDict):
+            ds = ds[next(iter(ds))]
+    elif path.suffix in _DATASET_BUILDERS:
+        if not path.is_file():
+            raise ValueError(f"--dataset {path}: no such file")
+        ds = datasets.load_dataset(_DATASET_BUILDERS[path.suffix], data_files=str(path), split="train")
+    else:
+        kinds = ", ".join(_DATASET_BUILDERS)
+        raise ValueError(f"--dataset {path}: not a dataset folder or a file ending in {kinds}")
+    if field not in ds.column_names:
+        columns = ", ".join(ds.column_names)
+        raise ValueError(f"--dataset {path} has no field {field!r} (it has {columns}): name one with --text-field")
+    rows = [t for t in ds[field] if isinstance(t, str) and t.strip()]
+    if not rows:
+        raise ValueError(f"--dataset {path}: field {field!r} holds no text")
+    return DOC_SEPARATOR.join(rows)
 
 
 def anchor_windows(tokenizer: Any, n_windows: int = 8, seq_len: int = 512) -> torch.Tensor:

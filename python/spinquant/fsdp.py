@@ -137,13 +137,13 @@ class ShardedLoss:
             w = self.rotated(layer.block, R1.float(), R2[i].float())
             for name in self.targets:
                 clips[f"layers.{i}.{name}.weight"] = search_weight_clip(
-                    w[f"{name}.weight"], cfg.w_bits, cfg.w_group, cfg.w_sym
+                    w[f"{name}.weight"], cfg.w_bits, cfg.w_group, cfg.w_sym, cfg.w_clip_norm
                 )
             layer.reshard()
         if self.head_quantized:
             self.model.unshard()
             head = self.model.lm_head.weight.detach() @ R1.float()
-            clips["lm_head.weight"] = search_weight_clip(head, cfg.w_bits, cfg.w_group, cfg.w_sym)
+            clips["lm_head.weight"] = search_weight_clip(head, cfg.w_bits, cfg.w_group, cfg.w_sym, cfg.w_clip_norm)
             self.model.reshard()
         return clips
 

@@ -1,10 +1,16 @@
-"""The main job: learn rotations, quantize with every method, evaluate, and print one table.
+"""The main job: learn rotations, quantize with every method, evaluate with uncertainty, print the tables.
 
-Methods (rows): fp32; RTN (no rotation); QuaRot-style random Hadamard R1/R2 with R3/R4 (mean and spread over
-seeds); SpinQuant learned R1/R2 without online Hadamards (no_had) and with them (had). Each at the chosen
-precisions (W4A16, W4A8KV8, W4A4KV4) and weight quantizers (RTN, GPTQ). The rotations are learned once per
-variant at `learn_precision` (W4A4KV4 by default, weights RTN with clip search in the loss) and reused at
-the other precisions and for GPTQ.
+Methods (rows): fp32; no rotation; QuaRot-style random Hadamard R1/R2 with R3/R4 (several seeds);
+SpinQuant learned R1/R2 without online Hadamards (no_had) and with them (had). Each at the recipe's
+precisions and weight quantizers (RTN, GPTQ), plus the device recipe's row (what the exported program
+computes). Rotations are learned once per variant at the recipe's learning target and reused everywhere.
+
+Evaluation (`spinquant.eval`): perplexity on 2048-token windows of two held-out texts (wiki: the test part
+of wiki.utf8; c4: all of c4.utf8; never calibration) with 95% bootstrap intervals over windows; paired
+differences of mean NLL on the same windows for the comparisons the table draws (learned vs random, had vs
+no_had, GPTQ vs RTN); zero-shot accuracy through lm-evaluation-harness for fp32, the best row and the device
+row. GPTQ quantizes the weights once per rotation: its Hessians come from unquantized activations, so the
+same quantized weights serve every activation/KV setting.
 """
 
 from __future__ import annotations
@@ -15,46 +21,52 @@ import json
 import resource
 import statistics
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from rich.console import Console
 from rich.table import Table
 
 from .checkpoint import IncompatibleFileError, load_rotations, save_quantized, save_rotations
-from .data import calibration_samples, test_windows
-from .eval.perplexity import perplexity
-from .eval.zeroshot import DEFAULT_TASKS, zeroshot
+from .data import HELDOUT_DOMAINS, calibration_samples, heldout_windows, test_windows
+from .eval.harness import DEFAULT_TASKS, zeroshot
+from .eval.perplexity import Perplexity, paired_difference, window_nlls
 from .export.bench import VARIANTS, run_bench, start_xnnpack_exports
 from .model import Transformer, load_model
 from .plots import channel_maxima, plot_outliers
-from .quant.apply import quantize_model
+from .quant.apply import attach_quantizers, quantize_weights
 from .quant.config import QuantConfig
+from .recipes import recipe
 from .rotation import apply_rotations, fuse_norms, random_rotations, set_online_hadamards
 from .train import LOSS_VERSION, held_out_loss, learn_rotations
 
 console = Console()
+EVAL_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
 @dataclass
 class Settings:
-    """Sizes of the main job. The defaults fit ~20 minutes on 2 cores; `full()` is the paper-like run."""
+    """Sizes of the main job. The defaults fit ~30 minutes on 2 cores; `full()` is the paper-scale run."""
 
     model: str | None = None
     out_dir: Path = Path("runs/default")
+    recipe: str = "official"
     precisions: tuple[str, ...] = ("W4A4KV4",)
     w_methods: tuple[str, ...] = ("rtn", "gptq")
-    learn_precision: str = "W4A4KV4"
+    device_precision: str = "W4A8KV8"  # the device recipe's row ("" to skip)
     steps: int = 24
+    train_batch: int = 1
     train_seq_len: int = 512
-    lr: float = 1.5
-    gptq_samples: int = 8
-    gptq_seq_len: int = 512
-    ppl_windows: int = 8
-    ppl_seq_len: int = 512
+    gptq_samples: int = 32
+    gptq_seq_len: int = 2048
+    ppl_windows: int = 8  # per held-out domain, spread over the text (0 = every window)
+    ppl_seq_len: int = 2048
+    eval_dtype: str = "fp32"
     quarot_seeds: int = 3
-    zeroshot_limit: int = 10
+    zeroshot_limit: int = 100  # documents per task (0 = all, -1 = skip)
     zeroshot_tasks: tuple[str, ...] = DEFAULT_TASKS
     seed: int = 0
     export: bool = True
@@ -62,55 +74,125 @@ class Settings:
 
     @classmethod
     def full(cls, **overrides) -> Settings:
-        """Paper-like sizes: 100 steps x 2048 tokens, 128 GPTQ samples, whole test split, full zero-shot sets,
-        5 QuaRot seeds, every benchmark variant."""
+        """Paper scale: the recipe's learning budget (100 steps x 8 x 2048) and GPTQ calibration (128 x 2048),
+        every window of both held-out texts, every zero-shot document for every row, 5 QuaRot seeds."""
+        r = recipe(overrides.get("recipe", cls.recipe))
         base = dict(
-            precisions=("W4A16", "W4A8KV8", "W4A4KV4"),
-            steps=100,
-            train_seq_len=2048,
-            gptq_samples=128,
-            gptq_seq_len=2048,
+            precisions=tuple(r.precisions),
+            steps=r.train.steps,
+            train_batch=r.train.batch_size,
+            train_seq_len=r.train.seq_len,
+            gptq_samples=r.gptq_samples,
+            gptq_seq_len=r.gptq_seq_len,
             ppl_windows=0,
-            ppl_seq_len=2048,
             zeroshot_limit=0,
             quarot_seeds=5,
             bench_variants=VARIANTS,
         )
         return cls(**{**base, **overrides})
 
+    def check(self) -> None:
+        """One-line errors for impossible sizes, before any work."""
+        r = recipe(self.recipe)
+        for p in self.precisions:
+            r.config(p)
+        if self.device_precision:
+            recipe("device").config(self.device_precision)
+        for m in self.w_methods:
+            if m not in ("rtn", "gptq"):
+                raise ValueError(f"--w-methods: unknown weight quantizer {m!r}; use rtn and/or gptq")
+        positive = ("steps", "train_batch", "train_seq_len", "gptq_samples", "gptq_seq_len", "ppl_seq_len")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if self.ppl_windows < 0 or self.quarot_seeds < 0 or self.zeroshot_limit < -1:
+            raise ValueError("--ppl-windows and --quarot-seeds must be >= 0 and --zeroshot-limit >= -1")
+        if self.eval_dtype not in EVAL_DTYPES:
+            raise ValueError(f"--eval-dtype must be one of {', '.join(EVAL_DTYPES)}, got {self.eval_dtype!r}")
+
 
 @dataclass
 class Row:
-    """One evaluated configuration."""
+    """One evaluated configuration: per-window NLLs per held-out domain, one array per seed."""
 
     method: str
+    recipe: str
     precision: str
     w_method: str
-    ppl: list[float] = field(default_factory=list)
-    zeroshot: list[float] = field(default_factory=list)
-    seconds: float = 0.0  # quantizing and evaluating every model of the row
+    nll: dict[str, list[np.ndarray]] = field(default_factory=dict)
+    zeroshot: dict | None = None
+    seconds: float = 0.0
 
-    def cell(self, values: list[float], fmt: str) -> str:
-        if not values:
-            return "-"
+    @property
+    def label(self) -> str:
+        return f"{self.recipe} {self.precision} {self.w_method} {self.method}"
+
+    def mean_nll(self, domain: str) -> np.ndarray:
+        """Per-window NLL averaged over seeds (what paired comparisons use)."""
+        return np.mean(self.nll[domain], axis=0)
+
+    def ppls(self, domain: str) -> list[float]:
+        return [Perplexity.of(n).value for n in self.nll[domain]]
+
+    def cell(self, domain: str) -> str:
+        """`ppl [lo, hi]` for one model; `mean ± std (min-max)` of the seeds' perplexities for several."""
+        values = self.ppls(domain)
         if len(values) == 1:
-            return format(values[0], fmt)
-        return f"{format(statistics.mean(values), fmt)} ± {format(statistics.stdev(values), fmt)}"
+            lo, hi = Perplexity.of(self.nll[domain][0]).ci()
+            return f"{values[0]:.2f} [{lo:.2f}, {hi:.2f}]"
+        return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f} ({min(values):.2f}-{max(values):.2f})"
+
+    def pooled_ppl(self) -> float:
+        return float(np.exp(np.mean([self.mean_nll(d).mean() for d in self.nll])))
+
+    def zeroshot_cell(self) -> str:
+        if not self.zeroshot:
+            return "-"
+        avg = self.zeroshot["average"]
+        stderr = avg.get("stderr")
+        return f"{avg['headline']:.3f}" + (f" ± {stderr:.3f}" if stderr is not None else "")
+
+    def to_dict(self) -> dict:
+        return {
+            "method": self.method,
+            "recipe": self.recipe,
+            "precision": self.precision,
+            "w_method": self.w_method,
+            "seconds": self.seconds,
+            "perplexity": {d: [Perplexity.of(n).to_dict() for n in seeds] for d, seeds in self.nll.items()},
+            "zeroshot": self.zeroshot,
+        }
+
+
+@dataclass
+class Clock:
+    """Wall time per stage."""
+
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def add(self, stage: str, since: float) -> None:
+        self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - since
+
+
+def rotated(base: Transformer, rotation, had: bool) -> Transformer:
+    """A copy of `base` with norms fused, (R1, R2) merged if given and R3/R4 (R4 folded) if `had`."""
+    model = fuse_norms(copy.deepcopy(base))
+    return apply_rotations(model, *(rotation if rotation is not None else (None, None)), had=had)
 
 
 def prepare(base: Transformer, cfg: QuantConfig, rotation, had: bool, calib: torch.Tensor | None) -> Transformer:
-    """A quantized copy of `base`: norms fused, (R1, R2) merged if given, R3/R4 (R4 folded) if `had`, quantized."""
-    model = fuse_norms(copy.deepcopy(base))
-    apply_rotations(model, *(rotation if rotation is not None else (None, None)), had=had)  # R4 folds even alone
-    return quantize_model(model, cfg, calib if cfg.w_method == "gptq" else None, progress=False)
+    """A quantized copy of `base`: norms fused, rotations merged, R3/R4 if `had`, weights and quantizers."""
+    model = quantize_weights(rotated(base, rotation, had), cfg, calib if cfg.w_method == "gptq" else None, False)
+    return attach_quantizers(model, cfg)
 
 
 def learned_rotations(base: Transformer, tokenizer, s: Settings, had: bool) -> tuple:
-    """Learn (or reuse a finished file of) R1/R2 for one variant; returns (R1, R2, info)."""
-    name = f"rotations-{s.learn_precision}-{'had' if had else 'no_had'}.safetensors"
+    """Learn (or reuse a finished file of) R1/R2 for one variant at the recipe's target; (R1, R2, info)."""
+    r = recipe(s.recipe)
+    name = f"rotations-{s.recipe}-{'had' if had else 'no_had'}.safetensors"
     path = s.out_dir / name
-    wanted = {"steps": s.steps, "seq_len": s.train_seq_len, "lr": s.lr, "seed": s.seed, "had": had}
-    wanted["loss_version"] = LOSS_VERSION
+    wanted = {"recipe": s.recipe, "steps": s.steps, "batch_size": s.train_batch, "seq_len": s.train_seq_len}
+    wanted.update(lr=r.train.lr, seed=s.seed, had=had, loss_version=LOSS_VERSION)
     if path.exists():
         try:
             R1, R2, info = load_rotations(path, base)
@@ -119,18 +201,18 @@ def learned_rotations(base: Transformer, tokenizer, s: Settings, had: bool) -> t
                 return R1, R2, info
         except IncompatibleFileError:
             pass
-    cfg = QuantConfig.preset(s.learn_precision)
-    calib = calibration_samples(tokenizer, s.steps, s.train_seq_len, seed=s.seed)
-    heldout = test_windows(tokenizer, min(256, s.ppl_seq_len), 2)
+    calib = calibration_samples(tokenizer, s.steps * s.train_batch, s.train_seq_len, seed=s.seed)
+    heldout = test_windows(tokenizer, 256, 2)
     model = fuse_norms(copy.deepcopy(base))
     set_online_hadamards(model, had)
     start = time.perf_counter()
     R1, R2, history = learn_rotations(
         model,
-        cfg,
+        r.learn,
         calib,
         steps=s.steps,
-        lr=s.lr,
+        lr=r.train.lr,
+        batch_size=s.train_batch,
         seed=s.seed,
         had=had,
         checkpoint_path=s.out_dir / f".{name}.resume",
@@ -138,97 +220,200 @@ def learned_rotations(base: Transformer, tokenizer, s: Settings, had: bool) -> t
     )
     info = {
         **wanted,
-        "config": cfg.to_dict(),
+        "config": r.learn.to_dict(),
         "seconds": time.perf_counter() - start,
         "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
         "train_loss_mean_last5": sum(history[-5:]) / len(history[-5:]),
-        "heldout_loss_start": held_out_loss(model, cfg, heldout, *random_rotations(base.args, s.seed), had),
-        "heldout_loss_learned": held_out_loss(model, cfg, heldout, R1, R2, had),
+        "heldout_loss_start": held_out_loss(model, r.learn, heldout, *random_rotations(base.args, s.seed), had),
+        "heldout_loss_learned": held_out_loss(model, r.learn, heldout, R1, R2, had),
     }
     save_rotations(path, base, R1, R2, info)
     return R1, R2, info
 
 
-def evaluate(model: Transformer, tokenizer, windows, s: Settings, with_zeroshot: bool) -> tuple[float, float | None]:
-    """(perplexity, zero-shot average of the headline metrics or None)."""
-    ppl = perplexity(model, windows, progress=False)
-    if not with_zeroshot or s.zeroshot_limit < 0:
-        return ppl, None
-    limit = s.zeroshot_limit or None
-    zs = zeroshot(model, tokenizer, s.zeroshot_tasks, limit=limit, seed=s.seed, progress=False)
-    return ppl, zs["average"]["headline"]
+@dataclass
+class Variant:
+    """A rotation method: its name, one rotation per seed (None = no rotation), online Hadamards or not."""
+
+    method: str
+    rotations: list
+    had: bool
+
+
+class Evaluator:
+    """Scores models on the held-out windows (and zero-shot); keeps the stage clock."""
+
+    def __init__(self, tokenizer, windows: dict[str, torch.Tensor], s: Settings, clock: Clock):
+        self.tokenizer, self.windows, self.s, self.clock = tokenizer, windows, s, clock
+
+    def nll(self, model: Transformer) -> dict[str, np.ndarray]:
+        start = time.perf_counter()
+        dtype = EVAL_DTYPES[self.s.eval_dtype]
+        out = {d: window_nlls(model, w, progress=False, dtype=dtype) for d, w in self.windows.items()}
+        self.clock.add("perplexity", start)
+        return out
+
+    def zeroshot(self, model: Transformer) -> dict | None:
+        if self.s.zeroshot_limit < 0:
+            return None
+        start = time.perf_counter()
+        limit = self.s.zeroshot_limit or None
+        result = zeroshot(model, self.tokenizer, self.s.zeroshot_tasks, limit=limit, seed=self.s.seed, progress=False)
+        self.clock.add("zero-shot", start)
+        return result
+
+
+def variants(base: Transformer, learned: dict, seeds: int) -> list[Variant]:
+    return [
+        Variant("no rotation", [None], False),
+        Variant(f"QuaRot ({seeds} seeds)", [random_rotations(base.args, seed) for seed in range(seeds)], True),
+        Variant("SpinQuant no_had", [learned[False][:2]], False),
+        Variant("SpinQuant had", [learned[True][:2]], True),
+    ]
+
+
+def weight_quantized(
+    base: Transformer, variant: Variant, cfg: QuantConfig, calib: torch.Tensor, clock: Clock
+) -> Iterator[Transformer]:
+    """Per seed of `variant`: the rotated model with weights quantized per `cfg` (no activation quantizers)."""
+    for rotation in variant.rotations:
+        start = time.perf_counter()
+        model = quantize_weights(rotated(base, rotation, variant.had), cfg, calib if cfg.w_method == "gptq" else None)
+        clock.add(f"weights {cfg.w_method}", start)
+        yield model
+
+
+def evaluate_rows(base, learned, ev: Evaluator, s: Settings, calib, clock: Clock) -> list[Row]:
+    """Every (variant, weight quantizer, precision) row of the recipe, weights quantized once per rotation."""
+    r = recipe(s.recipe)
+    rows: dict[tuple, Row] = {}
+    total = len(s.w_methods) * sum(len(v.rotations) for v in variants(base, learned, s.quarot_seeds))
+    done, start = 0, time.perf_counter()
+    for w_method in s.w_methods:
+        for variant in variants(base, learned, s.quarot_seeds):
+            wcfg = r.config(s.precisions[0], w_method=w_method)
+            for model in weight_quantized(base, variant, wcfg, calib, clock):
+                for precision in s.precisions:
+                    cfg = r.config(precision, w_method=w_method)
+                    key = (precision, w_method, variant.method)
+                    row = rows.setdefault(key, Row(variant.method, r.name, precision, w_method))
+                    t0 = time.perf_counter()
+                    for domain, nll in ev.nll(attach_quantizers(copy.deepcopy(model), cfg)).items():
+                        row.nll.setdefault(domain, []).append(nll)
+                    row.seconds += time.perf_counter() - t0
+                done += 1
+                eta = (time.perf_counter() - start) / done * (total - done)
+                console.print(f"  {w_method:4s} {variant.method:18s} [{done}/{total} models, ~{eta / 60:.1f} min left]")
+    return [rows[k] for k in sorted(rows, key=lambda k: (s.precisions.index(k[0]), s.w_methods.index(k[1])))]
+
+
+def device_rows(base, learned, ev: Evaluator, s: Settings, calib, clock: Clock) -> list[Row]:
+    """The device recipe at `s.device_precision` (GPTQ): no rotation, QuaRot seed 0, SpinQuant had."""
+    cfg = recipe("device").config(s.device_precision)
+    chosen = [
+        Variant("no rotation", [None], False),
+        Variant("QuaRot (seed 0)", [random_rotations(base.args, 0)], True),
+        Variant("SpinQuant had", [learned[True][:2]], True),
+    ]
+    rows = []
+    for variant in chosen:
+        row = Row(variant.method, "device", s.device_precision, cfg.w_method)
+        for model in weight_quantized(base, variant, cfg, calib, clock):
+            model = attach_quantizers(model, cfg)
+            for domain, nll in ev.nll(model).items():
+                row.nll.setdefault(domain, []).append(nll)
+            if variant.method == "SpinQuant had":
+                row.zeroshot = ev.zeroshot(model)
+                if s.export:
+                    path = s.out_dir / f"spinquant-device-{s.device_precision}-had.safetensors"
+                    save_quantized(path, model, cfg, True, *learned[True][:2])
+        rows.append(row)
+        console.print(f"  device {s.device_precision} {variant.method}: pooled ppl {row.pooled_ppl():.2f}")
+    return rows
+
+
+def comparisons(rows: list[Row]) -> list[tuple[str, Row, Row]]:
+    """The pairs the table draws: learned vs random, had vs no_had, learned vs none, GPTQ vs RTN."""
+    by = {(r.recipe, r.precision, r.w_method, r.method.split(" (")[0]): r for r in rows}
+    pairs = []
+    for (rec, precision, w_method, method), row in by.items():
+        key = (rec, precision, w_method)
+        if method == "SpinQuant had":
+            for other in ("QuaRot", "SpinQuant no_had", "no rotation"):
+                if (*key, other) in by:
+                    pairs.append((f"{rec} {precision} {w_method}: had vs {other}", row, by[(*key, other)]))
+        if w_method == "gptq" and (rec, precision, "rtn", method) in by:
+            pairs.append((f"{rec} {precision} {method}: GPTQ vs RTN", row, by[(rec, precision, "rtn", method)]))
+    return pairs
 
 
 def run(s: Settings) -> list[Row]:
-    """Run the whole job, print the table, write results.json and results.md into s.out_dir."""
+    """Run the whole job, print the tables, write results.json and results.md into s.out_dir."""
+    s.check()
     s.out_dir.mkdir(parents=True, exist_ok=True)
-    job_start = time.perf_counter()
+    clock, job_start = Clock(), time.perf_counter()
     torch.manual_seed(s.seed)
     # The XNNPACK baseline's export is minutes of one-threaded tracing: it runs beside the learning.
     exports = start_xnnpack_exports(s.model, s.out_dir / "bench", list(s.bench_variants))
     base, tokenizer = load_model(s.model)
-    windows = test_windows(tokenizer, s.ppl_seq_len, s.ppl_windows or None)
-    gptq_calib = calibration_samples(tokenizer, s.gptq_samples, s.gptq_seq_len, seed=s.seed + 1)
-    console.print(f"[bold]model[/] {base.identity.get('name')}  [bold]ppl[/] {tuple(windows.shape)} windows")
+    per_domain = s.ppl_windows or None
+    windows = {d: heldout_windows(tokenizer, d, s.ppl_seq_len, per_domain) for d in HELDOUT_DOMAINS}
+    calib = calibration_samples(tokenizer, s.gptq_samples, s.gptq_seq_len, seed=s.seed + 1)
+    sizes = ", ".join(f"{d} {w.shape[0]} x {w.shape[1]}" for d, w in windows.items())
+    console.print(
+        f"[bold]model[/] {base.identity.get('name')}  [bold]held-out windows[/] {sizes}  [bold]recipe[/] {s.recipe}  "
+        f"[bold]GPTQ calibration[/] {s.gptq_samples} x {s.gptq_seq_len}"
+    )
 
     learned = {}
     for had in (False, True):
-        with console.status(f"learning rotations ({'had' if had else 'no_had'})"):
-            learned[had] = learned_rotations(base, tokenizer, s, had)
+        start = time.perf_counter()
+        learned[had] = learned_rotations(base, tokenizer, s, had)
+        clock.add("rotation learning", start)
         info = learned[had][2]
         console.print(
             f"rotations {'had' if had else 'no_had'}: {info['seconds']:.0f} s, peak RSS {info['peak_rss_gb']:.2f} GB, "
             f"held-out loss {info['heldout_loss_start']:.3f} (random Hadamard) -> {info['heldout_loss_learned']:.3f}"
         )
+    plot_rotation_effect(base, learned[True][:2], windows["wiki"][:1, :256], s.out_dir / "outliers.png")
 
-    ppl, acc = evaluate(base, tokenizer, windows, s, True)
-    rows = [Row("fp32", "FP32", "-", [ppl], [] if acc is None else [acc])]
-    plot_rotation_effect(base, learned[True][:2], windows[:1, :256], s.out_dir / "outliers.png")
-    zs_precision = s.precisions[-1]
-    zs_method = s.w_methods[-1]
-    total = len(s.precisions) * len(s.w_methods) * (s.quarot_seeds + 3)
-    done = 0
-    start = time.perf_counter()
-    for precision in s.precisions:
-        for w_method in s.w_methods:
-            cfg = QuantConfig.preset(precision, w_method=w_method)
-            with_zs = precision == zs_precision and w_method == zs_method
-            variants = [("RTN", [None], False)]
-            variants.append(("QuaRot", [random_rotations(base.args, seed) for seed in range(s.quarot_seeds)], True))
-            variants.append(("SpinQuant no_had", [learned[False][:2]], False))
-            variants.append(("SpinQuant had", [learned[True][:2]], True))
-            for method, rotations, had in variants:
-                row = Row(method, precision, w_method)
-                for i, rotation in enumerate(rotations):
-                    row_start = time.perf_counter()
-                    model = prepare(base, cfg, rotation, had, gptq_calib)
-                    ppl, acc = evaluate(model, tokenizer, windows, s, with_zs and i == 0)
-                    row.ppl.append(ppl)
-                    if acc is not None:
-                        row.zeroshot.append(acc)
-                    if s.export and method == "SpinQuant had" and precision == s.learn_precision:
-                        save_quantized(
-                            s.out_dir / f"spinquant-{precision}-{w_method}-had.safetensors", model, cfg, had, *rotation
-                        )
-                    del model
-                    row.seconds += time.perf_counter() - row_start
-                    done += 1
-                    eta = (time.perf_counter() - start) / done * (total - done)
-                    console.print(
-                        f"  {precision} {w_method:4s} {method:17s} ppl {ppl:10.2f}  [{done}/{total}, ~{eta:.0f} s left]"
-                    )
-                rows.append(row)
-    write_results(rows, learned, s, {"learn_and_evaluate": time.perf_counter() - job_start})
+    ev = Evaluator(tokenizer, windows, s, clock)
+    fp32 = Row("fp32", "-", "FP32", "-", {d: [n] for d, n in ev.nll(base).items()})
+    console.print(f"  fp32: pooled ppl {fp32.pooled_ppl():.2f}")
+    rows = [fp32, *evaluate_rows(base, learned, ev, s, calib, clock)]
+    if s.device_precision:
+        rows += device_rows(base, learned, ev, s, calib, clock)
+    zeroshot_rows(base, learned, rows, ev, s, calib)
+    write_results(rows, learned, s, clock.seconds)
     if s.bench_variants:
         console.rule("decode speed through the ExecuTorch runtime (spinquant bench)")
-        bench_start = time.perf_counter()
+        start = time.perf_counter()
         for proc in exports:
             proc.join()
         run_bench(s.model, s.out_dir / "bench", list(s.bench_variants), threads=[1, 2], runs=5, log=console.print)
-        seconds = {"learn_and_evaluate": bench_start - job_start, "bench": time.perf_counter() - bench_start}
-        write_results(rows, learned, s, seconds)
-    console.print(f"main job: {(time.perf_counter() - job_start) / 60:.1f} min")
+        clock.add("export and decode benchmark", start)
+        write_results(rows, learned, s, clock.seconds)
+    console.print(stage_table(clock.seconds, time.perf_counter() - job_start))
     return rows
+
+
+def zeroshot_rows(base, learned, rows: list[Row], ev: Evaluator, s: Settings, calib) -> None:
+    """Zero-shot for fp32 and the best headline-precision row (every row with --full: zeroshot_limit 0)."""
+    single = [r for r in rows if r.recipe == s.recipe and r.precision == s.precisions[-1] and len(r.nll["wiki"]) == 1]
+    best = min(single, key=Row.pooled_ppl)
+    targets = rows if s.zeroshot_limit == 0 else [rows[0], best]
+    for row in targets:
+        if row.zeroshot is not None or s.zeroshot_limit < 0:
+            continue
+        if row.method == "fp32":
+            model = base
+        else:
+            variant = next(v for v in variants(base, learned, s.quarot_seeds) if v.method == row.method)
+            rotation = variant.rotations[0]  # QuaRot: seed 0
+            cfg = recipe(row.recipe).config(row.precision, w_method=row.w_method)
+            model = prepare(base, cfg, rotation, variant.had, calib)
+        row.zeroshot = ev.zeroshot(model)
+        console.print(f"  zero-shot {row.label}: {row.zeroshot_cell()}")
 
 
 def plot_rotation_effect(base: Transformer, rotation, tokens: torch.Tensor, path: Path) -> None:
@@ -243,38 +428,77 @@ def plot_rotation_effect(base: Transformer, rotation, tokens: torch.Tensor, path
 
 
 def table(rows: list[Row]) -> Table:
-    """A rich table: one row per method, perplexity (and zero-shot) per precision and weight quantizer."""
-    t = Table(title="SpinQuant on " + "SmolLM2-135M (wiki.utf8 held-out perplexity; zero-shot average)")
-    t.add_column("precision")
-    t.add_column("weights")
-    t.add_column("method")
-    t.add_column("perplexity", justify="right")
-    t.add_column("zero-shot", justify="right")
+    """Perplexity per held-out domain (95% CI over windows; seeds: mean ± std (min-max)) and zero-shot."""
+    t = Table(title="SpinQuant on SmolLM2-135M: held-out perplexity [95% CI], zero-shot average ± stderr")
+    for name in ("recipe", "precision", "weights", "method", *HELDOUT_DOMAINS, "zero-shot"):
+        t.add_column(name, justify="right" if name in (*HELDOUT_DOMAINS, "zero-shot") else "left")
     for r in rows:
-        t.add_row(r.precision, r.w_method, r.method, r.cell(r.ppl, ".2f"), r.cell(r.zeroshot, ".3f"))
+        t.add_row(r.recipe, r.precision, r.w_method, r.method, *(r.cell(d) for d in HELDOUT_DOMAINS), r.zeroshot_cell())
     return t
 
 
-def markdown(rows: list[Row]) -> str:
-    """The same table as GitHub markdown."""
-    lines = ["| precision | weights | method | perplexity | zero-shot |", "|---|---|---|---:|---:|"]
+def comparison_lines(rows: list[Row]) -> list[dict]:
+    """Each comparison per domain: mean NLL difference (a - b) with its paired 95% CI."""
+    out = []
+    for label, a, b in comparisons(rows):
+        for d in HELDOUT_DOMAINS:
+            diff = paired_difference(a.mean_nll(d), b.mean_nll(d))
+            out.append({"comparison": label, "domain": d, "ppl_ratio": diff.ratio, **diff.to_dict()})
+    return out
+
+
+def comparison_table(lines: list[dict]) -> Table:
+    t = Table(title="Paired differences on the same windows: mean NLL(a) - NLL(b), 95% bootstrap CI (< 0: a better)")
+    for name in ("comparison", "domain", "ΔNLL [95% CI]", "ppl ratio", "significant"):
+        t.add_column(name)
+    for c in lines:
+        lo, hi = c["ci95"]
+        diff = f"{c['mean']:+.4f} [{lo:+.4f}, {hi:+.4f}]"
+        t.add_row(c["comparison"], c["domain"], diff, f"{c['ppl_ratio']:.3f}", "yes" if c["significant"] else "no")
+    return t
+
+
+def stage_table(seconds: dict[str, float], total: float) -> Table:
+    t = Table(title=f"main job: {total / 60:.1f} min")
+    t.add_column("stage")
+    t.add_column("minutes", justify="right")
+    for stage, sec in seconds.items():
+        t.add_row(stage, f"{sec / 60:.1f}")
+    return t
+
+
+def markdown(rows: list[Row], lines: list[dict]) -> str:
+    """Both tables as GitHub markdown."""
+    out = [
+        "| recipe | precision | weights | method | " + " | ".join(HELDOUT_DOMAINS) + " | zero-shot |",
+        "|---|---|---|---|" + "---:|" * (len(HELDOUT_DOMAINS) + 1),
+    ]
     for r in rows:
-        lines.append(
-            f"| {r.precision} | {r.w_method} | {r.method} | {r.cell(r.ppl, '.2f')} | {r.cell(r.zeroshot, '.3f')} |"
-        )
-    return "\n".join(lines) + "\n"
+        cells = " | ".join(r.cell(d) for d in HELDOUT_DOMAINS)
+        out.append(f"| {r.recipe} | {r.precision} | {r.w_method} | {r.method} | {cells} | {r.zeroshot_cell()} |")
+    out += ["", "| comparison | domain | ΔNLL [95% CI] | ppl ratio | significant |", "|---|---|---:|---:|---|"]
+    for c in lines:
+        lo, hi = c["ci95"]
+        sig = "yes" if c["significant"] else "no"
+        diff = f"{c['mean']:+.4f} [{lo:+.4f}, {hi:+.4f}]"
+        out.append(f"| {c['comparison']} | {c['domain']} | {diff} | {c['ppl_ratio']:.3f} | {sig} |")
+    return "\n".join(out) + "\n"
 
 
 def write_results(rows: list[Row], learned: dict, s: Settings, seconds: dict[str, float]) -> None:
-    """Print the table and save results.json / results.md (atomic writes); `seconds` = wall time per stage."""
+    """Print the tables and save results.json / results.md (atomic writes); `seconds` = wall time per stage."""
+    lines = comparison_lines(rows)
     console.print(table(rows))
+    console.print(comparison_table(lines))
     payload = {
         "settings": {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(s).items()},
         "seconds": seconds,
-        "rows": [dataclasses.asdict(r) for r in rows],
+        "rows": [r.to_dict() for r in rows],
+        "comparisons": lines,
         "rotations": {("had" if had else "no_had"): info for had, (_, _, info) in learned.items()},
     }
-    for name, text in (("results.json", json.dumps(payload, indent=2, default=str)), ("results.md", markdown(rows))):
+    texts = {"results.json": json.dumps(payload, indent=2, default=str), "results.md": markdown(rows, lines)}
+    for name, text in texts.items():
         tmp = s.out_dir / f".{name}.tmp"
         tmp.write_text(text)
         tmp.replace(s.out_dir / name)

@@ -124,7 +124,7 @@ def weight_clips(model: Transformer, cfg: QuantConfig, R1: Tensor, R2: Tensor, h
             if name not in keys:
                 base[name] = base[name][:0]
         w = rotate_weights(base, model.args, R1.float(), R2.float(), had)
-        return {k: search_weight_clip(w[k], cfg.w_bits, cfg.w_group, cfg.w_sym) for k in keys}
+        return {k: search_weight_clip(w[k], cfg.w_bits, cfg.w_group, cfg.w_sym, cfg.w_clip_norm) for k in keys}
 
 
 def rotation_loss(

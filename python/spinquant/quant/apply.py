@@ -2,7 +2,8 @@
 
 Weights first (RTN, or GPTQ on calibration tokens with Hessians of the unquantized activations, as QuaRot
 and SpinQuant do), then an `ActQuantizer` on the input of every decoder linear (per token, all linears
-alike, matching the kernels' per-token activation quantization) and `KVQuantizer`s on every attention.
+alike, matching the kernels' per-token activation quantization; o_proj per token and head with
+`cfg.o_proj_per_head`, as the official code) and `KVQuantizer`s on every attention.
 lm_head is left alone unless `cfg.quantize_lm_head`.
 """
 
@@ -50,21 +51,39 @@ def quantize_model(
 ) -> nn.Module:
     """Quantize `model` in place as `cfg` says (GPTQ needs calib_tokens [samples, seq_len]); returns it."""
     _check_not_quantized(model)
-    if cfg.quantizes_weights:
-        if cfg.w_method == "gptq":
-            if calib_tokens is None:
-                raise ValueError(
-                    "w_method='gptq' needs calibration data: pass calib_tokens "
-                    "(a LongTensor [samples, seq_len], e.g. 128 x 512 tokens), or use w_method='rtn'"
-                )
-            gptq_quantize_model(model, cfg, calib_tokens, progress=progress)
-        else:
-            for _, module in quant_targets(model, cfg):
-                qw = quantize_weight_rtn(module.weight, cfg.w_bits, cfg.w_group, cfg.w_sym, cfg.w_clip_search)
-                set_weight(module, qw)
-    if cfg.quantizes_acts:
+    quantize_weights(model, cfg, calib_tokens, progress)
+    return attach_quantizers(model, cfg)
+
+
+def quantize_weights(
+    model: nn.Module, cfg: QuantConfig, calib_tokens: Tensor | None = None, progress: bool = True
+) -> nn.Module:
+    """Only the weight half of `quantize_model` (RTN or GPTQ in place). GPTQ sees unquantized activations, so
+    one weight-quantized model serves every activation/KV setting: copy it, then `attach_quantizers`."""
+    if not cfg.quantizes_weights:
+        return model
+    if cfg.w_method == "gptq":
+        if calib_tokens is None:
+            raise ValueError(
+                "w_method='gptq' needs calibration data: pass calib_tokens "
+                "(a LongTensor [samples, seq_len], e.g. 128 x 512 tokens), or use w_method='rtn'"
+            )
+        gptq_quantize_model(model, cfg, calib_tokens, progress=progress)
+    else:
         for _, module in quant_targets(model, cfg):
-            module.act_quant = ActQuantizer(cfg.a_bits, cfg.a_sym, cfg.act_clip)
+            qw = quantize_weight_rtn(
+                module.weight, cfg.w_bits, cfg.w_group, cfg.w_sym, cfg.w_clip_search, cfg.w_clip_norm
+            )
+            set_weight(module, qw)
+    return model
+
+
+def attach_quantizers(model: nn.Module, cfg: QuantConfig) -> nn.Module:
+    """The activation and KV-cache fake quantizers of `cfg` (weights untouched); sets `model.quant_config`."""
+    if cfg.quantizes_acts:
+        for name, module in quant_targets(model, cfg):
+            group = model.args.head_dim if cfg.o_proj_per_head and name.endswith("o_proj") else 0
+            module.act_quant = ActQuantizer(cfg.a_bits, cfg.a_sym, cfg.act_clip, group)
     if cfg.quantizes_kv:
         for layer in model.layers:
             layer.self_attn.k_quant = KVQuantizer(cfg.kv_bits, cfg.kv_group, cfg.kv_sym)

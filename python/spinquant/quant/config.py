@@ -36,16 +36,21 @@ class QuantConfig:
     Groups run along the input channels (weights) or the last dim (activations, KV); group 0 or -1
     means one group per row (weights: per output channel; KV: per head and token). `a_clip=None`
     resolves to 0.9 for activations of 4 bits or fewer and 1.0 otherwise (see `act_clip`).
+    `w_clip_norm` is the p of the |error|^p the weight clip search minimises (2: squared error; the
+    official SpinQuant/QuaRot code uses 2.4). `o_proj_per_head` quantizes o_proj's input per token and
+    head (groups of head_dim, as the official code) instead of per token over all channels (our kernels).
     """
 
     w_bits: int = FULL_PRECISION
     w_group: int = 0
     w_sym: bool = True
     w_clip_search: bool = True
+    w_clip_norm: float = 2.0
     w_method: str = "rtn"
     a_bits: int = FULL_PRECISION
     a_sym: bool = False
     a_clip: float | None = None
+    o_proj_per_head: bool = False
     kv_bits: int = FULL_PRECISION
     kv_group: int = 0
     kv_sym: bool = False
@@ -67,12 +72,16 @@ class QuantConfig:
             raise ValueError(f"w_method={self.w_method!r} is not supported: use one of {', '.join(_METHODS)}")
         if self.a_clip is not None:
             _check_ratio("a_clip", self.a_clip)
+        norm = self.w_clip_norm
+        if isinstance(norm, bool) or not isinstance(norm, (int, float)) or not 1.0 <= norm <= 8.0:
+            raise ValueError(f"w_clip_norm={norm!r} is not supported: use a p-norm from 1 to 8 (e.g. 2 or 2.4)")
         damp, block = self.gptq_damp, self.gptq_block
         if isinstance(damp, bool) or not isinstance(damp, (int, float)) or damp < 0:
             raise ValueError(f"gptq_damp={damp!r} is not supported: use a float >= 0 (e.g. 0.01)")
         if isinstance(block, bool) or not isinstance(block, int) or block < 1:
             raise ValueError(f"gptq_block={block!r} is not supported: use a positive integer (e.g. 128)")
-        for name in ("w_sym", "w_clip_search", "a_sym", "kv_sym", "quantize_lm_head", "gptq_act_order"):
+        flags = ("w_sym", "w_clip_search", "a_sym", "o_proj_per_head", "kv_sym", "quantize_lm_head", "gptq_act_order")
+        for name in flags:
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name}={getattr(self, name)!r} is not supported: use true or false")
 
@@ -105,10 +114,13 @@ class QuantConfig:
         parts = [self.name]
         if self.quantizes_weights:
             parts.append(f"g{self.w_group}" if self.w_group else "per-channel")
-            parts.append(self.w_method + ("+clip" if self.w_clip_search else ""))
+            clip = "+clip" if self.w_clip_norm == 2 else f"+clip(p={self.w_clip_norm:g})"
+            parts.append(self.w_method + (clip if self.w_clip_search else ""))
             parts.append("sym" if self.w_sym else "asym")
         if self.quantizes_acts:
             parts.append(f"a-clip {self.act_clip:g}")
+            if self.o_proj_per_head:
+                parts.append("o_proj per head")
         if self.quantize_lm_head:
             parts.append("lm_head")
         return " ".join(parts)

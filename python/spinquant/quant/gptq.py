@@ -72,10 +72,10 @@ def _upper_inverse_cholesky(h: Tensor, damp: float) -> Tensor:
     raise ValueError(f"the Hessian is not positive definite even with damping {worst:g}; check the inputs")
 
 
-def _group_params(w: Tensor, bits: int, sym: bool, clip_search: bool) -> tuple[Tensor, Tensor | None]:
+def _group_params(w: Tensor, bits: int, sym: bool, clip_search: bool, norm: float) -> tuple[Tensor, Tensor | None]:
     """(scale, zero) per row of w [N, g] ([N, 1] each), as RTN would pick them."""
     if clip_search:
-        return search_params(w, bits, sym)
+        return search_params(w, bits, sym, norm=norm)
     return quant_params(w, bits, sym, 1.0, fp16_scale=True)
 
 
@@ -89,6 +89,7 @@ def gptq_quantize(
     damp: float = 0.01,
     block: int = 128,
     act_order: bool = False,
+    clip_norm: float = 2.0,
 ) -> QuantizedWeight:
     """GPTQ of one [N, K] weight given H [K, K] of its inputs (dead columns, damping, lazy block updates)."""
     check_weight_args(w, bits)
@@ -106,7 +107,7 @@ def gptq_quantize(
         scales, zeros = torch.ones(n, n_groups), None if sym else torch.zeros(n, n_groups)
         static = act_order or group == k
         if static:
-            s, z = _group_params(_group_view(w, group), bits, sym, clip_search)
+            s, z = _group_params(_group_view(w, group), bits, sym, clip_search, clip_norm)
             scales = s.squeeze(-1)
             zeros = None if sym else z.squeeze(-1)
             block = max(block, 1)
@@ -126,7 +127,7 @@ def gptq_quantize(
                 for i in range(i2 - i1):
                     g = groups[i1 + i]
                     if not static and (i1 + i) % group == 0:
-                        s, z = _group_params(w1[i : i + group].T, bits, sym, clip_search)
+                        s, z = _group_params(w1[i : i + group].T, bits, sym, clip_search, clip_norm)
                         scales_t[g] = s[:, 0]
                         if zeros_t is not None:
                             zeros_t[g] = z[:, 0]
@@ -179,7 +180,7 @@ def _quantize_stage(modules: list[nn.Module], hessian: Tensor, cfg: QuantConfig)
     stacked = torch.cat([m.weight.detach() for m in modules])
     qw = gptq_quantize(
         stacked, hessian, cfg.w_bits, cfg.w_group, cfg.w_sym, cfg.w_clip_search,
-        cfg.gptq_damp, cfg.gptq_block, cfg.gptq_act_order,
+        cfg.gptq_damp, cfg.gptq_block, cfg.gptq_act_order, cfg.w_clip_norm,
     )  # fmt: skip
     start = 0
     for m in modules:

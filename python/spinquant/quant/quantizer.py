@@ -145,32 +145,38 @@ def _clip_candidates(best: Tensor, coarse: bool) -> list[Tensor]:
     return [(best + d).clamp(CLIP_MIN, 1.0) for d in deltas]
 
 
-def _search_rows(x: Tensor, bits: int, sym: bool, fp16_scale: bool) -> Tensor:
-    """Per-row clip ratio [R, 1] minimising the squared quantization error of x [R, g]."""
+def _search_rows(x: Tensor, bits: int, sym: bool, fp16_scale: bool, norm: float) -> Tensor:
+    """Per-row clip ratio [R, 1] minimising the quantization error sum |q(x) - x|^norm of x [R, g]."""
     best_err = torch.full((x.shape[0], 1), math.inf)
     best_clip = torch.ones(x.shape[0], 1)
     for coarse in (True, False):
         for clip in _clip_candidates(best_clip, coarse):
-            err = (_fake(x, bits, sym, clip, fp16_scale) - x).square_().sum(-1, keepdim=True)
+            diff = (_fake(x, bits, sym, clip, fp16_scale) - x).abs_()
+            err = (diff.square_() if norm == 2 else diff.pow_(norm)).sum(-1, keepdim=True)
             better = err < best_err
             best_err = torch.where(better, err, best_err)
             best_clip = torch.where(better, clip, best_clip)
     return best_clip
 
 
-def search_clip(x: Tensor, bits: int, sym: bool, fp16_scale: bool = True) -> Tensor:
-    """The clip ratio of least squared error per row of the last dim, shape (*x.shape[:-1], 1) (see CLIP_*)."""
+def search_clip(x: Tensor, bits: int, sym: bool, fp16_scale: bool = True, norm: float = 2.0) -> Tensor:
+    """The clip ratio of least error (p-norm `norm`) per row of the last dim, shape (*x.shape[:-1], 1).
+
+    Grid: 0.05 steps from 1 down to CLIP_MIN, then 0.01 steps around the best (the official code tries
+    every 0.01 step from 1 down to 0.21; the coarse-to-fine search reaches the same resolution)."""
     rows = x.detach().float().reshape(-1, x.shape[-1])
     chunk = max(1, _SEARCH_CHUNK // max(1, rows.shape[1]))
     with torch.no_grad(), one_thread():
-        clip = torch.cat([_search_rows(part, bits, sym, fp16_scale) for part in rows.split(chunk)])
+        clip = torch.cat([_search_rows(part, bits, sym, fp16_scale, norm) for part in rows.split(chunk)])
     return clip.reshape(*x.shape[:-1], 1)
 
 
-def search_params(x: Tensor, bits: int, sym: bool, fp16_scale: bool = True) -> tuple[Tensor, Tensor | None]:
-    """(scale, zero) over the last dim, with the clip ratio of least squared error per row (see CLIP_*)."""
+def search_params(
+    x: Tensor, bits: int, sym: bool, fp16_scale: bool = True, norm: float = 2.0
+) -> tuple[Tensor, Tensor | None]:
+    """(scale, zero) over the last dim, with the clip ratio of least error per row (`search_clip`)."""
     rows = x.reshape(-1, x.shape[-1])
-    clip = search_clip(rows, bits, sym, fp16_scale)
+    clip = search_clip(rows, bits, sym, fp16_scale, norm)
     scale, zero = quant_params(rows, bits, sym, clip, fp16_scale)
     shape = (*x.shape[:-1], 1)
     return scale.reshape(shape), None if zero is None else zero.reshape(shape)
@@ -188,9 +194,10 @@ def weight_group_size(k: int, group: int) -> int:
 
 
 def quantize_weight_rtn(
-    w: Tensor, bits: int, group: int = 0, sym: bool = True, clip_search: bool = True
+    w: Tensor, bits: int, group: int = 0, sym: bool = True, clip_search: bool = True, clip_norm: float = 2.0
 ) -> QuantizedWeight:
-    """Round-to-nearest weight quantization per output row and group, optionally with MSE clip search."""
+    """Round-to-nearest weight quantization per output row and group, optionally with a clip search that
+    minimises the p-norm `clip_norm` of the error (2: MSE)."""
     check_weight_args(w, bits)
     with torch.no_grad():
         w = w.detach().float()
@@ -198,7 +205,7 @@ def quantize_weight_rtn(
         group = weight_group_size(k, group)
         wg = _group_view(w, group)
         if clip_search:
-            scale, zero = search_params(wg, bits, sym)
+            scale, zero = search_params(wg, bits, sym, norm=clip_norm)
         else:
             scale, zero = quant_params(wg, bits, sym, 1.0, fp16_scale=True)
         q = quantize_codes(wg, scale, zero, bits)
@@ -266,10 +273,10 @@ def fake_quant_weight(
     return fake_quant(w, bits, sym, weight_group_size(w.shape[1], group), clip, fp16_scale)
 
 
-def search_weight_clip(w: Tensor, bits: int, group: int = 0, sym: bool = True) -> Tensor:
-    """Per-group MSE clip ratios [N, G, 1] of a [N, K] weight, for `fake_quant_weight(..., clip=...)`."""
+def search_weight_clip(w: Tensor, bits: int, group: int = 0, sym: bool = True, norm: float = 2.0) -> Tensor:
+    """Per-group clip ratios [N, G, 1] of a [N, K] weight (`search_clip`), for `fake_quant_weight(..., clip=...)`."""
     check_weight_args(w, bits)
-    return search_clip(_group_view(w, weight_group_size(w.shape[1], group)), bits, sym)
+    return search_clip(_group_view(w, weight_group_size(w.shape[1], group)), bits, sym, norm=norm)
 
 
 class ActQuantizer(nn.Module):
