@@ -15,7 +15,9 @@ def test_optimize_eval_quantize(tiny_folder, tmp_path, capsys):
     capsys.readouterr()
     main(["eval", *common, "--rotation", str(rot), "--zeroshot-limit", "3", "--tasks", "arc_easy,piqa"])
     result = json.loads(capsys.readouterr().out)
-    assert result["perplexity"] > 1 and set(result["zeroshot"]) >= {"arc_easy", "piqa", "average"}
+    assert set(result["perplexity"]) == {"wiki", "c4"} and set(result["zeroshot"]["tasks"]) == {"arc_easy", "piqa"}
+    wiki = result["perplexity"]["wiki"]
+    assert wiki["windows"] == 2 and wiki["tokens"] == 64 and wiki["ci95"][0] <= wiki["ppl"] <= wiki["ci95"][1]
     ckpt = tmp_path / "q.safetensors"
     main(
         [
@@ -36,7 +38,29 @@ def test_optimize_eval_quantize(tiny_folder, tmp_path, capsys):
     )
     capsys.readouterr()
     main(["eval", *common, "--checkpoint", str(ckpt)])
-    assert json.loads(capsys.readouterr().out)["perplexity"] > 1
+    assert json.loads(capsys.readouterr().out)["perplexity"]["c4"]["ppl"] > 1
+
+
+def test_eval_scores_the_users_own_text_with_a_recipe(tiny_folder, tmp_path, capsys):
+    text = tmp_path / "notes.txt"
+    text.write_text("A sentence of my own, repeated. " * 40, encoding="utf-8")
+    common = ["eval", "--model", str(tiny_folder), "--recipe", "device", "--precision", "W4A8KV8", "--w-method", "rtn"]
+    main([*common, "--text", str(text), "--ppl-windows", "0", "--ppl-seq-len", "64"])
+    result = json.loads(capsys.readouterr().out)
+    assert "g32 rtn+clip" in result["config"] and result["perplexity"]["text"]["windows"] == 4
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    for extra, message in (
+        (["--text", str(empty)], "is empty"),
+        (["--text", str(tmp_path / "none.txt")], "no such file"),
+        (["--text", str(text), "--ppl-seq-len", "4096"], "fewer than one window of 4096"),
+        (["--dataset", str(tmp_path / "x.csv")], "not a dataset folder"),
+        (["--domains", "wiki,news"], "--domains 'wiki,news': choose from wiki, c4"),
+    ):
+        with pytest.raises(SystemExit) as exit_info:
+            main([*common, *extra])
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2 and message in err and err.count("\n") == 1
 
 
 def test_clear_errors(tiny_folder, tmp_path, capsys):
@@ -85,13 +109,17 @@ def test_pipeline_writes_the_table(tiny_folder, tmp_path):
         ]
     )
     table = (out / "results.md").read_text()
-    for method in ("fp32", "RTN", "QuaRot", "SpinQuant no_had", "SpinQuant had"):
+    for method in ("fp32", "no rotation", "QuaRot (2 seeds)", "SpinQuant no_had", "SpinQuant had"):
         assert f"| {method} |" in table
+    assert "| device | W4A8KV8 | gptq | SpinQuant had |" in table
     assert "±" in table  # QuaRot over two seeds: mean ± std
+    assert "official W4A4KV4 gptq: had vs QuaRot" in table and "SpinQuant had: GPTQ vs RTN" in table
+    results = json.loads((out / "results.json").read_text())
+    assert set(results["seconds"]) >= {"rotation learning", "weights gptq", "perplexity", "zero-shot"}
     assert (out / "outliers.png").stat().st_size > 0
     assert sorted(p.name for p in out.glob("rotations-*")) == [
-        "rotations-W4A4KV4-had.safetensors",
-        "rotations-W4A4KV4-no_had.safetensors",
+        "rotations-official-had.safetensors",
+        "rotations-official-no_had.safetensors",
     ]
 
 

@@ -273,38 +273,45 @@ def variants(base: Transformer, learned: dict, seeds: int) -> list[Variant]:
 
 
 def weight_quantized(
-    base: Transformer, variant: Variant, cfg: QuantConfig, calib: torch.Tensor, clock: Clock
-) -> Iterator[Transformer]:
-    """Per seed of `variant`: the rotated model with weights quantized per `cfg` (no activation quantizers)."""
+    base: Transformer, variant: Variant, cfgs: list[QuantConfig], calib: torch.Tensor, clock: Clock
+) -> Iterator[tuple[QuantConfig, Transformer]]:
+    """Per seed of `variant`, rotated once: (cfg, the model with weights quantized per cfg) for each of `cfgs`."""
     for rotation in variant.rotations:
         start = time.perf_counter()
-        model = quantize_weights(rotated(base, rotation, variant.had), cfg, calib if cfg.w_method == "gptq" else None)
-        clock.add(f"weights {cfg.w_method}", start)
-        yield model
+        model = rotated(base, rotation, variant.had)
+        clock.add("rotating", start)
+        for i, cfg in enumerate(cfgs):
+            start = time.perf_counter()
+            copy_ = model if i == len(cfgs) - 1 else copy.deepcopy(model)
+            quantized = quantize_weights(copy_, cfg, calib if cfg.w_method == "gptq" else None, progress=False)
+            clock.add(f"weights {cfg.w_method}", start)
+            yield cfg, quantized
 
 
 def evaluate_rows(base, learned, ev: Evaluator, s: Settings, calib, clock: Clock) -> list[Row]:
-    """Every (variant, weight quantizer, precision) row of the recipe, weights quantized once per rotation."""
+    """Every (variant, weight quantizer, precision) row of the recipe; each rotation merged once, the weights
+    quantized once per weight quantizer and shared by every precision."""
     r = recipe(s.recipe)
     rows: dict[tuple, Row] = {}
+    weight_cfgs = [r.config(s.precisions[0], w_method=m) for m in s.w_methods]
     total = len(s.w_methods) * sum(len(v.rotations) for v in variants(base, learned, s.quarot_seeds))
     done, start = 0, time.perf_counter()
-    for w_method in s.w_methods:
-        for variant in variants(base, learned, s.quarot_seeds):
-            wcfg = r.config(s.precisions[0], w_method=w_method)
-            for model in weight_quantized(base, variant, wcfg, calib, clock):
-                for precision in s.precisions:
-                    cfg = r.config(precision, w_method=w_method)
-                    key = (precision, w_method, variant.method)
-                    row = rows.setdefault(key, Row(variant.method, r.name, precision, w_method))
-                    t0 = time.perf_counter()
-                    for domain, nll in ev.nll(attach_quantizers(copy.deepcopy(model), cfg)).items():
-                        row.nll.setdefault(domain, []).append(nll)
-                    row.seconds += time.perf_counter() - t0
-                done += 1
-                eta = (time.perf_counter() - start) / done * (total - done)
-                console.print(f"  {w_method:4s} {variant.method:18s} [{done}/{total} models, ~{eta / 60:.1f} min left]")
-    return [rows[k] for k in sorted(rows, key=lambda k: (s.precisions.index(k[0]), s.w_methods.index(k[1])))]
+    for variant in variants(base, learned, s.quarot_seeds):
+        for wcfg, model in weight_quantized(base, variant, weight_cfgs, calib, clock):
+            for precision in s.precisions:
+                cfg = r.config(precision, w_method=wcfg.w_method)
+                key = (precision, wcfg.w_method, variant.method)
+                row = rows.setdefault(key, Row(variant.method, r.name, precision, wcfg.w_method))
+                t0 = time.perf_counter()
+                for domain, nll in ev.nll(attach_quantizers(copy.deepcopy(model), cfg)).items():
+                    row.nll.setdefault(domain, []).append(nll)
+                row.seconds += time.perf_counter() - t0
+            done += 1
+            eta = (time.perf_counter() - start) / done * (total - done)
+            progress = f"[{done}/{total} models, ~{eta / 60:.1f} min left]"
+            console.print(f"  {wcfg.w_method:4s} {variant.method:18s} pooled ppl {row.pooled_ppl():8.2f}  {progress}")
+    order = {k: (s.precisions.index(k[0]), s.w_methods.index(k[1])) for k in rows}
+    return [rows[k] for k in sorted(rows, key=order.get)]
 
 
 def device_rows(base, learned, ev: Evaluator, s: Settings, calib, clock: Clock) -> list[Row]:
@@ -318,7 +325,7 @@ def device_rows(base, learned, ev: Evaluator, s: Settings, calib, clock: Clock) 
     rows = []
     for variant in chosen:
         row = Row(variant.method, "device", s.device_precision, cfg.w_method)
-        for model in weight_quantized(base, variant, cfg, calib, clock):
+        for _, model in weight_quantized(base, variant, [cfg], calib, clock):
             model = attach_quantizers(model, cfg)
             for domain, nll in ev.nll(model).items():
                 row.nll.setdefault(domain, []).append(nll)
