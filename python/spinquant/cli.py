@@ -166,9 +166,13 @@ def cmd_eval(a: argparse.Namespace) -> None:
     from .checkpoint import load_quantized
     from .data import test_windows
     from .eval.perplexity import perplexity
-    from .eval.zeroshot import zeroshot
     from .model import load_model
 
+    tasks = [t for t in a.tasks.split(",") if t]
+    if a.zeroshot_limit >= 0:  # unknown tasks or missing data fail here, before the model loads
+        from .eval.harness import load_tasks, zeroshot
+
+        load_tasks(tasks)
     if a.checkpoint is not None:
         model, cfg, _, _ = load_quantized(a.checkpoint)
         from transformers import AutoTokenizer
@@ -182,7 +186,9 @@ def cmd_eval(a: argparse.Namespace) -> None:
     windows = test_windows(tokenizer, a.ppl_seq_len, a.ppl_windows or None)
     result = {"config": str(cfg), "perplexity": perplexity(model, windows)}
     if a.zeroshot_limit >= 0:
-        result["zeroshot"] = zeroshot(model, tokenizer, a.tasks.split(","), limit=a.zeroshot_limit or None, seed=a.seed)
+        dtype = torch.bfloat16 if a.zeroshot_dtype == "bf16" else torch.float32
+        limit = a.zeroshot_limit or None
+        result["zeroshot"] = zeroshot(model, tokenizer, tasks, limit=limit, seed=a.seed, dtype=dtype)
     print(json.dumps(result, indent=2))
 
 
@@ -209,7 +215,7 @@ def cmd_pipeline(a: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .eval.zeroshot import DEFAULT_TASKS
+    from .eval.harness import DEFAULT_TASKS
 
     parser = argparse.ArgumentParser(prog="spinquant", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -250,8 +256,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", type=Path, help="evaluate a checkpoint from `spinquant quantize` instead")
     p.add_argument("--ppl-windows", type=int, default=16, help="held-out windows (0 = the whole test split)")
     p.add_argument("--ppl-seq-len", type=int, default=512, help="tokens per perplexity window")
-    p.add_argument("--zeroshot-limit", type=int, default=-1, help="examples per task (0 = all, -1 = skip)")
-    p.add_argument("--tasks", default=",".join(DEFAULT_TASKS), help="comma-separated zero-shot tasks")
+    p.add_argument(
+        "--zeroshot-limit", type=int, default=-1, help="zero-shot: first N documents of each task (0 = all, -1 = skip)"
+    )
+    p.add_argument(
+        "--tasks",
+        default=",".join(DEFAULT_TASKS),
+        help="comma-separated lm-eval tasks, groups or tags (any whose data is available offline)",
+    )
+    p.add_argument(
+        "--zeroshot-dtype", choices=("fp32", "bf16"), default="fp32", help="zero-shot forward precision (bf16: faster)"
+    )
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("quantize", help="rotate, quantize and write an int4-packed checkpoint")

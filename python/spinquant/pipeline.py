@@ -24,8 +24,8 @@ from rich.table import Table
 
 from .checkpoint import IncompatibleFileError, load_rotations, save_quantized, save_rotations
 from .data import calibration_samples, test_windows
+from .eval.harness import DEFAULT_TASKS, zeroshot
 from .eval.perplexity import perplexity
-from .eval.zeroshot import DEFAULT_TASKS, zeroshot
 from .export.bench import VARIANTS, run_bench, start_xnnpack_exports
 from .model import Transformer, load_model
 from .plots import channel_maxima, plot_outliers
