@@ -130,6 +130,12 @@ def test_default_tasks_read_the_local_validation_splits():
     assert arc.doc_to_text(arc.eval_docs[0]) == "Question: Which technology was developed most recently?\nAnswer:"
 
 
+def test_more_local_tasks():
+    tasks = harness.load_tasks(["sciq", "copa", "cb", "rte", "mrpc", "sst2"])
+    sizes = {t.task_name: len(t.eval_docs) for t in tasks}
+    assert sizes == {"sciq": 1000, "copa": 100, "cb": 56, "rte": 277, "mrpc": 408, "sst2": 872}
+
+
 def test_unknown_or_unavailable_tasks_fail_in_one_line():
     with pytest.raises(harness.TaskDataError, match="unknown zero-shot task 'nope'"):
         harness.load_tasks(["arc_easy", "nope"])
@@ -151,16 +157,16 @@ def test_zeroshot_reports_lm_eval_metrics_with_stderr():
     assert res["average"]["headline"] == pytest.approx((wino["value"] + obqa["value"]) / 2)
 
 
-def compare_with_hf(folder, limit: int) -> None:
-    """Per-document log-likelihoods and predictions of our adapter vs lm-eval's own `hf` model."""
+def compare_with_hf(folder, tasks: list[str], limit: int) -> None:
+    """Per-document log-likelihoods, predictions and metrics of our adapter vs lm-eval's own `hf` model."""
     import lm_eval
 
     model, tokenizer = load_model(folder)
-    tasks = list(harness.DEFAULT_TASKS)
     ours = harness.run_lm_eval(harness.SpinQuantLM(model, tokenizer), tasks, limit, log_samples=True)
     hf = lm_eval.simple_evaluate(
         model="hf",
         model_args={"pretrained": str(folder), "dtype": "float32", "device": "cpu"},
+        batch_size=8,
         tasks=harness.load_tasks(tasks),
         task_manager=harness.task_manager(),
         limit=limit,
@@ -172,16 +178,18 @@ def compare_with_hf(folder, limit: int) -> None:
         assert len(a[task]) == len(b[task]) == limit
         for x, y in zip(a[task], b[task], strict=True):
             assert x == pytest.approx(y, abs=1e-4), task
-        assert ours["results"][task] == hf["results"][task] or all(
-            ours["results"][task][k] == hf["results"][task][k] for k in ours["results"][task] if "acc" in k
-        )
+        for key, value in ours["results"][task].items():
+            if key.startswith("acc"):
+                assert value == hf["results"][task][key], (task, key)
 
 
 def test_adapter_equals_lm_eval_hf_on_a_tiny_random_llama(tiny_folder):
-    compare_with_hf(tiny_folder, limit=3)
+    """Every default task (boolq's long passages truncated at the tiny model's 256 positions)."""
+    compare_with_hf(tiny_folder, list(harness.DEFAULT_TASKS), limit=3)
 
 
 def test_adapter_equals_lm_eval_hf_on_the_default_model():
+    """The real model on the tasks with short prompts (benchmarks/results/lm-eval-equality.md: all eight)."""
     from spinquant import assets
 
-    compare_with_hf(assets.default_model_dir(), limit=2)
+    compare_with_hf(assets.default_model_dir(), ["arc_easy", "piqa", "winogrande", "openbookqa"], limit=2)

