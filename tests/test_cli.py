@@ -18,6 +18,7 @@ def test_optimize_eval_quantize(tiny_folder, tmp_path, capsys):
     assert set(result["perplexity"]) == {"wiki", "c4"} and set(result["zeroshot"]["tasks"]) == {"arc_easy", "piqa"}
     wiki = result["perplexity"]["wiki"]
     assert wiki["windows"] == 2 and wiki["tokens"] == 64 and wiki["ci95"][0] <= wiki["ppl"] <= wiki["ci95"][1]
+    assert result["zeroshot"]["tasks"]["piqa"]["n"] == 3
     ckpt = tmp_path / "q.safetensors"
     main(
         [
@@ -71,6 +72,10 @@ def test_clear_errors(tiny_folder, tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["eval", "--model", str(tiny_folder), "--w-bits", "9"])
     assert "w_bits=9" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # checked before the model loads: tmp_path holds no model
+        main(["eval", "--model", str(tmp_path), "--zeroshot-limit", "1", "--tasks", "arc_easy,lambada_openai"])
+    err = capsys.readouterr().err
+    assert "'lambada_openai': its data" in err and "not available offline" in err and err.count("\n") == 1
 
 
 def test_pipeline_writes_the_table(tiny_folder, tmp_path):

@@ -227,6 +227,11 @@ def cmd_eval(a: argparse.Namespace) -> None:
     from .model import load_model
 
     own_text = user_text(a)  # read and checked before the model loads
+    tasks = [t for t in a.tasks.split(",") if t]
+    if a.zeroshot_limit >= 0:  # unknown tasks or missing data fail here, before the model loads
+        from .eval.harness import load_tasks, zeroshot
+
+        load_tasks(tasks)
     if a.checkpoint is not None:
         model, cfg, _, _ = load_quantized(a.checkpoint)
         from transformers import AutoTokenizer
@@ -244,9 +249,9 @@ def cmd_eval(a: argparse.Namespace) -> None:
         n, t = windows.shape
         result["perplexity"][name] = {"ppl": ppl.value, "ci95": [lo, hi], "windows": n, "tokens": n * t}
     if a.zeroshot_limit >= 0:
-        from .eval.harness import zeroshot
-
-        result["zeroshot"] = zeroshot(model, tokenizer, a.tasks.split(","), limit=a.zeroshot_limit or None, seed=a.seed)
+        dtype = torch.bfloat16 if a.zeroshot_dtype == "bf16" else torch.float32
+        limit = a.zeroshot_limit or None
+        result["zeroshot"] = zeroshot(model, tokenizer, tasks, limit=limit, seed=a.seed, dtype=dtype)
     print(json.dumps(result, indent=2))
 
 
@@ -346,8 +351,17 @@ def build_parser() -> argparse.ArgumentParser:
     own.add_argument("--text", type=Path, help="score your own plain UTF-8 text file instead")
     own.add_argument("--dataset", type=Path, help="score a local dataset (.arrow, .parquet, .jsonl or a folder)")
     p.add_argument("--text-field", default="text", help="the --dataset column holding the text")
-    p.add_argument("--zeroshot-limit", type=int, default=-1, help="examples per task (0 = all, -1 = skip)")
-    p.add_argument("--tasks", default=",".join(DEFAULT_TASKS), help="comma-separated zero-shot tasks")
+    p.add_argument(
+        "--zeroshot-limit", type=int, default=-1, help="zero-shot: first N documents of each task (0 = all, -1 = skip)"
+    )
+    p.add_argument(
+        "--tasks",
+        default=",".join(DEFAULT_TASKS),
+        help="comma-separated lm-eval tasks, groups or tags (any whose data is available offline)",
+    )
+    p.add_argument(
+        "--zeroshot-dtype", choices=("fp32", "bf16"), default="fp32", help="zero-shot forward precision (bf16: faster)"
+    )
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("quantize", help="rotate, quantize and write an int4-packed checkpoint")

@@ -194,7 +194,9 @@ class Attention(nn.Module):
         self.k_quant: Callable[[Tensor], Tensor] | None = None
         self.v_quant: Callable[[Tensor], Tensor] | None = None
 
-    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor]) -> Tensor:
+    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor], mask: Tensor | None = None) -> Tensor:
+        """Causal attention over x [B, T, dim]; a boolean `mask` [B, T, T] (True = may attend) replaces the
+        causal (and sliding-window) mask."""
         b, t, _ = x.shape
         q = self.q_proj(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
         k = self.k_proj(x).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
@@ -207,7 +209,9 @@ class Attention(nn.Module):
         if self.v_quant is not None:
             v = self.v_quant(v)
         gqa = self.n_heads != self.n_kv_heads
-        if self.sliding_window is not None and t > self.sliding_window:
+        if mask is not None:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None], enable_gqa=gqa)
+        elif self.sliding_window is not None and t > self.sliding_window:
             pos = torch.arange(t, device=x.device)
             dist = pos[:, None] - pos[None, :]
             mask = (dist >= 0) & (dist < self.sliding_window)
@@ -240,8 +244,8 @@ class Block(nn.Module):
         self.post_attention_layernorm = RMSNorm(args.dim, args.norm_eps)
         self.mlp = MLP(args)
 
-    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor]) -> Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), rope)
+    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor], mask: Tensor | None = None) -> Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), rope, mask)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -260,8 +264,11 @@ class Transformer(nn.Module):
 
     def rope(self, seq_len: int) -> tuple[Tensor, Tensor]:
         """(cos, sin) tables of shape [seq_len, head_dim] for Block.forward."""
-        pos = torch.arange(seq_len, dtype=torch.float64, device=self.inv_freq.device)
-        freqs = torch.outer(pos, self.inv_freq.to(torch.float64))
+        return self.rope_at(torch.arange(seq_len, device=self.inv_freq.device))
+
+    def rope_at(self, positions: Tensor) -> tuple[Tensor, Tensor]:
+        """(cos, sin) tables of shape [*positions.shape, head_dim] at the given token positions."""
+        freqs = positions.to(torch.float64)[..., None] * self.inv_freq.to(torch.float64)
         emb = torch.cat((freqs, freqs), dim=-1)
         dtype = self.embed_tokens.weight.dtype
         return emb.cos().to(dtype), emb.sin().to(dtype)
@@ -270,11 +277,24 @@ class Transformer(nn.Module):
         """Logits [B, T, V]; `weights` replaces parameters by name for this call only."""
         if weights is not None:
             return torch.func.functional_call(self, weights, (tokens,), strict=False)
+        return self.lm_head(self.hidden(tokens))
+
+    def hidden(self, tokens: Tensor, positions: Tensor | None = None, mask: Tensor | None = None) -> Tensor:
+        """lm_head's input [B, T, dim]: the final-norm hidden states. `positions` [B, T] and a boolean
+        attention `mask` [B, T, T] (True = may attend) replace 0..T-1 and the causal mask, e.g. to score
+        several continuations of one shared prefix packed into one sequence."""
         x = self.embed_tokens(tokens)
-        rope = self.rope(tokens.shape[1])
+        if positions is None:
+            rope = self.rope(tokens.shape[1])
+        else:
+            cos, sin = self.rope_at(positions)
+            rope = (cos[:, None], sin[:, None])  # broadcast over heads
+        if mask is not None and self.args.sliding_window is not None:
+            pos = positions if positions is not None else torch.arange(tokens.shape[1])[None]
+            mask = mask & (pos[:, :, None] - pos[:, None, :] < self.args.sliding_window)
         for layer in self.layers:
-            x = layer(x, rope)
-        return self.lm_head(self.norm(x))
+            x = layer(x, rope, mask)
+        return self.norm(x)
 
     def linears(self) -> Iterator[tuple[str, QLinear]]:
         """Every QLinear with its name (e.g. "layers.3.mlp.down_proj"), lm_head last."""

@@ -148,9 +148,10 @@ class Row:
     def zeroshot_cell(self) -> str:
         if not self.zeroshot:
             return "-"
-        avg = self.zeroshot["average"]
-        stderr = avg.get("stderr")
-        return f"{avg['headline']:.3f}" + (f" ± {stderr:.3f}" if stderr is not None else "")
+        tasks = self.zeroshot["tasks"].values()
+        stderr = np.sqrt(sum(t["stderr"] ** 2 for t in tasks)) / len(tasks)  # of the unweighted mean
+        n = {t["n"] for t in tasks}
+        return f"{self.zeroshot['average']['headline']:.3f} ± {stderr:.3f} ({'/'.join(map(str, sorted(n)))} docs)"
 
     def to_dict(self) -> dict:
         return {

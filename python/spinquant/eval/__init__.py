@@ -1,2 +1,2 @@
 """Evaluation: `spinquant.eval.perplexity.perplexity` (fixed token windows) and
-`spinquant.eval.zeroshot.zeroshot` (multiple-choice accuracy as lm-eval defines it)."""
+`spinquant.eval.harness.zeroshot` (lm-eval's zero-shot tasks, answered by our model)."""
