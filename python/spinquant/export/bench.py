@@ -354,6 +354,7 @@ def measure(
     samples: dict = {key: [] for key in settings}
     loads: dict = {key: [] for key in settings}
     peaks: dict = {t: [] for t in threads}
+    instruction = ""
     for round_ in range(runs):
         load = warn_if_loaded()
         for t in threads:
