@@ -141,7 +141,8 @@ def bench_shape(n: int, k: int, repeats: int, bw: float, l3: int, with_torchao: 
 
 
 def bench_prefill(n: int, k: int, m: int, repeats: int) -> list[str]:
-    """Table rows for an M-token prefill (GEMM) through one N x K weight: spinquant vs torch fp32."""
+    """Table rows for an M-token prefill (GEMM) through one N x K weight: spinquant vs torch fp32; the integer paths
+    also as a fraction of the int8 dot-product peak measured right before them at the same thread count."""
     rng = np.random.default_rng(n + k)
     qweight = torch.from_numpy(rng.integers(0, 256, (n, (k + 1) // 2), dtype=np.uint8))
     scales = torch.from_numpy((rng.random((n, (k + GROUP - 1) // GROUP)) * 0.02 + 1e-3).astype(np.float16))
@@ -149,15 +150,18 @@ def bench_prefill(n: int, k: int, m: int, repeats: int) -> list[str]:
     for threads in (1, 2):
         for act_bits in (8, 16):
             layer = kernels.Int4Linear(qweight, scales, None, k, GROUP, act_bits=act_bits, threads=threads)
+            peak = kernels.int8_peak(threads)[0] if act_bits < 16 else 0.0
             us = median_us(functools.partial(layer.native.forward, x.numpy(), act_bits, 1.0, None, threads), repeats)
+            macs = m * n * k / us * 1e6
+            share = f"{macs / peak:.0%} of {peak / 1e9:.0f}" if peak else ""
             rows.append(
-                f"| {n}x{k} | spinquant W4A{act_bits} | {m} | {threads} | {us / 1e3:.2f} | {m * n * k / us / 1e3:.1f} |"
+                f"| {n}x{k} | spinquant W4A{act_bits} | {m} | {threads} | {us / 1e3:.2f} | {macs / 1e9:.1f} | {share} |"
             )
         torch.set_num_threads(threads)
         with torch.no_grad():
             us = median_us(lambda: F.linear(x, weight), repeats)
         rows.append(
-            f"| {n}x{k} | torch fp32 F.linear | {m} | {threads} | {us / 1e3:.2f} | {m * n * k / us / 1e3:.1f} |"
+            f"| {n}x{k} | torch fp32 F.linear | {m} | {threads} | {us / 1e3:.2f} | {m * n * k / us / 1e3:.1f} | |"
         )
     return rows
 
@@ -168,7 +172,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=50)
     ap.add_argument("--no-torchao", action="store_true", help="skip torchao's 8da4w (slow reference path on x86)")
     ap.add_argument("--prefill", type=int, default=64, help="tokens of the prefill (GEMM) table; 0 skips it")
-    ap.add_argument("--prefill-shapes", default="1536x576,4096x4096", help="comma-separated NxK list")
+    ap.add_argument("--prefill-shapes", default="3072x576,576x1536,4096x4096", help="comma-separated NxK list")
     args = ap.parse_args()
     torch.manual_seed(0)
     bw, fields = read_bandwidth_gbs(), lscpu()
@@ -181,8 +185,8 @@ def main() -> None:
         for row in bench_shape(n, k, args.repeats, bw, l3_bytes(fields), not args.no_torchao):
             print(row, flush=True)
     if args.prefill > 0:
-        print("\n| N x K | kernel | M | threads | median ms | GMAC/s |")
-        print("|---|---|---|---|---|---|")
+        print("\n| N x K | kernel | M | threads | median ms | GMAC/s | of int8 peak GMAC/s |")
+        print("|---|---|---|---|---|---|---|")
         for shape in args.prefill_shapes.split(","):
             n, k = (int(v) for v in shape.lower().split("x"))
             for row in bench_prefill(n, k, args.prefill, max(5, args.repeats // 5)):

@@ -4,6 +4,7 @@
 #include "bindings.h"
 #include "spinquant/bandwidth.h"
 #include "spinquant/cpu.h"
+#include "spinquant/peak.h"
 
 namespace py = pybind11;
 
@@ -32,6 +33,13 @@ PYBIND11_MODULE(_kernels, m) {
     return spinquant::read_bytes(span, threads, prefetch_bytes);
   }, py::arg("buffer"), py::arg("threads") = 0, py::arg("prefetch_bytes") = 16384,
         "Read a contiguous buffer once on the kernels' thread pool (sum of its 64-bit words): a bandwidth probe.");
+  m.def("int8_peak", [](int threads, double seconds) {
+    py::gil_scoped_release release;
+    const spinquant::Int8Peak p = spinquant::int8_peak(threads, seconds);
+    return std::make_pair(p.macs_per_s, std::string(p.instruction));
+  }, py::arg("threads") = 1, py::arg("seconds") = 0.2,
+        "int8 dot-product multiply-accumulates per second of this CPU on `threads` threads (a compute-peak probe) "
+        "and the instruction measured.");
   spinquant_py::bind_int4(m);
   spinquant_py::bind_hadamard(m);
   spinquant_py::bind_attention(m);

@@ -51,20 +51,26 @@ __attribute__((visibility("default"))) int64_t spinquant_et_vocab(const Spinquan
 __attribute__((visibility("default"))) int spinquant_et_forward(SpinquantProgram* program, const int64_t* ids,
                                                                 const int64_t* pos, int64_t n, float* logits,
                                                                 int64_t rows, int64_t* next) {
+  if (rows > n) return static_cast<int>(Error::InvalidArgument);
+  const int64_t R = rows > 0 ? rows : 1;
+  std::vector<int64_t> wanted(static_cast<size_t>(R));
+  for (int64_t r = 0; r < R; ++r) wanted[r] = n - R + r;
   const auto T = static_cast<TensorImpl::SizesType>(n);
-  TensorImpl::SizesType tok_sizes[2] = {1, T}, pos_sizes[1] = {T};
+  TensorImpl::SizesType tok_sizes[2] = {1, T}, pos_sizes[1] = {T}, row_sizes[1] = {static_cast<TensorImpl::SizesType>(R)};
   TensorImpl::DimOrderType tok_order[2] = {0, 1}, pos_order[1] = {0};
   TensorImpl::StridesType tok_strides[2] = {T, 1}, pos_strides[1] = {1};
   // The runtime only reads its inputs.
   TensorImpl tok_impl(ScalarType::Long, 2, tok_sizes, const_cast<int64_t*>(ids), tok_order, tok_strides);
   TensorImpl pos_impl(ScalarType::Long, 1, pos_sizes, const_cast<int64_t*>(pos), pos_order, pos_strides);
-  auto result = program->module->execute(program->method, {EValue(Tensor(&tok_impl)), EValue(Tensor(&pos_impl))});
+  TensorImpl row_impl(ScalarType::Long, 1, row_sizes, wanted.data(), pos_order, pos_strides);
+  auto result = program->module->execute(
+      program->method, {EValue(Tensor(&tok_impl)), EValue(Tensor(&pos_impl)), EValue(Tensor(&row_impl))});
   if (!result.ok()) return static_cast<int>(result.error());
   const Tensor out = result->at(0).toTensor();
-  const int64_t V = program->vocab, total = out.numel() / V;
-  if (rows > total) return static_cast<int>(Error::InvalidArgument);
-  const float* last = out.const_data_ptr<float>() + (total - 1) * V;
-  if (rows > 0) std::memcpy(logits, last - (rows - 1) * V, static_cast<size_t>(rows * V) * sizeof(float));
+  const int64_t V = program->vocab;
+  if (out.numel() != R * V) return static_cast<int>(Error::InvalidArgument);
+  const float* last = out.const_data_ptr<float>() + (R - 1) * V;
+  if (rows > 0) std::memcpy(logits, out.const_data_ptr<float>(), static_cast<size_t>(rows * V) * sizeof(float));
   if (next != nullptr) *next = spinquant::argmax(last, V);
   return 0;
 }

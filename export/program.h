@@ -1,5 +1,5 @@
 // C API of libspinquant_et_ops over ExecuTorch's Module: open a .pte, run forward(tokens [1, T] int64,
-// input_pos [T] int64) -> logits [1, T, V] (or [1, V]), read its constant methods, close it; and the tokenizer a
+// input_pos [T] int64, logit_rows [R] int64) -> logits [1, R, V], read its constant methods, close it; and the tokenizer a
 // program carries. The C++ runner and the Python runtime (through ctypes) both call it, so both run the same
 // decode step; the pybinding's per-call tensor handling cost ~6 % of a decode step (benchmarks/RESULTS.md,
 // session 9).
@@ -27,9 +27,10 @@ void spinquant_et_close(SpinquantProgram* program);
 // Vocabulary size: the last dimension of the method's first output.
 int64_t spinquant_et_vocab(const SpinquantProgram* program);
 
-// Runs the method on `n` token ids at positions `pos`. Copies the last `rows` rows of logits to `logits` (when
-// rows > 0) and stores the argmax of the last row in `*next` (when not NULL). Returns 0 or the runtime's
-// error code.
+// Runs the method on `n` token ids at positions `pos`, asking for the logits of the last max(rows, 1) positions
+// only (the program's lm_head runs for those rows). Copies the `rows` rows of logits to `logits` (when rows > 0)
+// and stores the argmax of the last row in `*next` (when not NULL). Returns 0 or the runtime's error code
+// (InvalidArgument when rows > n).
 int spinquant_et_forward(SpinquantProgram* program, const int64_t* ids, const int64_t* pos, int64_t n,
                          float* logits, int64_t rows, int64_t* next);
 

@@ -1,5 +1,5 @@
-// spinquant_runner: runs a spinquant .pte (forward(tokens [1, T] int64, input_pos [T] int64) -> logits
-// [1, T, V]) with the ExecuTorch runtime: prefill the prompt, then decode one token at a time.
+// spinquant_runner: runs a spinquant .pte (forward(tokens [1, T] int64, input_pos [T] int64, logit_rows [R] int64)
+// -> logits [1, R, V]) with the ExecuTorch runtime: prefill the prompt, then decode one token at a time.
 //
 //   spinquant_runner MODEL.pte --prompt "text" [--max-new 64] [--temperature T] [--top-p P] [--seed S]
 //                    [--threads N] [--runs R]

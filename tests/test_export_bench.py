@@ -36,6 +36,34 @@ def test_table_chart_and_load_warning(tmp_path, capsys, monkeypatch):
     assert "WARNING: load average 3.00" in capsys.readouterr().out
 
 
+def test_prefill_ratios_and_fraction_of_the_int8_peak():
+    results = [
+        bench.Result("w4a8_no_had", 1, 2.0, 500.0, [2.0, 2.0], 0.1, prefill_runs=[500.0, 600.0]),
+        bench.Result("xnnpack_8da4w", 1, 4.0, 250.0, [4.0, 4.0], 0.1, prefill_runs=[250.0, 200.0]),
+    ]
+    assert bench.prefill_ratios(results) == [("xnnpack_8da4w", "w4a8_no_had", 1, 2.5)]  # median of 2.0 and 3.0
+    peaks = [bench.Peak(1, 100e9, "vpdpbusd zmm", [100e9])]
+    table = bench.markdown(results, peaks, macs=10 * 10**9, prompt_len=500)  # 10 GMAC a 500-token prompt
+    assert "| w4a8_no_had over xnnpack_8da4w | 1 | 2.500 |" in table
+    assert "| w4a8_no_had | 1 | 10.0 | 100.0 | 10% |" in table  # one prompt a second
+
+
+def test_prefill_macs_count_the_lm_head_once():
+    a = tiny_model().args
+    q, kv = a.n_heads * a.head_dim, a.n_kv_heads * a.head_dim
+    per_token = a.n_layers * (a.dim * q * 2 + a.dim * kv * 2 + 3 * a.dim * a.hidden_dim)
+    assert bench.prefill_macs(a, 7) == 7 * per_token + a.vocab_size * a.dim
+
+
+def test_int8_peak_is_positive_and_checks_its_arguments():
+    from spinquant.kernels import int8_peak
+
+    rate, instruction = int8_peak(1, 0.01)
+    assert rate > 0 and instruction
+    with pytest.raises(ValueError, match="threads must be >= 1"):
+        int8_peak(0)
+
+
 def test_floor_runner_reads_its_buffer_on_the_kernels_pool():
     from spinquant.kernels import read_bytes
 

@@ -14,7 +14,7 @@ pytest.importorskip("executorch")
 
 from spinquant.export import runtime  # noqa: E402
 from spinquant.export.cli import prepare_model  # noqa: E402
-from spinquant.export.exportable import ExportError  # noqa: E402
+from spinquant.export.exportable import ExportableDecoder, ExportError  # noqa: E402
 from spinquant.export.exporter import export_model, host_target  # noqa: E402
 from spinquant.export.runtime import PteModel, RuntimeLoadError  # noqa: E402
 from spinquant.model import tiny_model  # noqa: E402
@@ -87,6 +87,23 @@ def test_step_is_the_argmax_of_forward(exported):
     assert pte.step(ids[:6].tolist(), 0) == int(full[-1].argmax())
     one = pte.forward(ids[None, 6:], torch.tensor([6]))[0, -1]
     assert pte.step(ids[6:].tolist(), 6) == int(one.argmax())
+
+
+def test_the_lm_head_runs_for_the_asked_rows_only(exported):
+    model, pte, _ = exported
+    ids = _tokens(9, seed=7)
+    full = pte.logits(ids)
+    last = np.empty((2, pte.vocab), np.float32)  # the program is asked for the last two positions' logits
+    assert pte._run(ids.tolist(), range(9), last) == int(full[-1].argmax())
+    torch.testing.assert_close(torch.from_numpy(last), full[-2:], atol=1e-5, rtol=1e-5)
+    with pytest.raises(RuntimeError, match="failed"):  # more rows than positions
+        pte._run(ids[:3].tolist(), range(3), np.empty((4, pte.vocab), np.float32))
+    decoder = ExportableDecoder(model, SEQ).eval()
+    with torch.no_grad():
+        some = decoder(ids[None], torch.arange(9), torch.tensor([2, 8]))[0]
+        decoder.reset_cache()
+        every = decoder(ids[None], torch.arange(9))[0]
+    torch.testing.assert_close(some, every[[2, 8]], atol=1e-5, rtol=1e-5)
 
 
 def test_near_zero_temperature_samples_the_greedy_tokens(exported):

@@ -251,6 +251,10 @@ int main() {
       // loops of 32, 64 and 128 are in the cases above)
       {1, 48, 40, 32, false, false},   {1, 33, 72, 24, true, false},     {1, 64, 104, 24, false, true},
       {1, 40, 48, 16, false, false},   {1, 17, 96, 16, true, true},
+      // prefill tiles of 8 tokens and every remainder: whole tiles, 8 + 5, 16 + 7; with N tails (17, 33, 50), short
+      // last groups (200 = 8 x 24 + 8) and padded ones (77)
+      {8, 17, 64, 32, false, true},    {13, 33, 96, 32, true, false},    {23, 48, 200, 24, false, false},
+      {16, 20, 72, 16, true, true},    {11, 50, 77, 77, false, true},    {30, 31, 576, 32, true, true},
   };
   for (const Case& c : cases) run_case(c, rng);
   test_errors();

@@ -45,6 +45,12 @@ def read_bytes(buffer: np.ndarray, threads: int = 0, prefetch_bytes: int = 16384
     return _kernels.read_bytes(buffer, threads, prefetch_bytes)
 
 
+def int8_peak(threads: int = 1, seconds: float = 0.2) -> tuple[float, str]:
+    """(int8 multiply-accumulates per second, instruction) of this CPU's dot-product loop on `threads` threads at
+    once: the compute peak a prefill GEMM is measured against (see kernels/include/spinquant/peak.h)."""
+    return _kernels.int8_peak(threads, seconds)
+
+
 def quantize_activations(x: Tensor, bits: int, clip: float = 1.0) -> tuple[Tensor, Tensor, Tensor]:
     """Per-token asymmetric quantization of float32 [M, K] -> (codes uint8 [M, K], scales [M], zeros int32 [M])."""
     codes, scales, zeros = _kernels.quantize_activations(_as_numpy(x, "x"), bits, clip)

@@ -29,7 +29,7 @@
 // which equals sum_k (a - za) sa (q - z) s up to fp32 rounding.
 //
 // Paths (chosen per call by spinquant::active_isa(); SPINQUANT_ISA forces one): scalar reference;
-// AVX2 (vpmaddubsw); AVX-512 VNNI (vpdpbusd, 4 tokens a tile); NEON (umull/uadalp); NEON dotprod
+// AVX2 (vpmaddubsw); AVX-512 VNNI (vpdpbusd, 8 tokens a tile); NEON (umull/uadalp); NEON dotprod
 // (sdot, 2 tokens a tile); i8mm (usmmla on token pairs, prefill). W4A16 (fp32 activations) runs
 // fp32 FMAs on codes converted on the fly (AVX-512: vpermps lookup) and sums in a different order
 // per ISA, so it matches the reference to fp32 rounding, not bit for bit.

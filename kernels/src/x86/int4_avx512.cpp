@@ -61,7 +61,8 @@ struct GroupScale {
   }
 
   __m512 add(__m512 sa, int32_t asum, __m512i d, __m512 yacc) const {
-    const __m512i isum = _mm512_sub_epi32(d, _mm512_mullo_epi32(z, _mm512_set1_epi32(asum)));
+    const __m512i za = Asym ? _mm512_mullo_epi32(z, _mm512_set1_epi32(asum)) : _mm512_set1_epi32(8 * asum);
+    const __m512i isum = _mm512_sub_epi32(d, za);
     return _mm512_fmadd_ps(_mm512_mul_ps(sa, s), _mm512_cvtepi32_ps(isum), yacc);
   }
 };
@@ -78,57 +79,45 @@ inline void store_rows(const Job& job, int64_t m, int64_t b, __m512 acc, float s
   _mm512_mask_storeu_ps(job.y + m * w.N + b * kRows, mask, y);
 }
 
-// Tokens [m0, m0 + MT) x one row block, activation codes.
-template <int MT, bool Asym>
-void tile_codes(const Job& job, int64_t m0, int64_t b) {
-  const PackedInt4& w = *job.w;
-  const uint8_t* block = w.codes.data() + b * w.Kp * 8;
-  const __m512i nib = _mm512_set1_epi8(0x0f);
-  __m512 yacc[MT], sa[MT];
-  for (int i = 0; i < MT; ++i) {
-    yacc[i] = _mm512_setzero_ps();
-    sa[i] = _mm512_set1_ps(job.a_scale[m0 + i]);
-  }
-  for (int64_t g = 0; g < w.G; ++g) {
-    __m512i acc[MT][4];
-    for (int i = 0; i < MT; ++i)
-      for (int j = 0; j < 4; ++j) acc[i][j] = _mm512_setzero_si512();
-    const uint8_t* wp = block + w.goff[g] * 8;
-    const uint8_t* ap = job.codes + m0 * w.Kp + w.goff[g];
-    const int64_t chunks = (w.goff[g + 1] - w.goff[g]) / 8;
-    auto step = [&](int64_t c, int parity) {
-      const __m512i v = _mm512_load_si512(wp + c * 64);
-      const __m512i lo = _mm512_and_si512(v, nib), hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), nib);
-      for (int i = 0; i < MT; ++i) {
-        const uint8_t* a = ap + i * w.Kp + c * 8;
-        acc[i][parity] = _mm512_dpbusd_epi32(acc[i][parity], _mm512_set1_epi32(load_u32(a)), lo);
-        acc[i][parity + 2] = _mm512_dpbusd_epi32(acc[i][parity + 2], _mm512_set1_epi32(load_u32(a + 4)), hi);
-      }
-    };
-    int64_t c = 0;
-    for (; c + 2 <= chunks; c += 2) {
-      step(c, 0);
-      step(c + 1, 1);
-    }
-    if (c < chunks) step(c, 0);
-    const int64_t meta = (b * w.G + g) * kRows;
-    const GroupScale<Asym> gs(w, meta);
-    for (int i = 0; i < MT; ++i) {
-      const __m512i d = _mm512_add_epi32(_mm512_add_epi32(acc[i][0], acc[i][1]), _mm512_add_epi32(acc[i][2], acc[i][3]));
-      yacc[i] = gs.add(sa[i], job.a_gsum[(m0 + i) * w.G + g], d, yacc[i]);
-    }
-  }
-  for (int i = 0; i < MT; ++i) {
-    const float shift = -(job.a_scale[m0 + i] * static_cast<float>(job.a_zero[m0 + i]));
-    store_rows<true>(job, m0 + i, b, yacc[i], shift);
-  }
-}
-
 // acc += the 16 rows' products of the s8 weights q with the 4 activation codes at a. vpdpbusd is written out:
 // around the intrinsic, GCC 12 copies decode_blocks' loop-carried accumulators into scratch registers and back.
 inline void dot_acc(__m512i& acc, const uint8_t* a, __m512i q) {
   const __m512i x = _mm512_set1_epi32(static_cast<int>(load_u32(a)));
   asm("vpdpbusd %2, %1, %0" : "+v"(acc) : "v"(x), "v"(q));
+}
+
+// Tokens [m0, m0 + MT) x one row block, activation codes (prefill): each 64-byte line of codes is loaded and
+// unpacked once for all MT tokens, and every token keeps two int32 accumulators (low and high nibbles) for the
+// group and one fp32 row sum in registers; MT = 8 fills the 32 vector registers without spilling.
+template <int MT, bool Asym>
+void tile_codes(const Job& job, int64_t m0, int64_t b) {
+  const PackedInt4& w = *job.w;
+  const uint8_t* block = w.codes.data() + b * w.Kp * 8;
+  const uint8_t* codes = job.codes + m0 * w.Kp;
+  const __m512i nib = _mm512_set1_epi8(0x0f);
+  __m512 yacc[MT];
+  for (int i = 0; i < MT; ++i) yacc[i] = _mm512_setzero_ps();
+  for (int64_t g = 0; g < w.G; ++g) {
+    __m512i lo[MT], hi[MT];
+    for (int i = 0; i < MT; ++i) lo[i] = hi[i] = _mm512_setzero_si512();
+    const uint8_t* a = codes + w.goff[g];
+    for (const uint8_t *p = block + w.goff[g] * 8, *end = block + w.goff[g + 1] * 8; p < end; p += 64, a += 8) {
+      const __m512i v = _mm512_load_si512(p);
+      const __m512i ql = _mm512_and_si512(v, nib), qh = _mm512_and_si512(_mm512_srli_epi16(v, 4), nib);
+      for (int i = 0; i < MT; ++i) {
+        dot_acc(lo[i], a + i * w.Kp, ql);
+        dot_acc(hi[i], a + i * w.Kp + 4, qh);
+      }
+    }
+    const GroupScale<Asym> gs(w, (b * w.G + g) * kRows);
+    for (int i = 0; i < MT; ++i)
+      yacc[i] = gs.add(_mm512_set1_ps(job.a_scale[m0 + i]), job.a_gsum[(m0 + i) * w.G + g],
+                       _mm512_add_epi32(lo[i], hi[i]), yacc[i]);
+  }
+  for (int i = 0; i < MT; ++i) {
+    const float shift = -(job.a_scale[m0 + i] * static_cast<float>(job.a_zero[m0 + i]));
+    store_rows<true>(job, m0 + i, b, yacc[i], shift);
+  }
 }
 
 // Accumulates one 64-byte line of codes at p (16 rows x 8 inputs) against the 8 activation codes at a, the low
@@ -255,8 +244,12 @@ void gemm_codes_impl(const Job& job, int64_t m0, int64_t m1, int64_t b0, int64_t
   }
   for (int64_t b = b0; b < b1; ++b) {
     int64_t m = m0;
-    for (; m + 4 <= m1; m += 4) tile_codes<4, Asym>(job, m, b);
+    for (; m + 8 <= m1; m += 8) tile_codes<8, Asym>(job, m, b);
     switch (m1 - m) {
+      case 7: tile_codes<7, Asym>(job, m, b); break;
+      case 6: tile_codes<6, Asym>(job, m, b); break;
+      case 5: tile_codes<5, Asym>(job, m, b); break;
+      case 4: tile_codes<4, Asym>(job, m, b); break;
       case 3: tile_codes<3, Asym>(job, m, b); break;
       case 2: tile_codes<2, Asym>(job, m, b); break;
       case 1: tile_codes<1, Asym>(job, m, b); break;

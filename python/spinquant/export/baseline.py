@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from spinquant.model import apply_rope, rms_norm
 
-from .exportable import float_linear
+from .exportable import float_linear, logit_rows_of
 
 
 def load_llama_ops() -> None:
@@ -66,7 +66,9 @@ class StandardBlock(nn.Module):
 
 
 class StandardDecoder(nn.Module):
-    """forward(tokens [1, T], input_pos [T]) -> logits [1, T, V], KV cache in mutable buffers (llama recipe)."""
+    """forward(tokens [1, T], input_pos [T], logit_rows [R]) -> logits [1, R, V], KV cache in mutable buffers (llama
+    recipe; like ExecuTorch's llama export, which by default returns the last position's logits only, it computes the
+    lm_head for the rows asked)."""
 
     def __init__(self, model, max_seq_len: int):
         super().__init__()
@@ -80,7 +82,7 @@ class StandardDecoder(nn.Module):
         self.norm = nn.Buffer(model.norm.weight.detach().float().clone())
         self.lm_head = float_linear(model.lm_head)
 
-    def forward(self, tokens: Tensor, input_pos: Tensor) -> Tensor:
+    def forward(self, tokens: Tensor, input_pos: Tensor, logit_rows: Tensor | None = None) -> Tensor:
         start_pos = input_pos[0].item()
         torch._check(start_pos >= 0)
         torch._check(start_pos < self.max_seq_len)
@@ -88,7 +90,7 @@ class StandardDecoder(nn.Module):
         cos, sin = self.cos[input_pos], self.sin[input_pos]
         for layer in self.layers:
             x = layer(x, cos, sin, start_pos)
-        return self.lm_head(rms_norm(x, self.norm, self.eps))
+        return self.lm_head(rms_norm(logit_rows_of(x[0], logit_rows)[None], self.norm, self.eps))
 
 
 def export_xnnpack_8da4w(decoder: nn.Module, path: Path, meta: dict) -> None:

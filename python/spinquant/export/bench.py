@@ -7,7 +7,9 @@ into our graph (our fused norm / RoPE / attention ops), so that only the int4 li
 
 Every setting runs `runs` times (prefill the prompt, then greedy-decode `new_tokens`), in rounds that visit
 every (variant, threads) setting once, so that load from other work drifting during the run hits every
-setting alike; medians are reported in a markdown table, a JSON file and a bar chart. A warning is printed
+setting alike; medians are reported in a markdown table, a JSON file and a bar chart. Each round also measures
+the CPU's int8 dot-product peak (`kernels.int8_peak`) at every thread count, so that prefill is reported as a
+fraction of the compute peak, as decode is of the bandwidth floor. A warning is printed
 (and recorded) when the machine is already loaded, because other work on these cores halves the speed.
 """
 
@@ -21,7 +23,7 @@ import os
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -46,6 +48,25 @@ class Result:
     decode_runs: list[float]
     load_before: float
     decode_cpu_ms_per_token: float = 0.0  # process CPU time (all threads, spinning included), median
+    prefill_runs: list[float] = field(default_factory=list)  # tok/s, one a round
+
+
+@dataclass
+class Peak:
+    """The int8 dot-product peak at one thread count: median over rounds, MAC/s."""
+
+    threads: int
+    macs_per_s: float
+    instruction: str
+    runs: list[float]
+
+
+def prefill_macs(args, prompt_len: int) -> int:
+    """Multiply-accumulates of the linears in one prefill of prompt_len tokens: every layer's projections for every
+    token and the lm_head for the last one only (attention, norms and the activation quantizer not counted)."""
+    q, kv = args.n_heads * args.head_dim, args.n_kv_heads * args.head_dim
+    per_token = args.n_layers * (args.dim * (q + 2 * kv) + q * args.dim + 3 * args.dim * args.hidden_dim)
+    return prompt_len * per_token + args.vocab_size * args.dim
 
 
 def machine_load() -> float:
@@ -89,7 +110,7 @@ class EagerRunner:
     @torch.no_grad()
     def forward(self, ids: list[int], start: int) -> int:
         pos = torch.arange(start, start + len(ids))
-        return int(self.decoder(torch.tensor([ids]), pos)[0, -1].argmax())
+        return int(self.decoder(torch.tensor([ids]), pos, torch.tensor([len(ids) - 1]))[0, -1].argmax())
 
 
 # ExecuTorch's thread pool (XNNPACK's) can only be resized by replacing it, and an XNNPACK program keeps the pool
@@ -317,18 +338,28 @@ def streamed_bytes(model, group: int) -> int:
 # ---- the run -------------------------------------------------------------------------------------------
 
 
-def measure(runners: dict, ids: list[int], threads: list[int], new_tokens: int, runs: int) -> list[Result]:
-    """Time every (variant, threads) setting `runs` times in interleaved rounds; medians per setting. Odd rounds
-    visit the settings in reverse, so that no variant always runs right after the same neighbour (a program's
-    speed here depends by a few percent on what ran just before it)."""
+def measure(
+    runners: dict, ids: list[int], threads: list[int], new_tokens: int, runs: int
+) -> tuple[list[Result], list[Peak]]:
+    """Time every (variant, threads) setting `runs` times in interleaved rounds; medians per setting, and the int8
+    peak at each thread count, sampled once a round. Odd rounds visit the settings in reverse, so that no variant
+    always runs right after the same neighbour (a program's speed here depends by a few percent on what ran just
+    before it)."""
+    from spinquant.kernels import int8_peak
+
     settings = [(name, t) for name in runners for t in threads]
     for name, t in settings:  # warm-up: prepacking, caches, thread pools
         runners[name].set_threads(t)
         time_run(runners[name], ids, 4)
     samples: dict = {key: [] for key in settings}
     loads: dict = {key: [] for key in settings}
+    peaks: dict = {t: [] for t in threads}
+    instruction = ""
     for round_ in range(runs):
         load = warn_if_loaded()
+        for t in threads:
+            rate, instruction = int8_peak(t)
+            peaks[t].append(rate)
         for name, t in settings if round_ % 2 == 0 else settings[::-1]:
             runners[name].set_threads(t)
             samples[name, t].append(time_run(runners[name], ids, new_tokens))
@@ -337,8 +368,10 @@ def measure(runners: dict, ids: list[int], threads: list[int], new_tokens: int, 
     for name, t in settings:
         prefill, decode, cpu = zip(*samples[name, t], strict=True)
         med = statistics.median
-        results.append(Result(name, t, med(decode), med(prefill), list(decode), med(loads[name, t]), med(cpu)))
-    return results
+        results.append(
+            Result(name, t, med(decode), med(prefill), list(decode), med(loads[name, t]), med(cpu), list(prefill))
+        )
+    return results, [Peak(t, statistics.median(peaks[t]), instruction, peaks[t]) for t in threads]
 
 
 # (numerator, denominator) of the paired ratios: speed-ups of ours over the baselines, what R3 + R4 cost, what
@@ -366,7 +399,42 @@ def paired_ratios(results: list[Result]) -> list[tuple[str, str, int, float]]:
     return out
 
 
-def markdown(results: list[Result]) -> str:
+def prefill_ratios(results: list[Result]) -> list[tuple[str, str, int, float]]:
+    """(numerator, denominator, threads, median over rounds of denominator / numerator prefill tok/s): the speed-up
+    of the denominator's prefill, paired by round as paired_ratios does for decode."""
+    runs = {(r.variant, r.threads): r.prefill_runs for r in results if r.prefill_runs}
+    out = []
+    for num, den in RATIOS:
+        for t in sorted({r.threads for r in results}):
+            if den != FLOOR and (num, t) in runs and (den, t) in runs:
+                ratios = [b / a for a, b in zip(runs[num, t], runs[den, t], strict=True)]
+                out.append((num, den, t, statistics.median(ratios)))
+    return out
+
+
+def peak_lines(results: list[Result], peaks: list[Peak], macs: int, prompt_len: int) -> list[str]:
+    """Markdown: the int8 peak per thread count and the prefill MAC/s of our programs (macs a prompt of prompt_len
+    tokens) as a fraction of it."""
+    lines = [
+        "",
+        f"int8 dot-product peak ({peaks[0].instruction}, median of rounds) and prefill linear MAC/s "
+        f"({macs / 1e9:.2f} GMAC a prompt) as a fraction of it:",
+        "",
+        "| variant | threads | prefill GMAC/s | int8 peak GMAC/s | fraction of peak |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    peak = {p.threads: p.macs_per_s for p in peaks}
+    for r in results:
+        if r.variant.startswith("w4a") and r.threads in peak:
+            rate = macs * r.prefill_tok_per_s / prompt_len  # a prompt's MACs times prompts a second
+            lines.append(
+                f"| {r.variant} | {r.threads} | {rate / 1e9:.1f} | {peak[r.threads] / 1e9:.1f} | "
+                f"{rate / peak[r.threads]:.0%} |"
+            )
+    return lines
+
+
+def markdown(results: list[Result], peaks: list[Peak] | None = None, macs: int = 0, prompt_len: int = 0) -> str:
     lines = [
         "| variant | threads | decode ms/token (median) | prefill tok/s (median) | load before | decode CPU ms/token |",
         "|---|---:|---:|---:|---:|---:|",
@@ -380,6 +448,12 @@ def markdown(results: list[Result]) -> str:
     if ratios:
         lines += ["", "| decode time ratio (median of per-round ratios) | threads | ratio |", "|---|---:|---:|"]
         lines += [f"| {num} / {den} | {t} | {ratio:.3f} |" for num, den, t, ratio in ratios]
+    ratios = prefill_ratios(results)
+    if ratios:
+        lines += ["", "| prefill speed-up (median of per-round tok/s ratios) | threads | ratio |", "|---|---:|---:|"]
+        lines += [f"| {den} over {num} | {t} | {ratio:.3f} |" for num, den, t, ratio in ratios]
+    if peaks and macs and prompt_len:
+        lines += peak_lines(results, peaks, macs, prompt_len)
     floor = [r for r in results if r.variant == FLOOR]
     if floor:
         times = ", ".join(f"{r.threads} thread(s) {r.decode_ms_per_token:.2f} ms" for r in floor)
@@ -433,6 +507,7 @@ def run_bench(
 
     from spinquant import assets
     from spinquant.data import test_windows
+    from spinquant.model import read_args
 
     unknown = sorted(set(variants) - set(VARIANTS))
     if unknown:
@@ -456,7 +531,8 @@ def run_bench(
         runners[name] = runner
     if floor_bytes is not None:
         runners[FLOOR] = FloorRunner(floor_bytes)
-    results = measure(runners, ids, threads, new_tokens, runs)
+    results, peaks = measure(runners, ids, threads, new_tokens, runs)
+    macs = prefill_macs(read_args(folder), len(ids))
     for r in results:
         log(
             f"  {r.variant}, {r.threads} thread(s): decode {r.decode_ms_per_token:.2f} ms/token, "
@@ -466,7 +542,7 @@ def run_bench(
         if isinstance(runner, PteRunner):
             runner.close()
     setting = f"{Path(folder).name} decode on this CPU: {prompt_len}-token prompt, {new_tokens} new tokens"
-    table = f"{setting}, median of {runs} runs a setting\n\n" + markdown(results)
+    table = f"{setting}, median of {runs} runs a setting\n\n" + markdown(results, peaks, macs, len(ids))
     if FLOOR in runners:
         chosen = ", ".join(f"{t} thread(s) {p} B" for t, p in sorted(runners[FLOOR].prefetch.items()))
         table += f"{FLOOR} software prefetch distance, the faster of none and 16 KiB here: {chosen}\n"
@@ -476,7 +552,15 @@ def run_bench(
     (out / "results.md").write_text(table)
     keys = ("numerator", "denominator", "threads", "ratio")
     ratios = [dict(zip(keys, r, strict=True)) for r in paired_ratios(results)]
-    (out / "results.json").write_text(json.dumps({"results": [asdict(r) for r in results], "ratios": ratios}, indent=1))
+    prefill = [dict(zip(keys, r, strict=True)) for r in prefill_ratios(results)]
+    summary = {
+        "results": [asdict(r) for r in results],
+        "ratios": ratios,
+        "prefill_ratios": prefill,
+        "int8_peak": [asdict(p) for p in peaks],
+        "prefill_macs": macs,
+    }
+    (out / "results.json").write_text(json.dumps(summary, indent=1))
     plot(results, out / "decode.png", setting)
     log(table)
     return results

@@ -1,7 +1,9 @@
 """An export-friendly decoder built from a (rotated, quantized) `spinquant.model.Transformer`.
 
-`forward(tokens [1, T] int64, input_pos [T] int64) -> logits [1, T, V]` runs T consecutive positions (prefill
-when T > 1, one decode step when T = 1) against a KV cache held as mutable buffers, updated in place. Weights
+`forward(tokens [1, T] int64, input_pos [T] int64, logit_rows [R] int64) -> logits [1, R, V]` runs T consecutive
+positions (prefill when T > 1, one decode step when T = 1) against a KV cache held as mutable buffers, updated in
+place, and computes the lm_head only for the rows logit_rows (indices into the T positions): generation asks for the
+last one (a prompt's other positions would cost a [T, V] GEMM nobody reads), perplexity for all of them. Weights
 of quantized linears are buffers in the int4 storage layout of docs/INT4_FORMAT.md and run through
 `spinquant::int4_linear` (activations quantized per token inside the op; q/k/v and gate/up each share one
 call, which also applies the RMSNorm before them; down_proj's call applies silu(gate) * up and, for had, R4 to
@@ -206,8 +208,13 @@ class ExportBlock(nn.Module):
         return self.down_proj(F.silu(self.gate_proj(h)) * self.up_proj(h), residual=x)
 
 
+def logit_rows_of(x: Tensor, logit_rows: Tensor | None) -> Tensor:
+    """The rows of the final hidden states x [T, dim] whose logits are wanted (all of them when logit_rows is None)."""
+    return x if logit_rows is None else x.index_select(0, logit_rows)
+
+
 class ExportableDecoder(nn.Module):
-    """forward(tokens [1, T], input_pos [T]) -> logits [1, T, V] with the KV cache as mutable buffers."""
+    """forward(tokens [1, T], input_pos [T], logit_rows [R]) -> logits [1, R, V], the KV cache as mutable buffers."""
 
     def __init__(self, model: Transformer, max_seq_len: int = 512):
         super().__init__()
@@ -226,13 +233,13 @@ class ExportableDecoder(nn.Module):
         self.norm = nn.Buffer(model.norm.weight.detach().float().clone())
         self.lm_head = ExportLinear("lm_head", model.lm_head)
 
-    def forward(self, tokens: Tensor, input_pos: Tensor) -> Tensor:
+    def forward(self, tokens: Tensor, input_pos: Tensor, logit_rows: Tensor | None = None) -> Tensor:
         x = F.embedding(tokens[0], self.embed)  # [T, dim]
         cos, sin = self.cos[input_pos], self.sin[input_pos]
         for layer in self.layers:
             x = layer(x, cos, sin, input_pos)
-        # [None] on the [T, dim] input, not on the [T, V] logits: the runtime copies what it unsqueezes.
-        return self.lm_head(x[None], norm=(self.norm, self.args.norm_eps))
+        # [None] on the [R, dim] input, not on the [R, V] logits: the runtime copies what it unsqueezes.
+        return self.lm_head(logit_rows_of(x, logit_rows)[None], norm=(self.norm, self.args.norm_eps))
 
     def reset_cache(self) -> None:
         """Zero every KV cache buffer (eager use)."""

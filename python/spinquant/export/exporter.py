@@ -27,7 +27,7 @@ from .tokenizer import UnsupportedTokenizer, pack_tokenizer
 
 # v2: int4_linear takes the residual; v3: attention ops take qkv and do RoPE; v4: int4_linear applies the RMSNorm;
 # v5: int4_linear applies silu(gate) * up and the online Hadamard (down_proj)
-FORMAT = "spinquant-pte-v5"
+FORMAT = "spinquant-pte-v6"
 TARGETS = ("arm64", "x86_64")
 METADATA_METHOD = "spinquant_metadata"
 TOKENIZER_METHOD = "spinquant_tokenizer"
@@ -110,10 +110,10 @@ def to_program(decoder: ExportableDecoder, meta: dict, xnnpack: bool = False, to
     from executorch.exir import EdgeCompileConfig, ExecutorchBackendConfig, to_edge_transform_and_lower
     from executorch.exir.passes.init_mutable_pass import InitializedMutableBufferPass
 
-    example = (torch.zeros(1, 4, dtype=torch.long), torch.arange(4))
-    seq = Dim("seq", min=1, max=decoder.max_seq_len)
+    example = (torch.zeros(1, 4, dtype=torch.long), torch.arange(4), torch.tensor([2, 3]))  # sizes 1 specialize
+    seq, rows = Dim("seq", min=1, max=decoder.max_seq_len), Dim("rows", min=1, max=decoder.max_seq_len)
     with torch.no_grad():
-        ep = torch.export.export(decoder, example, dynamic_shapes=({1: seq}, {0: seq}), strict=False)
+        ep = torch.export.export(decoder, example, dynamic_shapes=({1: seq}, {0: seq}, {0: rows}), strict=False)
     partitioners = []
     if xnnpack:
         from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
