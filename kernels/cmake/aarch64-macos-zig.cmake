@@ -4,6 +4,7 @@
 # zig executable, as a -D value or an environment variable) or on PATH; its cache of libc++ builds lies in
 # ZIG_GLOBAL_CACHE_DIR when that is set.
 set(CMAKE_SYSTEM_NAME Darwin)
+set(CMAKE_SYSTEM_VERSION 23.0)  # Darwin 23 = macOS 14; CMake emits -rpath and @rpath install names from Darwin 9 on
 set(CMAKE_SYSTEM_PROCESSOR arm64)
 set(CMAKE_OSX_ARCHITECTURES arm64)
 set(CMAKE_OSX_DEPLOYMENT_TARGET 14.0)  # the executorch wheel's macosx_14_0_arm64 tag
