@@ -56,6 +56,8 @@ def test_linux_arm64_bundle_runs_alone_under_qemu(tiny_folder, tmp_path, capsys)
                          cwd=bundle, env=env, capture_output=True, timeout=600)  # fmt: skip
     assert res.returncode == 0, res.stderr.decode(errors="replace")
     assert res.stdout.decode() == want
+    with capsys.disabled():  # evidence in the CI log
+        print(f"\nlinux-arm64 bundle {sorted(_bundle_files(bundle))} ran alone under qemu: {want!r}")
 
     # the libraries come from the bundle alone: without the ExecuTorch runtime the runner cannot start
     (bundle / "libexecutorch.so").unlink()

@@ -4,7 +4,6 @@
 # zig executable, as a -D value or an environment variable) or on PATH; its cache of libc++ builds lies in
 # ZIG_GLOBAL_CACHE_DIR when that is set.
 set(CMAKE_SYSTEM_NAME Darwin)
-set(CMAKE_SYSTEM_VERSION 23.0)  # Darwin 23 = macOS 14; CMake emits -rpath and @rpath install names from Darwin 9 on
 set(CMAKE_SYSTEM_PROCESSOR arm64)
 set(CMAKE_OSX_ARCHITECTURES arm64)
 set(CMAKE_OSX_DEPLOYMENT_TARGET 14.0)  # the executorch wheel's macosx_14_0_arm64 tag
@@ -36,6 +35,13 @@ set(CMAKE_C_COMPILER "${_zig_tools}/cc")
 set(CMAKE_CXX_COMPILER "${_zig_tools}/c++")
 set(CMAKE_AR "${_zig_tools}/ar" CACHE FILEPATH "zig ar")
 set(CMAKE_RANLIB "${_zig_tools}/ranlib" CACHE FILEPATH "zig ranlib")
+
+# CMake reads the macOS version from the host (sw_vers) to decide whether the linker knows -rpath; from Linux it
+# finds none and would give no rpaths and absolute install names, so say it after its platform files have run:
+# every macOS for arm64 has rpaths.
+file(CONFIGURE OUTPUT "${_zig_tools}/rpath-rules.cmake" CONTENT
+     "set(CMAKE_SHARED_LIBRARY_RUNTIME_C_FLAG -Wl,-rpath,)\nset(CMAKE_SHARED_LIBRARY_RUNTIME_CXX_FLAG -Wl,-rpath,)\n")
+set(CMAKE_USER_MAKE_RULES_OVERRIDE "${_zig_tools}/rpath-rules.cmake")
 
 # zig reads -mcpu, not -march: every Apple silicon core has dotprod (M1, the baseline), i8mm arrives with M2.
 set(SPINQUANT_ARM_DOTPROD_FLAGS "-mcpu=apple_m1")
