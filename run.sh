@@ -2,6 +2,7 @@
 # The two set-up commands of the README, on a fresh machine:
 #   bash run.sh main [spinquant pipeline flags]   # optimize rotations, evaluate, export, benchmark, print the table
 #   bash run.sh test [pytest args]                # C++ kernel tests (x86 and arm64 under qemu), then pytest
+#   bash run.sh device linux-arm64|macos-arm64|linux-x86_64   # runner + op library for `spinquant-export --bundle`
 # Both install what they need first (a venv in .venv; Debian's aarch64 cross compiler and qemu-user for the tests).
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -32,18 +33,53 @@ setup_cross() {
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends g++-aarch64-linux-gnu qemu-user >/dev/null
 }
 
-setup_arm_executorch() {  # the aarch64 executorch wheel's libexecutorch + headers, for the arm64 runner test
-  local dest=build/executorch-aarch64
-  [ -f "$dest/executorch/lib/libexecutorch.so" ] && return
-  rm -rf build/wheels-aarch64 "$dest"
-  "$PY" -m pip --disable-pip-version-check -q download --no-deps --platform manylinux_2_28_aarch64 \
-    --python-version 3.11 --only-binary=:all: executorch==1.5.1 -d build/wheels-aarch64
-  "$PY" - "$dest" build/wheels-aarch64/executorch-1.5.1-*.whl <<'PYEOF'
+unpack_executorch() {  # unpack_executorch PLATFORM_TAG DEST: lib/, include/, share/ of that executorch wheel
+  local tag=$1 dest=$2 wheels=build/wheels-$1
+  [ -d "$dest/executorch/lib" ] && return
+  rm -rf "$wheels" "$dest"
+  "$PY" -m pip --disable-pip-version-check -q download --no-deps --platform "$tag" \
+    --python-version 3.11 --only-binary=:all: executorch==1.5.1 -d "$wheels"
+  "$PY" - "$dest" "$wheels"/executorch-1.5.1-*.whl <<'PYEOF'
 import sys, zipfile
 dest, wheel = sys.argv[1], sys.argv[2]
 with zipfile.ZipFile(wheel) as z:
     z.extractall(dest, [n for n in z.namelist() if n.split("/")[1:2] in (["lib"], ["include"], ["share"])])
 PYEOF
+}
+
+# the aarch64 Linux wheel (libexecutorch.so + headers) for the arm64 runner tests and bundles
+setup_arm_executorch() { unpack_executorch manylinux_2_28_aarch64 build/executorch-aarch64; }
+
+setup_macos() {  # zig (its clang cross-compiles for macOS) and the macOS arm64 executorch wheel
+  "$PY" -m pip --disable-pip-version-check -q install ziglang==0.17.0
+  unpack_executorch macosx_14_0_arm64 build/executorch-macos-arm64
+  # zig builds libc++ for the target once (minutes) and keeps it here
+  export ZIG_GLOBAL_CACHE_DIR=${ZIG_GLOBAL_CACHE_DIR:-$PWD/build/zig-cache}
+}
+
+build_device() {  # build_device PLATFORM: spinquant_runner + op library in build/device-PLATFORM (for --bundle)
+  local platform=${1:-} args=()
+  case "$platform" in
+    linux-x86_64) args=(-DPython_EXECUTABLE="$PWD/$PY") ;;
+    linux-arm64)
+      setup_cross
+      setup_arm_executorch
+      args=(-DCMAKE_TOOLCHAIN_FILE=kernels/cmake/aarch64-linux-gnu.cmake
+        -DSPINQUANT_EXECUTORCH_DIR="$PWD/build/executorch-aarch64/executorch") ;;
+    macos-arm64)
+      setup_macos
+      args=(-DCMAKE_TOOLCHAIN_FILE=kernels/cmake/aarch64-macos-zig.cmake
+        -DSPINQUANT_ZIG="$("$PY" -c 'import os, ziglang; print(os.path.dirname(ziglang.__file__))')/zig"
+        -DSPINQUANT_EXECUTORCH_DIR="$PWD/build/executorch-macos-arm64/executorch") ;;
+    *)
+      echo "run.sh device: unknown platform '$platform'; use linux-x86_64, linux-arm64 or macos-arm64" >&2
+      exit 2 ;;
+  esac
+  local dir=build/device-$platform
+  cmake -S . -B "$dir" -G Ninja -DCMAKE_BUILD_TYPE=Release -DSPINQUANT_BUILD_TESTS=OFF -DSPINQUANT_BUILD_PYTHON=OFF \
+    -DSPINQUANT_BUILD_EXECUTORCH_OPS=ON "${args[@]}" >/dev/null
+  cmake --build "$dir" -j2 --target spinquant_runner >/dev/null
+  file "$dir/export/spinquant_runner" "$dir"/export/libspinquant_et_ops.*
 }
 
 ctest_build() {  # ctest_build DIR [cmake args...]: configure, build and run the C++ kernel tests
@@ -71,10 +107,18 @@ case "${1:-}" in
     ctest_build build/ctest-arm64-max -DCMAKE_TOOLCHAIN_FILE=kernels/cmake/aarch64-linux-gnu.cmake
     ctest_build build/ctest-arm64-a72 -DCMAKE_TOOLCHAIN_FILE=kernels/cmake/aarch64-linux-gnu.cmake \
       -DSPINQUANT_QEMU_CPU=cortex-a72
+    echo "macOS arm64 (cross-compiled with zig, linked against the macOS executorch wheel; cannot run here):"
+    build_device macos-arm64
     "$VENV/bin/python" -m pytest "$@"
     ;;
+  device)
+    shift
+    setup_python
+    command -v ninja >/dev/null || "$PY" -m pip -q install ninja
+    build_device "$@"
+    ;;
   *)
-    sed -n '2,5p' "$0"
+    sed -n '2,6p' "$0"
     exit 2
     ;;
 esac

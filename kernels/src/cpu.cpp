@@ -5,13 +5,27 @@
 #include <stdexcept>
 #include <string>
 
-#if defined(__aarch64__) && defined(__linux__)
+#if defined(__aarch64__) && defined(__linux__)  // Linux and Android
 #include <asm/hwcap.h>
 #include <sys/auxv.h>
+#ifndef HWCAP2_I8MM  // older kernel headers (e.g. an NDK's): the bit Linux 5.10 assigned
+#define HWCAP2_I8MM (1 << 13)
+#endif
+#elif defined(__aarch64__) && defined(__APPLE__)
+#include <sys/sysctl.h>
 #endif
 
 namespace spinquant {
 namespace {
+
+#if defined(__aarch64__) && defined(__APPLE__)
+// macOS reports each optional ARM feature as an int sysctl (hw.optional.arm.FEAT_*), 1 when present.
+bool apple_feature(const char* name) {
+  int value = 0;
+  size_t size = sizeof(value);
+  return sysctlbyname(name, &value, &size, nullptr, 0) == 0 && value == 1;
+}
+#endif
 
 constexpr Isa kAll[] = {Isa::Scalar, Isa::Avx2, Isa::Avx512, Isa::Neon, Isa::Dotprod, Isa::I8mm};
 
@@ -36,7 +50,9 @@ bool cpu_has(Isa isa) {
       return (getauxval(AT_HWCAP2) & HWCAP2_I8MM) != 0 && (getauxval(AT_HWCAP) & HWCAP_ASIMDDP) != 0;
 #elif defined(__APPLE__)
     case Isa::Dotprod:
-      return true;  // every Apple silicon core has dotprod
+      return apple_feature("hw.optional.arm.FEAT_DotProd");  // every Apple silicon core (M1 on)
+    case Isa::I8mm:
+      return apple_feature("hw.optional.arm.FEAT_I8MM") && apple_feature("hw.optional.arm.FEAT_DotProd");  // M2 on
 #endif
 #endif
     default:

@@ -86,7 +86,8 @@ void row_codes(const Job& job, int64_t m, int64_t b) {
 
 template <int J>
 inline float32x4_t lane_codes(uint8x16_t tile) {
-  const uint32x4_t v = J == 0 ? vreinterpretq_u32_u8(tile) : vshrq_n_u32(vreinterpretq_u32_u8(tile), 8 * J);
+  uint32x4_t v = vreinterpretq_u32_u8(tile);
+  if constexpr (J > 0) v = vshrq_n_u32(v, 8 * J);  // clang checks the shift's range even in a branch not taken
   return vcvtq_f32_u32(J == 3 ? v : vandq_u32(v, vdupq_n_u32(0xff)));
 }
 

@@ -53,7 +53,17 @@ def export_add_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         help="online Hadamards R3/R4 (with --model default on; with --checkpoint it must match the file)",
     )
-    p.add_argument("--target", choices=("arm64", "x86_64"), help="kernel set recorded in the program (default: host)")
+    p.add_argument(
+        "--target",
+        choices=("arm64", "x86_64", "macos-arm64"),
+        help="kernel set recorded in the program (default: host); macos-arm64 records arm64 and bundles for macOS",
+    )
+    p.add_argument(
+        "--bundle",
+        help="also write a folder (or DIR.tar.gz) to copy to the device: program, runner, libraries, run.sh "
+        "(docs/DEVICES.md)",
+    )
+    p.add_argument("--runner-dir", help="with --bundle: the device build folder (default build/device-PLATFORM)")
     p.add_argument(
         "--tokenizer",
         help="HF tokenizer folder packed into the program for the C++ runner's --prompt (default: the model's own; "
@@ -66,9 +76,14 @@ def export_add_arguments(p: argparse.ArgumentParser) -> None:
 def export_main(a: argparse.Namespace) -> int:
     from transformers import AutoTokenizer
 
+    from spinquant.export.bundle import BundleError, find_build_for_target, write_bundle
     from spinquant.export.exporter import export_model
     from spinquant.model import load_model
 
+    try:  # before the long work
+        device = find_build_for_target(a.target, a.runner_dir) if a.bundle else None
+    except BundleError as e:
+        sys.exit(f"spinquant-export: {e}")
     tokenizer = None
     if a.checkpoint:
         from spinquant.checkpoint import load_quantized
@@ -86,14 +101,17 @@ def export_main(a: argparse.Namespace) -> int:
         prepare_model(model, cfg, had, a.rotation, a.seed)
     if a.tokenizer:
         tokenizer = AutoTokenizer.from_pretrained(a.tokenizer)
+    target = "arm64" if a.target == "macos-arm64" else a.target
     res = export_model(
-        model, a.output, target=a.target, had=had, quant=cfg.to_dict(), tokenizer=tokenizer, max_seq_len=a.max_seq_len
+        model, a.output, target=target, had=had, quant=cfg.to_dict(), tokenizer=tokenizer, max_seq_len=a.max_seq_len
     )
     packed = "with its tokenizer" if res.metadata["tokenizer"].get("packed") else "no tokenizer: runner needs --tokens"
     print(
         f"wrote {res.path} ({res.bytes / 1e6:.1f} MB, {cfg.name}, had={had}, target={res.metadata['target']}, "
         f"{packed}) in {res.seconds:.0f} s"
     )
+    if device:
+        print(f"wrote {write_bundle(device, res.path, a.bundle)} (run it on the {device.platform} device: sh run.sh)")
     return 0
 
 
