@@ -427,8 +427,10 @@ def run_bench(
     seed: int = 0,
     ppl_tokens: int = 256,
     log: Callable[[str], None] = print,
+    name: str = "decode",
 ) -> list[Result]:
-    """Build every variant, time it at each thread count, write results.{json,md} and decode.png to `out`."""
+    """Build every variant, time it at each thread count, write `name`.md (table), `name`.json and `name`.png
+    (chart) to `out`."""
     from transformers import AutoTokenizer
 
     from spinquant import assets
@@ -473,10 +475,10 @@ def run_bench(
     if ppl is not None:
         n = min(ppl_tokens, max_seq_len)
         table += f"\nPerplexity of {PPL_VARIANT} on {n} wiki test tokens: eager {ppl[0]:.4f}, .pte {ppl[1]:.4f}\n"
-    (out / "results.md").write_text(table)
+    (out / f"{name}.md").write_text(table)
     keys = ("numerator", "denominator", "threads", "ratio")
     ratios = [dict(zip(keys, r, strict=True)) for r in paired_ratios(results)]
-    (out / "results.json").write_text(json.dumps({"results": [asdict(r) for r in results], "ratios": ratios}, indent=1))
-    plot(results, out / "decode.png", setting)
+    (out / f"{name}.json").write_text(json.dumps({"results": [asdict(r) for r in results], "ratios": ratios}, indent=1))
+    plot(results, out / f"{name}.png", setting)
     log(table)
     return results

@@ -119,16 +119,20 @@ def to_program(decoder: ExportableDecoder, meta: dict, xnnpack: bool = False, to
         from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
 
         partitioners.append(XnnpackPartitioner())
-    edge = to_edge_transform_and_lower(
-        ep,
-        partitioner=partitioners,
-        constant_methods=_constant_methods(meta, tokenizer_blob),
-        compile_config=EdgeCompileConfig(_check_ir_validity=False),
-    )
     # Float KV caches start at zero (their masked rows enter q @ K^T, so garbage there could be NaN);
-    # the quantized caches are read only up to the current length.
+    # the quantized caches are read only up to the current length. So the emitter's warning that mutated buffers
+    # start undefined does not apply; nor does torch's deprecation of LeafSpec, which ExecuTorch's passes use.
     zero_init = InitializedMutableBufferPass(["k_cache", "v_cache"])
-    return edge.to_executorch(ExecutorchBackendConfig(run_reinplace_pass=True, passes=[zero_init]))
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Mutation on a buffer in the model", category=UserWarning)
+        warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)`", category=FutureWarning)
+        edge = to_edge_transform_and_lower(
+            ep,
+            partitioner=partitioners,
+            constant_methods=_constant_methods(meta, tokenizer_blob),
+            compile_config=EdgeCompileConfig(_check_ir_validity=False),
+        )
+        return edge.to_executorch(ExecutorchBackendConfig(run_reinplace_pass=True, passes=[zero_init]))
 
 
 def write_atomic(path: Path, data: bytes) -> None:
