@@ -39,7 +39,9 @@ def record_bandwidth(benchmark, nbytes: int, threads: int) -> None:
         return
     gbs = nbytes / benchmark.stats.stats.median / 1e9
     floor = read_floor_gbs(threads)
-    benchmark.extra_info.update(bytes=nbytes, gbs=round(gbs, 2), floor_gbs=round(floor, 2), of_floor=round(gbs / floor, 3))
+    benchmark.extra_info.update(
+        bytes=nbytes, gbs=round(gbs, 2), floor_gbs=round(floor, 2), of_floor=round(gbs / floor, 3)
+    )
 
 
 def record_gmacs(benchmark, n: int, k: int, m: int) -> None:

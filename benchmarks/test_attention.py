@@ -26,7 +26,11 @@ def kv(shape: tuple[int, int, int], ctx: int) -> tuple[torch.Tensor, torch.Tenso
     """Seeded q [1, heads, hd], k and v [ctx, kv, hd]."""
     heads, n_kv, hd = shape
     g = torch.Generator().manual_seed(ctx)
-    return torch.randn(1, heads, hd, generator=g), torch.randn(ctx, n_kv, hd, generator=g), torch.randn(ctx, n_kv, hd, generator=g)
+    return (
+        torch.randn(1, heads, hd, generator=g),
+        torch.randn(ctx, n_kv, hd, generator=g),
+        torch.randn(ctx, n_kv, hd, generator=g),
+    )
 
 
 @pytest.mark.parametrize("bits", [4, 8])

@@ -73,7 +73,9 @@ def test_gemv_torchao_8da4w(benchmark, torch_threads, shape):
     lin = torch.nn.Linear(k, n, bias=False)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # torchao notes that its kernel library is not loaded
-        quantize_(lin, Int8DynamicActivationIntxWeightConfig(weight_dtype=torch.int4, weight_granularity=PerGroup(GROUP)))
+        quantize_(
+            lin, Int8DynamicActivationIntxWeightConfig(weight_dtype=torch.int4, weight_granularity=PerGroup(GROUP))
+        )
     benchmark.group = f"gemv {shape_id(shape)}"
     benchmark.extra_info["layout"] = type(lin.weight).__name__
     with torch.no_grad():
