@@ -21,7 +21,8 @@ PYEOF
 
 setup_python() {
   [ -x "$PY" ] || python3 -m venv "$VENV"
-  local pip=("$PY" -m pip --disable-pip-version-check -q) reqs
+  # -qq: pip's errors only; its warnings (e.g. about index locations in a host's pip configuration) are not ours.
+  local pip=("$PY" -m pip --disable-pip-version-check -qq) reqs
   # torch first and exactly: this version's CPU wheel lies on disk, any other downloads GBs.
   "${pip[@]}" install torch==2.13.0
   # What is installed with its dependencies goes before what is installed without them (next step), so that
