@@ -112,20 +112,21 @@ def to_program(decoder: ExportableDecoder, meta: dict, xnnpack: bool = False, to
 
     example = (torch.zeros(1, 4, dtype=torch.long), torch.arange(4))
     seq = Dim("seq", min=1, max=decoder.max_seq_len)
-    with torch.no_grad():
-        ep = torch.export.export(decoder, example, dynamic_shapes=({1: seq}, {0: seq}), strict=False)
     partitioners = []
     if xnnpack:
         from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
 
         partitioners.append(XnnpackPartitioner())
     # Float KV caches start at zero (their masked rows enter q @ K^T, so garbage there could be NaN);
-    # the quantized caches are read only up to the current length. So the emitter's warning that mutated buffers
-    # start undefined does not apply; nor does torch's deprecation of LeafSpec, which ExecuTorch's passes use.
+    # the quantized caches are read only up to the current length.
     zero_init = InitializedMutableBufferPass(["k_cache", "v_cache"])
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), torch.no_grad():
+        # Not ours to act on: the emitter's note that mutated buffers start undefined (see above), and torch
+        # deprecations that ExecuTorch's own code triggers (its LLM custom ops' fakes, its passes' LeafSpec).
         warnings.filterwarnings("ignore", message="Mutation on a buffer in the model", category=UserWarning)
+        warnings.filterwarnings("ignore", message="_check_is_size will be removed", category=FutureWarning)
         warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)`", category=FutureWarning)
+        ep = torch.export.export(decoder, example, dynamic_shapes=({1: seq}, {0: seq}), strict=False)
         edge = to_edge_transform_and_lower(
             ep,
             partitioner=partitioners,
