@@ -9,7 +9,9 @@
 
 #include <cstdio>
 #include <cstring>
+#include <iostream>
 #include <memory>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -34,9 +36,6 @@ namespace {
 void emit_errors_only(et_timestamp_t, et_pal_log_level_t level, const char* filename, const char*, size_t line,
                       const char* message, size_t length) {
   if (level != kError && level != kFatal) return;
-  // Replacing the pybinding's handler is what spinquant_et_log_errors_only is for, not an error to report.
-  static constexpr char kReplaced[] = "register_pal() called multiple times";
-  if (std::strncmp(message, kReplaced, sizeof(kReplaced) - 1) == 0) return;
   std::fprintf(stderr, "[%s:%zu] %.*s\n", filename, line, static_cast<int>(length), message);
 }
 
@@ -45,7 +44,12 @@ void emit_errors_only(et_timestamp_t, et_pal_log_level_t level, const char* file
 extern "C" {
 
 __attribute__((visibility("default"))) void spinquant_et_log_errors_only(void) {
+  // The runtime reports a second registration as an error, through the handler being replaced (the pybinding's
+  // writes to std::cerr). Replacing it is the point here, so that one report goes nowhere.
+  std::ostringstream replaced;
+  std::streambuf* cerr = std::cerr.rdbuf(replaced.rdbuf());
   executorch::runtime::register_pal(executorch::runtime::PalImpl::create(emit_errors_only, __FILE__));
+  std::cerr.rdbuf(cerr);
 }
 
 __attribute__((visibility("default"))) SpinquantProgram* spinquant_et_open(const char* path, const char* method) {
