@@ -31,9 +31,9 @@ def test_only_inapplicable_messages_are_dropped(caplog, logger, message, shown):
 def test_runtime_and_export_imports_print_nothing():
     """Importing the exporter (which imports torchao), loading the op library and resizing ExecuTorch's thread
     pool print nothing: no CUDA-library or deprecation lines, no runtime info lines."""
-    code = (
-        "import executorch.exir\n"
+    code = (  # spinquant first, as its commands do: it installs the log filters on import
         "from spinquant.export import bench, runtime\n"
+        "import executorch.exir\n"
         "runtime.load_library()\n"
         "bench._resize_executorch_pool(1)\n"
     )
