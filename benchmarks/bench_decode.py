@@ -1,10 +1,10 @@
 """Decode ms/token and prefill tokens/s: fp32 eager, ExecuTorch XNNPACK 8da4w, and our .pte programs
 (W4A8 no_had, W4A8 had, W4A4KV4 had), all built from SmolLM2-135M, timed side by side in one run.
 
-    python benchmarks/bench_decode.py [--threads 1,2] [--runs 5] [--out benchmarks/results]
+    python benchmarks/bench_decode.py [--threads 1,2] [--runs 5] [--out benchmarks/results] [--name decode-short]
 
-Same as `spinquant bench`; writes results.md, results.json and decode.png to --out (.pte files are kept
-there and reused by later runs).
+Same as `spinquant bench`; writes NAME.md, NAME.json and NAME.png to --out (.pte files are kept there and reused
+by later runs).
 """
 
 from __future__ import annotations

@@ -4,10 +4,14 @@
 
 #include <executorch/extension/module/module.h>
 #include <executorch/runtime/core/exec_aten/exec_aten.h>
+#include <executorch/runtime/platform/platform.h>
 #include <executorch/runtime/platform/runtime.h>
 
+#include <cstdio>
 #include <cstring>
+#include <iostream>
 #include <memory>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -26,7 +30,27 @@ struct SpinquantProgram {
   int64_t vocab = 0;
 };
 
+namespace {
+
+// The runtime's log handler for spinquant_et_log_errors_only: errors and fatal errors, as "[file:line] message".
+void emit_errors_only(et_timestamp_t, et_pal_log_level_t level, const char* filename, const char*, size_t line,
+                      const char* message, size_t length) {
+  if (level != kError && level != kFatal) return;
+  std::fprintf(stderr, "[%s:%zu] %.*s\n", filename, line, static_cast<int>(length), message);
+}
+
+}  // namespace
+
 extern "C" {
+
+__attribute__((visibility("default"))) void spinquant_et_log_errors_only(void) {
+  // The runtime reports a second registration as an error, through the handler being replaced (the pybinding's
+  // writes to std::cerr). Replacing it is the point here, so that one report goes nowhere.
+  std::ostringstream replaced;
+  std::streambuf* cerr = std::cerr.rdbuf(replaced.rdbuf());
+  executorch::runtime::register_pal(executorch::runtime::PalImpl::create(emit_errors_only, __FILE__));
+  std::cerr.rdbuf(cerr);
+}
 
 __attribute__((visibility("default"))) SpinquantProgram* spinquant_et_open(const char* path, const char* method) {
   executorch::runtime::runtime_init();

@@ -1,8 +1,7 @@
 // C API of libspinquant_et_ops over ExecuTorch's Module: open a .pte, run forward(tokens [1, T] int64,
 // input_pos [T] int64, logit_rows [R] int64) -> logits [1, R, V], read its constant methods, close it; and the tokenizer a
 // program carries. The C++ runner and the Python runtime (through ctypes) both call it, so both run the same
-// decode step; the pybinding's per-call tensor handling cost ~6 % of a decode step (benchmarks/RESULTS.md,
-// session 9).
+// decode step; the pybinding's per-call tensor handling cost ~6 % of a decode step.
 #pragma once
 #include <stdint.h>
 
@@ -14,6 +13,10 @@ typedef struct SpinquantProgram SpinquantProgram;
 
 // Thread count of the spinquant kernels (0 = every core).
 void spinquant_et_set_threads(int threads);
+
+// Routes the runtime's log through a handler that prints errors and drops informational lines (thread pool
+// and CPU probing). Call after anything else that sets the runtime's log handler (the Python pybinding does).
+void spinquant_et_log_errors_only(void);
 
 // Drops the weights the op library prepacked (call when the program that owns their constant data is released).
 void spinquant_et_clear_cache(void);

@@ -95,8 +95,10 @@ def test_bench_command_passes_its_options(monkeypatch, tmp_path):
 
     seen = {}
     monkeypatch.setattr(bench, "run_bench", lambda **kw: seen.update(kw))
-    cli.main(["bench", "--out", str(tmp_path), "--threads", "1,2", "--variants", "w4a8_no_had,xnnpack_8da4w"])
+    variants = "w4a8_no_had,xnnpack_8da4w"
+    cli.main(["bench", "--out", str(tmp_path), "--threads", "1,2", "--variants", variants, "--name", "decode-long"])
     assert seen["threads"] == [1, 2] and seen["variants"] == ["w4a8_no_had", "xnnpack_8da4w"]
+    assert seen["name"] == "decode-long"
 
 
 def _scheduler_after_lowest_priority(queue) -> None:

@@ -10,7 +10,6 @@ forward has our programs' signature, so the same runners time it.
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
 import torch
@@ -103,7 +102,5 @@ def export_xnnpack_8da4w(decoder: nn.Module, path: Path, meta: dict) -> None:
 
     cfg = Int8DynamicActivationIntxWeightConfig(weight_dtype=torch.int4, weight_granularity=PerGroup(32))
     quantize_(decoder.eval(), cfg, filter_fn=lambda m, fqn: isinstance(m, nn.Linear))
-    with warnings.catch_warnings():  # ExecuTorch's custom-op fakes warn about a torch deprecation once a layer
-        warnings.filterwarnings("ignore", category=FutureWarning)
-        program = to_program(decoder, meta, xnnpack=True)
+    program = to_program(decoder, meta, xnnpack=True)
     write_atomic(path, program.buffer)

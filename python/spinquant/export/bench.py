@@ -501,8 +501,10 @@ def run_bench(
     seed: int = 0,
     ppl_tokens: int = 256,
     log: Callable[[str], None] = print,
+    name: str = "decode",
 ) -> list[Result]:
-    """Build every variant, time it at each thread count, write results.{json,md} and decode.png to `out`."""
+    """Build every variant, time it at each thread count, write `name`.md (table), `name`.json and `name`.png
+    (chart) to `out`."""
     from transformers import AutoTokenizer
 
     from spinquant import assets
@@ -549,7 +551,7 @@ def run_bench(
     if ppl is not None:
         n = min(ppl_tokens, max_seq_len)
         table += f"\nPerplexity of {PPL_VARIANT} on {n} wiki test tokens: eager {ppl[0]:.4f}, .pte {ppl[1]:.4f}\n"
-    (out / "results.md").write_text(table)
+    (out / f"{name}.md").write_text(table)
     keys = ("numerator", "denominator", "threads", "ratio")
     ratios = [dict(zip(keys, r, strict=True)) for r in paired_ratios(results)]
     prefill = [dict(zip(keys, r, strict=True)) for r in prefill_ratios(results)]
@@ -560,7 +562,7 @@ def run_bench(
         "int8_peak": [asdict(p) for p in peaks],
         "prefill_macs": macs,
     }
-    (out / "results.json").write_text(json.dumps(summary, indent=1))
-    plot(results, out / "decode.png", setting)
+    (out / f"{name}.json").write_text(json.dumps(summary, indent=1))
+    plot(results, out / f"{name}.png", setting)
     log(table)
     return results

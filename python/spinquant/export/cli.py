@@ -170,6 +170,7 @@ def bench_add_arguments(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("--model", help="HF model folder (default: SmolLM2-135M offline)")
     p.add_argument("--out", default="benchmarks/results", help="folder for the .pte files, table and chart")
+    p.add_argument("--name", default="decode", help="file stem of the table (.md), data (.json) and chart (.png)")
     p.add_argument("--variants", default=",".join(VARIANTS), help=f"comma list of {', '.join(VARIANTS)}")
     # Not `threads`: `spinquant` sizes torch's pool from an int --threads before running any command.
     p.add_argument("--threads", dest="bench_threads", default="1,2", help="comma list of thread counts")
@@ -195,5 +196,6 @@ def bench_main(a: argparse.Namespace) -> int:
         max_seq_len=a.max_seq_len,
         seed=a.seed,
         ppl_tokens=a.ppl_tokens,
+        name=a.name,
     )
     return 0

@@ -112,23 +112,28 @@ def to_program(decoder: ExportableDecoder, meta: dict, xnnpack: bool = False, to
 
     example = (torch.zeros(1, 4, dtype=torch.long), torch.arange(4), torch.tensor([2, 3]))  # sizes 1 specialize
     seq, rows = Dim("seq", min=1, max=decoder.max_seq_len), Dim("rows", min=1, max=decoder.max_seq_len)
-    with torch.no_grad():
-        ep = torch.export.export(decoder, example, dynamic_shapes=({1: seq}, {0: seq}, {0: rows}), strict=False)
     partitioners = []
     if xnnpack:
         from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
 
         partitioners.append(XnnpackPartitioner())
-    edge = to_edge_transform_and_lower(
-        ep,
-        partitioner=partitioners,
-        constant_methods=_constant_methods(meta, tokenizer_blob),
-        compile_config=EdgeCompileConfig(_check_ir_validity=False),
-    )
     # Float KV caches start at zero (their masked rows enter q @ K^T, so garbage there could be NaN);
     # the quantized caches are read only up to the current length.
     zero_init = InitializedMutableBufferPass(["k_cache", "v_cache"])
-    return edge.to_executorch(ExecutorchBackendConfig(run_reinplace_pass=True, passes=[zero_init]))
+    with warnings.catch_warnings(), torch.no_grad():
+        # Not ours to act on: the emitter's note that mutated buffers start undefined (see above), and torch
+        # deprecations that ExecuTorch's own code triggers (its LLM custom ops' fakes, its passes' LeafSpec).
+        warnings.filterwarnings("ignore", message="Mutation on a buffer in the model", category=UserWarning)
+        warnings.filterwarnings("ignore", message="_check_is_size will be removed", category=FutureWarning)
+        warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)`", category=FutureWarning)
+        ep = torch.export.export(decoder, example, dynamic_shapes=({1: seq}, {0: seq}, {0: rows}), strict=False)
+        edge = to_edge_transform_and_lower(
+            ep,
+            partitioner=partitioners,
+            constant_methods=_constant_methods(meta, tokenizer_blob),
+            compile_config=EdgeCompileConfig(_check_ir_validity=False),
+        )
+        return edge.to_executorch(ExecutorchBackendConfig(run_reinplace_pass=True, passes=[zero_init]))
 
 
 def write_atomic(path: Path, data: bytes) -> None:

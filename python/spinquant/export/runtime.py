@@ -4,7 +4,7 @@ The op library `libspinquant_et_ops.so` is loaded once, from one canonical path 
 `__init__.py`), after the ExecuTorch runtime and before any program: loading it twice from different paths
 would abort the process ("Re-registering"). The pybinding reads a program's metadata; `forward` runs through
 the library's C API (export/program.h: ExecuTorch's Module, as in the C++ runner), which skips the pybinding's
-per-call tensor conversions (~6 % of a decode step on 2 cores, benchmarks/RESULTS.md session 9).
+per-call tensor conversions (~6 % of a decode step on 2 cores).
 """
 
 from __future__ import annotations
@@ -63,6 +63,7 @@ def load_library() -> ctypes.CDLL:
             )
         runtime = _runtime()
         _library = _declare(ctypes.CDLL(str(path), mode=ctypes.RTLD_GLOBAL))
+        _library.spinquant_et_log_errors_only()  # after the pybinding set its handler, which prints every line
         missing = [op for op in OPS if op not in runtime.operator_registry.operator_names]
         if missing:
             raise RuntimeLoadError(f"{path} loaded but did not register {missing}; rebuild it against executorch 1.5.1")
@@ -72,6 +73,7 @@ def load_library() -> ctypes.CDLL:
 def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
     """The C API's signatures (export/program.h)."""
     i64, ptr = ctypes.c_int64, ctypes.c_void_p
+    lib.spinquant_et_log_errors_only.restype, lib.spinquant_et_log_errors_only.argtypes = None, []
     lib.spinquant_et_open.restype, lib.spinquant_et_open.argtypes = ptr, [ctypes.c_char_p, ctypes.c_char_p]
     lib.spinquant_et_close.restype, lib.spinquant_et_close.argtypes = None, [ptr]
     lib.spinquant_et_vocab.restype, lib.spinquant_et_vocab.argtypes = i64, [ptr]
