@@ -35,7 +35,10 @@ def add_quant_args(p: argparse.ArgumentParser, precision: str = "W4A4KV4") -> No
     g.add_argument("--a-clip", type=float, help="activation clip ratio (default 0.9 at 4 bits, else 1.0)")
     g.add_argument("--kv-bits", type=int, help="KV cache bits (16 = off)")
     g.add_argument("--kv-group", type=int, help="KV cache group size along head_dim (0 = head_dim)")
-    g.add_argument("--quantize-lm-head", action="store_true", help="also quantize lm_head (off, as in the paper)")
+    g.add_argument(
+        "--lm-head-bits", type=int, choices=(4, 8, 16), help="lm_head: 4 like the linears, 8 int8 per channel, 16 float"
+    )
+    g.add_argument("--embed-bits", type=int, choices=(8, 16), help="embedding: 8 int8 per row, 16 float (default)")
     g.add_argument("--gptq-samples", type=int, default=32, help="GPTQ calibration samples")
     g.add_argument("--gptq-seq-len", type=int, default=512, help="GPTQ calibration sequence length")
 
@@ -51,10 +54,11 @@ def quant_config(a: argparse.Namespace):
         "a_clip": a.a_clip,
         "kv_bits": a.kv_bits,
         "kv_group": a.kv_group,
+        "lm_head_bits": a.lm_head_bits,
+        "embed_bits": a.embed_bits,
     }
     overrides = {k: v for k, v in overrides.items() if v is not None}
     overrides.update(w_method=a.w_method, w_sym=not a.w_asym, w_clip_search=not a.no_clip_search)
-    overrides["quantize_lm_head"] = a.quantize_lm_head
     return QuantConfig.preset(a.precision, **overrides)
 
 

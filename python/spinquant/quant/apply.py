@@ -3,7 +3,7 @@
 Weights first (RTN, or GPTQ on calibration tokens with Hessians of the unquantized activations, as QuaRot
 and SpinQuant do), then an `ActQuantizer` on the input of every decoder linear (per token, all linears
 alike, matching the kernels' per-token activation quantization) and `KVQuantizer`s on every attention.
-lm_head is left alone unless `cfg.quantize_lm_head`.
+lm_head joins the decoder linears at `cfg.lm_head_bits` 4; the 8-bit embedding and lm_head are `quant.ends`'.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from torch import Tensor, nn
 
 from .config import QuantConfig
+from .ends import head_act_quantizer, quantize_ends
 from .gptq import gptq_quantize_model
 from .quantizer import ActQuantizer, KVQuantizer, quantize_weight_rtn, set_weight
 
@@ -22,9 +23,9 @@ class AlreadyQuantizedError(ValueError):
 
 
 def quant_targets(model: nn.Module, cfg: QuantConfig) -> Iterator[tuple[str, nn.Linear]]:
-    """The linears `cfg` quantizes: every decoder QLinear, plus lm_head iff cfg.quantize_lm_head."""
+    """The linears `cfg` quantizes like the decoder's: every decoder QLinear, plus lm_head at lm_head_bits 4."""
     for name, module in model.linears():
-        if name != "lm_head" or cfg.quantize_lm_head:
+        if name != "lm_head" or cfg.lm_head_bits == 4:
             yield name, module
 
 
@@ -62,6 +63,9 @@ def quantize_model(
             for _, module in quant_targets(model, cfg):
                 qw = quantize_weight_rtn(module.weight, cfg.w_bits, cfg.w_group, cfg.w_sym, cfg.w_clip_search)
                 set_weight(module, qw)
+        quantize_ends(model, cfg)
+    elif cfg.lm_head_bits == 8:  # weights stay float (rotation learning fake-quantizes them per step)
+        model.lm_head.act_quant = head_act_quantizer()
     if cfg.quantizes_acts:
         for _, module in quant_targets(model, cfg):
             module.act_quant = ActQuantizer(cfg.a_bits, cfg.a_sym, cfg.act_clip)
