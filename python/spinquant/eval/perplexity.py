@@ -38,3 +38,19 @@ def perplexity(model: LanguageModel, windows: torch.Tensor, batch_size: int = 1,
         for s in tqdm(starts, desc="perplexity", unit="batch", disable=not progress):
             total += window_nll(model, windows[s : s + batch_size].long()).sum()
     return math.exp(total.item() / (windows.shape[0] * (windows.shape[1] - 1)))
+
+
+def second_half_perplexity(model: LanguageModel, windows: torch.Tensor, progress: bool = True) -> float:
+    """llama.cpp's `llama-perplexity` protocol: each window of T tokens is run from its start and only the
+    predictions of its second half count (of tokens T/2 + 1 .. T-1), so every scored token has at least T/2
+    tokens of context. With the same windows its number and llama.cpp's are comparable."""
+    if windows.dim() != 2 or windows.shape[1] < 4:
+        raise ValueError(f"windows must be [n, T>=4] tokens, got shape {tuple(windows.shape)}")
+    first = windows.shape[1] // 2
+    total, count = 0.0, 0
+    with torch.inference_mode():
+        for w in tqdm(windows, desc="perplexity (second halves)", unit="window", disable=not progress):
+            logits = logits_of(model, w[None].long())[0, first:-1].float()
+            total += F.cross_entropy(logits, w[first + 1 :].long(), reduction="sum").double().item()
+            count += logits.shape[0]
+    return math.exp(total / count)
