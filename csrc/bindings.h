@@ -6,4 +6,5 @@ namespace spinquant_py {
 void bind_int4(pybind11::module_& m);
 void bind_hadamard(pybind11::module_& m);
 void bind_attention(pybind11::module_& m);
+void bind_int8(pybind11::module_& m);
 }  // namespace spinquant_py

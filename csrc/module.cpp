@@ -9,7 +9,7 @@
 namespace py = pybind11;
 
 PYBIND11_MODULE(_kernels, m) {
-  m.doc() = "spinquant native kernels: int4 GEMM/GEMV, fast Walsh-Hadamard transform, quantized-KV attention";
+  m.doc() = "spinquant native kernels: int4 GEMM/GEMV, int8 lm_head and embedding, fast Walsh-Hadamard transform, quantized-KV attention";
   m.def("active_isa", [] { return std::string(spinquant::isa_name(spinquant::active_isa())); },
         "The ISA the kernels dispatch to (SPINQUANT_ISA forces one).");
   m.def("supported_isas", [] {
@@ -43,4 +43,5 @@ PYBIND11_MODULE(_kernels, m) {
   spinquant_py::bind_int4(m);
   spinquant_py::bind_hadamard(m);
   spinquant_py::bind_attention(m);
+  spinquant_py::bind_int8(m);
 }

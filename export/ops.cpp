@@ -9,6 +9,9 @@
 //   spinquant::kv_attention.out(qkv, cos, sin, hk?, cache(a!), input_pos, n_heads, n_kv_heads, bits, group, *, out):
 //       the same over a quantized KV cache
 //   spinquant::rms_norm.out / silu_mul.out: fused element-wise steps
+//   spinquant::int8_linear.out(x, codes, scales, rowsum, norm?, norm_eps, pre?, *, out): the 8-bit lm_head
+//   spinquant::int8_embedding.out(ids, codes, scales, *, out): the 8-bit embedding gather
+//       (both read the int8 storage of spinquant/int8.h where it lies in the program: no prepacking)
 //
 // Weights arrive in the int4 storage layout (docs/INT4_FORMAT.md); they are prepacked once into the kernels'
 // layout and cached by the address of the program's constant data (plus a sampled fingerprint), so a decode
@@ -38,6 +41,7 @@
 #include "spinquant/elementwise.h"
 #include "spinquant/hadamard.h"
 #include "spinquant/int4.h"
+#include "spinquant/int8.h"
 #include "spinquant/parallel.h"
 
 namespace {
@@ -513,7 +517,67 @@ Tensor& silu_mul_out(KernelRuntimeContext& ctx, const Tensor& gate_up, Tensor& o
   return out;
 }
 
+// ---- the 8-bit ends -----------------------------------------------------------------------------------
+
+bool check_table(KernelRuntimeContext& ctx, const char* op, const Tensor& codes, const Tensor& scales) {
+  const bool ok = codes.scalar_type() == ScalarType::Char && codes.dim() == 2 &&
+                  scales.scalar_type() == ScalarType::Float && scales.numel() == codes.size(0);
+  return ok || fail(ctx, std::string(op) + ": codes must be int8 [N, K] and scales float32 [N]");
+}
+
+spinquant::int8::Weight table_of(const Tensor& codes, const Tensor& scales, const Tensor* rowsum) {
+  return {codes.const_data_ptr<int8_t>(), scales.const_data_ptr<float>(),
+          rowsum ? rowsum->const_data_ptr<int32_t>() : nullptr, codes.size(0), codes.size(1)};
+}
+
+Tensor& int8_linear_out(KernelRuntimeContext& ctx, const Tensor& x, const Tensor& codes, const Tensor& scales,
+                        const Tensor& rowsum, const std::optional<Tensor>& norm, double norm_eps,
+                        const std::optional<Tensor>& pre, Tensor& out) {
+  if (!check(ctx, x.scalar_type() == ScalarType::Float && x.dim() >= 1, "int8_linear: x must be float32") ||
+      !check_table(ctx, "int8_linear", codes, scales))
+    return out;
+  const int64_t K = x.size(x.dim() - 1), rows = K ? x.numel() / K : 0;
+  std::vector<SizesType> shape = sizes_of(x);
+  shape.back() = static_cast<SizesType>(codes.size(0));
+  if (!check(ctx, codes.size(1) == K, "int8_linear: codes must be [N, x.size(-1)]") ||
+      !check(ctx, rowsum.scalar_type() == ScalarType::Int && rowsum.numel() == codes.size(0),
+             "int8_linear: rowsum must be int32 [N]") ||
+      !check(ctx, !norm || (norm->scalar_type() == ScalarType::Float && norm->numel() == K),
+             "int8_linear: norm must be float32 [x.size(-1)]") ||
+      !check(ctx, !pre || (pre->scalar_type() == ScalarType::Float && pre->numel() == K * K),
+             "int8_linear: pre must be float32 [K, K]") ||
+      !resize(ctx, out, shape))
+    return out;
+  try {
+    const float* input = linear_input(x.const_data_ptr<float>(), rows, K, norm ? norm->const_data_ptr<float>() : nullptr,
+                                      static_cast<float>(norm_eps), false, nullptr, g_threads.load());
+    spinquant::int8::linear(table_of(codes, scales, &rowsum), input, rows, out.mutable_data_ptr<float>(),
+                            pre ? pre->const_data_ptr<float>() : nullptr, g_threads.load());
+  } catch (const std::exception& e) {
+    fail(ctx, std::string("int8_linear: ") + e.what());
+  }
+  return out;
+}
+
+Tensor& int8_embedding_out(KernelRuntimeContext& ctx, const Tensor& ids, const Tensor& codes, const Tensor& scales,
+                           Tensor& out) {
+  if (!check(ctx, ids.scalar_type() == ScalarType::Long && ids.dim() == 1, "int8_embedding: ids must be int64 [T]") ||
+      !check_table(ctx, "int8_embedding", codes, scales) ||
+      !check(ctx, out.scalar_type() == ScalarType::Float, "int8_embedding: out must be float32") ||
+      !resize(ctx, out, {static_cast<SizesType>(ids.numel()), static_cast<SizesType>(codes.size(1))}))
+    return out;
+  try {
+    spinquant::int8::embedding(table_of(codes, scales, nullptr), ids.const_data_ptr<int64_t>(), ids.numel(),
+                               out.mutable_data_ptr<float>(), op_threads(ids.numel() * codes.size(1)));
+  } catch (const std::exception& e) {
+    fail(ctx, std::string("int8_embedding: ") + e.what());
+  }
+  return out;
+}
+
 EXECUTORCH_LIBRARY(spinquant, "attention.out", attention_out);
+EXECUTORCH_LIBRARY(spinquant, "int8_linear.out", int8_linear_out);
+EXECUTORCH_LIBRARY(spinquant, "int8_embedding.out", int8_embedding_out);
 EXECUTORCH_LIBRARY(spinquant, "rms_norm.out", rms_norm_out);
 EXECUTORCH_LIBRARY(spinquant, "silu_mul.out", silu_mul_out);
 EXECUTORCH_LIBRARY(spinquant, "hadamard.out", hadamard_out);

@@ -133,7 +133,7 @@ def one_rank_group():
     [
         ("llama", W4A4KV4, True),
         ("qwen2", W4A4KV4, False),
-        ("llama", QuantConfig.preset("W4A4KV4", quantize_lm_head=True), True),
+        ("llama", QuantConfig.preset("W4A4KV4", lm_head_bits=4), True),
     ],
 )
 def test_sharded_loss_equals_rotation_loss(one_rank_group, arch: str, cfg: QuantConfig, had: bool) -> None:

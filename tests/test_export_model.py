@@ -21,16 +21,18 @@ from spinquant.model import tiny_model  # noqa: E402
 from spinquant.quant.config import QuantConfig  # noqa: E402
 
 SEQ = 32
-CASES = {
-    "w4a8_no_had": (QuantConfig(w_bits=4, w_group=32, a_bits=8), False),
-    "w4a4kv4_had": (QuantConfig(w_bits=4, w_group=32, a_bits=4, kv_bits=4, quantize_lm_head=True), True),
+CASES = {  # (config, had, tied embeddings)
+    "w4a8_no_had": (QuantConfig(w_bits=4, w_group=32, a_bits=8), False, False),
+    "w4a4kv4_had": (QuantConfig(w_bits=4, w_group=32, a_bits=4, kv_bits=4, lm_head_bits=4), True, False),
+    # the device recipe's ends: one int8 table for the embedding and lm_head
+    "w4a8_ends8_tied": (QuantConfig(w_bits=4, w_group=32, a_bits=8, embed_bits=8, lm_head_bits=8), True, True),
 }
 
 
 @pytest.fixture(scope="module", params=sorted(CASES))
 def exported(request, tmp_path_factory):
-    cfg, had = CASES[request.param]
-    model = prepare_model(tiny_model(seed=1), cfg, had, seed=0)
+    cfg, had, tied = CASES[request.param]
+    model = prepare_model(tiny_model(seed=1, tie_word_embeddings=tied), cfg, had, seed=0)
     path = tmp_path_factory.mktemp("pte") / f"{request.param}.pte"
     export_model(model, path, had=had, max_seq_len=SEQ)
     return model, PteModel(path), path
@@ -199,3 +201,12 @@ def test_had_flag_must_match_the_model(tmp_path):
     with pytest.raises(ExportError, match=r"\.pte"):
         export_model(model, tmp_path / "x.bin", max_seq_len=SEQ)
     assert not list(tmp_path.iterdir())
+
+
+def test_tied_ends_store_one_table():
+    from spinquant.export.exportable import ExportableDecoder
+
+    cfg, had, tied = CASES["w4a8_ends8_tied"]
+    decoder = ExportableDecoder(prepare_model(tiny_model(seed=1, tie_word_embeddings=tied), cfg, had, seed=0), SEQ)
+    assert [n for n, _ in decoder.named_buffers() if n.endswith("codes")] == ["table.codes"]
+    assert not hasattr(decoder, "embed") and decoder.lm_head.pre is not None

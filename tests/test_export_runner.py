@@ -32,7 +32,7 @@ def _run(cmd: list[str]) -> list[int]:
 
 @pytest.fixture(scope="module")
 def program(tmp_path_factory):
-    cfg = QuantConfig(w_bits=4, w_group=32, a_bits=4, kv_bits=4, quantize_lm_head=True)
+    cfg = QuantConfig(w_bits=4, w_group=32, a_bits=4, kv_bits=4, lm_head_bits=4)
     model = prepare_model(tiny_model(seed=2), cfg, had=True)
     path = tmp_path_factory.mktemp("runner") / "tiny.pte"
     export_model(model, path, had=True, max_seq_len=32, target="arm64")  # the target is metadata only

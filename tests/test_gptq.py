@@ -79,7 +79,7 @@ def test_gptq_model_quantizes_every_linear(lm_head):
     head_before = model.lm_head.weight.detach().clone()
     tokens = _calib(model)
     ref = model(tokens)
-    cfg = QuantConfig(w_bits=4, w_group=32, w_method="gptq", quantize_lm_head=lm_head)
+    cfg = QuantConfig(w_bits=4, w_group=32, w_method="gptq", lm_head_bits=4 if lm_head else 16)
     gptq_quantize_model(model, cfg, tokens, progress=False, batch_size=4)
     for name, module in model.linears():
         if name == "lm_head" and not lm_head:

@@ -73,7 +73,7 @@ def test_kv_quantizers_are_used_in_the_forward():
 
 def test_lm_head_quantized_on_request():
     model = tiny_model(seed=6)
-    quantize_model(model, QuantConfig(w_bits=4, w_group=32, a_bits=8, quantize_lm_head=True), progress=False)
+    quantize_model(model, QuantConfig(w_bits=4, w_group=32, a_bits=8, lm_head_bits=4), progress=False)
     assert model.lm_head.wq is not None and model.lm_head.act_quant is not None
     assert torch.equal(model.lm_head.weight, model.lm_head.wq.dequantize())
 

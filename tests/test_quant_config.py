@@ -63,7 +63,7 @@ def test_presets():
     assert (W4A16.w_bits, W4A16.a_bits, W4A16.kv_bits, W4A16.w_group) == (4, 16, 16, 32)
     assert (W4A8KV8.a_bits, W4A8KV8.kv_bits) == (8, 8)
     assert (W4A4KV4.a_bits, W4A4KV4.kv_bits, W4A4KV4.a_sym, W4A4KV4.kv_sym) == (4, 4, False, False)
-    assert not W4A4KV4.quantize_lm_head
+    assert (W4A4KV4.lm_head_bits, W4A4KV4.embed_bits) == (16, 16)
     assert QuantConfig.preset("w4a4kv4") is not None and QuantConfig.preset(" W4A4KV4 ") == W4A4KV4
     assert QuantConfig.preset("W4A16", w_method="gptq").w_method == "gptq"
     with pytest.raises(ValueError, match="unknown preset 'W3A3'.*W4A4KV4"):
@@ -94,3 +94,18 @@ def test_from_dict_rejects_unknown_keys_and_bad_values():
 def test_frozen():
     with pytest.raises(dataclasses.FrozenInstanceError):
         W4A16.w_bits = 3
+
+
+@pytest.mark.parametrize(("field", "value"), [("embed_bits", 4), ("embed_bits", True), ("lm_head_bits", 2)])
+def test_bad_end_bits_raise_clear_error(field, value):
+    with pytest.raises(ValueError, match=rf"{field}=.*use one of"):
+        QuantConfig(**{field: value})
+
+
+def test_device_recipe_and_old_metadata():
+    cfg = QuantConfig(w_bits=4, w_group=32, a_bits=8, kv_bits=8, embed_bits=8, lm_head_bits=8)
+    assert QuantConfig.from_dict(cfg.to_dict()) == cfg
+    assert str(cfg).endswith("embed8 lm_head8")
+    old = {k: v for k, v in W4A4KV4.to_dict().items() if k not in ("embed_bits", "lm_head_bits")}
+    assert QuantConfig.from_dict({**old, "quantize_lm_head": True}).lm_head_bits == 4
+    assert QuantConfig.from_dict({**old, "quantize_lm_head": False}) == W4A4KV4

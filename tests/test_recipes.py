@@ -17,7 +17,7 @@ def test_official_recipe_has_the_official_settings():
     cfg = r.config("w4a4kv4")
     assert (cfg.w_bits, cfg.w_group, cfg.w_sym, cfg.w_clip_norm, cfg.w_method) == (4, 0, True, 2.4, "gptq")
     assert (cfg.a_bits, cfg.a_sym, cfg.act_clip, cfg.o_proj_per_head) == (4, False, 1.0, True)
-    assert (cfg.kv_bits, cfg.kv_group, cfg.kv_sym, cfg.quantize_lm_head) == (4, 0, False, False)
+    assert (cfg.kv_bits, cfg.kv_group, cfg.kv_sym, cfg.lm_head_bits, cfg.embed_bits) == (4, 0, False, 16, 16)
     assert r.learn.name == "W16A4KV4" and r.learn.o_proj_per_head
     budget = (r.train.steps, r.train.batch_size, r.train.seq_len, r.train.lr, r.train.grad_clip)
     assert budget == (100, 8, 2048, 1.5, 1.0)
@@ -27,7 +27,7 @@ def test_official_recipe_has_the_official_settings():
 def test_device_recipe_is_what_the_kernels_compute():
     cfg = recipe("device").config("W4A8KV8")
     assert (cfg.w_bits, cfg.w_group, cfg.w_sym, cfg.a_bits, cfg.kv_bits) == (4, 32, True, 8, 8)
-    assert not cfg.o_proj_per_head and cfg.quantize_lm_head and cfg.w_clip_norm == 2
+    assert not cfg.o_proj_per_head and (cfg.embed_bits, cfg.lm_head_bits) == (8, 8) and cfg.w_clip_norm == 2
 
 
 def test_recipes_quantize_weights_alike_at_every_precision_and_refuse_unknown_names():

@@ -60,7 +60,7 @@ def _reference_loss(model, cfg: QuantConfig, tokens, R1, R2, had: bool) -> torch
     [
         ("llama", W4A4KV4, True),
         ("qwen2", W4A4KV4, False),
-        ("llama", dataclasses.replace(W4A4KV4, quantize_lm_head=True), True),
+        ("llama", dataclasses.replace(W4A4KV4, lm_head_bits=4), True),
     ],
 )
 def test_loss_matches_plain_forward(arch: str, cfg: QuantConfig, had: bool) -> None:

@@ -93,10 +93,11 @@ def save_quantized(
     R1: Tensor | None = None,
     R2: Tensor | None = None,
 ) -> Path:
-    """Write a quantized model: packed weights of every quantized linear, fp32 for the rest."""
+    """Write a quantized model: packed weights of every int4 linear, fp32 for the rest (the 8-bit ends as their
+    dequantized values, which re-quantize to the same codes, and lm_head's `pre` when it shares the table)."""
     tensors: dict[str, Tensor] = {}
     groups: dict[str, int] = {}
-    quantized = {name: lin for name, lin in model.linears() if lin.wq is not None}
+    quantized = {name: lin for name, lin in model.linears() if lin.wq is not None and lin.wq.bits <= 4}
     for name, param in model.named_parameters():
         module = name.rsplit(".", 1)[0]
         if module in quantized and name.endswith(".weight"):
@@ -105,6 +106,8 @@ def save_quantized(
             tensors.update({f"{module}.{k}": v for k, v in pack_weight(qw).items()})
         else:
             tensors[name] = param.detach().float()
+    if model.lm_head.pre is not None:
+        tensors["lm_head.pre"] = model.lm_head.pre.detach().float()
     if R1 is not None:
         tensors["rotation.R1"] = R1.detach().float()
     if R2 is not None:
@@ -123,6 +126,7 @@ def save_quantized(
 def load_quantized(path: str | Path) -> tuple[Transformer, QuantConfig, bool, dict[str, dict[str, Tensor]]]:
     """(model with dequantized weights and quantizers attached, config, had, packed tensors by linear name)."""
     from .quant.apply import quantize_model
+    from .quant.ends import quantize_ends
     from .rotation import set_online_hadamards
 
     tensors, metadata = _read(path, CHECKPOINT_FORMAT)
@@ -132,6 +136,7 @@ def load_quantized(path: str | Path) -> tuple[Transformer, QuantConfig, bool, di
     had = metadata["had"] == "true"
     groups: dict[str, int] = json.loads(metadata["group_sizes"])
     state = {k: v for k, v in tensors.items() if not k.startswith("rotation.")}
+    head_pre = state.pop("lm_head.pre", None)
     packed: dict[str, dict[str, Tensor]] = {}
     for module, group in groups.items():
         parts = {k: state.pop(f"{module}.{k}") for k in ("qweight", "scales", "zeros") if f"{module}.{k}" in state}
@@ -145,6 +150,8 @@ def load_quantized(path: str | Path) -> tuple[Transformer, QuantConfig, bool, di
     model.norms_fused = model.rotated = True
     set_online_hadamards(model, had)
     quantize_model(model, dataclasses.replace(cfg, w_bits=16), progress=False)  # activation and KV quantizers
+    model.lm_head.pre = head_pre
+    quantize_ends(model, cfg)  # the 8-bit ends' codes again (the same)
     model.quant_config = cfg
     for name, lin in model.linears():
         if name in packed:

@@ -43,7 +43,10 @@ def add_quant_args(p: argparse.ArgumentParser, precision: str = "W4A4KV4") -> No
     g.add_argument("--a-clip", type=float, help="activation clip ratio (default 0.9 at 4 bits, else 1.0)")
     g.add_argument("--kv-bits", type=int, help="KV cache bits (16 = off)")
     g.add_argument("--kv-group", type=int, help="KV cache group size along head_dim (0 = head_dim)")
-    g.add_argument("--quantize-lm-head", action="store_true", help="also quantize lm_head (off, as in the paper)")
+    g.add_argument(
+        "--lm-head-bits", type=int, choices=(4, 8, 16), help="lm_head: 4 like the linears, 8 int8 per channel, 16 float"
+    )
+    g.add_argument("--embed-bits", type=int, choices=(8, 16), help="embedding: 8 int8 per row, 16 float (default)")
     g.add_argument("--gptq-samples", type=int, help="GPTQ calibration samples (default: the recipe's, else 32)")
     g.add_argument("--gptq-seq-len", type=int, help="GPTQ calibration tokens per sample (default 2048)")
 
@@ -60,14 +63,15 @@ def quant_config(a: argparse.Namespace):
         "a_clip": a.a_clip,
         "kv_bits": a.kv_bits,
         "kv_group": a.kv_group,
+        "lm_head_bits": a.lm_head_bits,
+        "embed_bits": a.embed_bits,
     }
     overrides = {k: v for k, v in overrides.items() if v is not None}
     flags = {"w_sym": not a.w_asym, "w_clip_search": not a.no_clip_search}
-    flags["quantize_lm_head"] = a.quantize_lm_head
     if a.recipe is None:
         return QuantConfig.preset(a.precision, **overrides, **flags)
     # With a recipe, only the flags the user set replace its settings.
-    defaults = {"w_sym": True, "w_clip_search": True, "quantize_lm_head": False}
+    defaults = {"w_sym": True, "w_clip_search": True}
     overrides.update({k: v for k, v in flags.items() if v != defaults[k]})
     return recipe_of(a).config(a.precision, **overrides)
 
@@ -133,7 +137,7 @@ def _explicit_quant_fields(a: argparse.Namespace) -> set[str]:
     fields.update(kv_bits=a.kv_bits, kv_group=a.kv_group, w_method=a.w_method)
     out = {k for k, v in fields.items() if v is not None}
     out |= {k for k, on in (("w_sym", a.w_asym), ("w_clip_search", a.no_clip_search)) if on}
-    return out | ({"quantize_lm_head"} if a.quantize_lm_head else set())
+    return out | {k for k in ("lm_head_bits", "embed_bits") if getattr(a, k) is not None}
 
 
 def train_budget(a: argparse.Namespace):

@@ -119,7 +119,7 @@ class ShardedLoss:
         self.cfg, self.had, self.rope_of = cfg, had, model.rope
         self.model = shard_model(model)
         self.targets = [n.removeprefix("layers.0.") for n, _ in quant_targets(model, cfg) if n.startswith("layers.0.")]
-        self.head_quantized = cfg.quantizes_weights and cfg.quantize_lm_head
+        self.head_quantized = cfg.quantizes_weights and cfg.lm_head_bits == 4
 
     def rotated(self, block: Block, R1: Tensor, r2: Tensor) -> dict[str, Tensor]:
         """A block's (gathered) weights rotated by R1 / r2, names relative to the block."""

@@ -159,16 +159,20 @@ class RMSNorm(nn.Module):
 
 
 class QLinear(nn.Linear):
-    """nn.Linear with SpinQuant's hooks: an online Hadamard (R4) and a fake activation quantizer on the input."""
+    """nn.Linear with SpinQuant's hooks: an online Hadamard (R4) and a fake activation quantizer on the input;
+    lm_head sharing an 8-bit table with the embedding first multiplies its input by `pre` (see quant.ends)."""
 
     def __init__(self, in_features: int, out_features: int, bias: bool = False):
         super().__init__(in_features, out_features, bias=bias)
         self.online_had = False
         self.act_quant: Callable[[Tensor], Tensor] | None = None
         self.wq = None  # QuantizedWeight once quant.apply has quantized this layer
+        self.pre: Tensor | None = None  # [in, in]: x @ pre before everything else
 
     def prepare_input(self, x: Tensor) -> Tensor:
-        """What the weight multiplies: the input after the online Hadamard and the activation quantizer."""
+        """What the weight multiplies: the input after `pre`, the online Hadamard and the activation quantizer."""
+        if self.pre is not None:
+            x = x @ self.pre
         if self.online_had:
             x = hadamard_transform(x)
         if self.act_quant is not None:

@@ -7,7 +7,7 @@
   (weight clip search), the README (learn at W16A4KV4 when GPTQ follows).
 - `device`: what a phone runs with our kernels, exactly: int4 weights in groups of 32 (symmetric, fp16
   scales), activations 8-bit (or 4-bit) per token over all channels, an 8-bit (or 4-bit) KV cache per head
-  and token, and lm_head int4 as the exporter writes it.
+  and token, and 8-bit ends (embedding per row, lm_head per channel with 8-bit activations).
 
 Both learn R1/R2 once, at their A4KV4 setting with unquantized weights (GPTQ quantizes the weights
 afterwards and corrects their error itself), and reuse the rotations at every precision.
@@ -25,7 +25,7 @@ __all__ = ["RECIPES", "WEIGHT_FIELDS", "Recipe", "TrainBudget", "recipe"]
 # The weight quantizer's settings: equal at every precision of a recipe, so that one weight-quantized
 # model (GPTQ's Hessians come from unquantized activations) serves them all.
 WEIGHT_FIELDS = (
-    "w_bits", "w_group", "w_sym", "w_clip_search", "w_clip_norm", "w_method", "quantize_lm_head",
+    "w_bits", "w_group", "w_sym", "w_clip_search", "w_clip_norm", "w_method", "embed_bits", "lm_head_bits",
     "gptq_damp", "gptq_block", "gptq_act_order",
 )  # fmt: skip
 
@@ -87,18 +87,21 @@ def _official(a_bits: int, kv_bits: int) -> QuantConfig:
         kv_bits=kv_bits,
         kv_group=0,  # k/v_groupsize 128 = head_dim of Llama 2/3 (2_eval_ptq.sh); v_proj groupsize = head_dim
         kv_sym=False,  # --k_asym --v_asym in 2_eval_ptq.sh
-        quantize_lm_head=False,  # eval_utils/main.py: lm_head activations 16-bit, GPTQ skips lm_head
+        lm_head_bits=16,  # eval_utils/main.py: lm_head activations 16-bit, GPTQ skips lm_head
+        embed_bits=16,  # the embedding is never quantized there
         gptq_damp=0.01,  # process_args.py: --percdamp 0.01
         gptq_block=128,  # gptq_utils.py: blocksize 128
         gptq_act_order=False,  # process_args.py: --act_order default False
     )
 
 
-def _device(a_bits: int, kv_bits: int, w_method: str = "gptq") -> QuantConfig:
-    # The kernels: int4 g32 symmetric weights with fp16 scales (docs/INT4_FORMAT.md), activations
-    # asymmetric per token over all channels, KV asymmetric per head and token, lm_head int4 like the rest.
+def _device(a_bits: int, kv_bits: int) -> QuantConfig:
+    # The kernels: int4 g32 symmetric weights with fp16 scales (docs/INT4_FORMAT.md), activations asymmetric
+    # per token over all channels, KV asymmetric per head and token; the ends as Meta's released SpinQuant
+    # Llama 3.2 models: embedding int8 per row, lm_head int8 per channel with 8-bit per-token activations
+    # (one int8 table when the model ties them, `quant.ends`).
     return QuantConfig(
-        w_bits=4, w_group=32, w_method=w_method, a_bits=a_bits, kv_bits=kv_bits, kv_group=0, quantize_lm_head=True
+        w_bits=4, w_group=32, w_method="gptq", a_bits=a_bits, kv_bits=kv_bits, kv_group=0, embed_bits=8, lm_head_bits=8
     )
 
 
@@ -119,8 +122,8 @@ OFFICIAL = Recipe(
 DEVICE = Recipe(
     name="device",
     summary="what the exported program computes: W4 g32 GPTQ, A8 (or A4) per token, KV8 (or KV4), "
-    "lm_head int4; learned at W16A4KV4 with the kernels' activation scheme",
-    learn=dataclasses.replace(_device(4, 4), w_bits=16, w_method="rtn", quantize_lm_head=False),
+    "8-bit embedding and lm_head; learned at W16A4KV4 with the kernels' activation scheme",
+    learn=dataclasses.replace(_device(4, 4), w_bits=16, w_method="rtn", embed_bits=16, lm_head_bits=16),
     precisions={"W4A8KV8": _device(8, 8), "W4A4KV4": _device(4, 4)},
     train=OFFICIAL.train,
     gptq_samples=OFFICIAL.gptq_samples,

@@ -144,7 +144,7 @@ def rotation_loss(
     clips = clips or {}
     params = dict(model.named_parameters())
     uniq, inverse = torch.unique(tokens, return_inverse=True)
-    head_quantized = cfg.quantizes_weights and cfg.quantize_lm_head
+    head_quantized = cfg.quantizes_weights and cfg.lm_head_bits == 4
     lm_head_fast = model.lm_head.act_quant is None and not model.lm_head.online_had and not head_quantized
     base = {k: v.detach() for k, v in params.items()}
     base["embed_tokens.weight"] = base["embed_tokens.weight"][uniq]

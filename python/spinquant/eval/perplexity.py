@@ -153,3 +153,19 @@ def paired_difference(
     d = a - b
     lo, hi = (float(d.mean()),) * 2 if len(d) == 1 else _interval(_bootstrap_means(d, resamples, seed), level)
     return PairedDifference(float(d.mean()), lo, hi, len(d))
+
+
+def second_half_perplexity(model: LanguageModel, windows: torch.Tensor, progress: bool = True) -> float:
+    """llama.cpp's `llama-perplexity` protocol: each window of T tokens is run from its start and only the
+    predictions of its second half count (of tokens T/2 + 1 .. T-1), so every scored token has at least T/2
+    tokens of context. With the same windows its number and llama.cpp's are comparable."""
+    if windows.dim() != 2 or windows.shape[1] < 4:
+        raise ValueError(f"windows must be [n, T>=4] tokens, got shape {tuple(windows.shape)}")
+    first = windows.shape[1] // 2
+    total, count = 0.0, 0
+    with torch.inference_mode():
+        for w in tqdm(windows, desc="perplexity (second halves)", unit="window", disable=not progress):
+            logits = logits_of(model, w[None].long())[0, first:-1].float()
+            total += F.cross_entropy(logits, w[first + 1 :].long(), reduction="sum").double().item()
+            count += logits.shape[0]
+    return math.exp(total / count)

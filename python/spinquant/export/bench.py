@@ -1,5 +1,7 @@
 """`spinquant bench`: decode ms/token and prefill tokens/s of fp32 eager, ExecuTorch XNNPACK 8da4w and our
-programs (W4A8 no_had, W4A8 had, W4A4KV4 had), built from the same model, timed on the same prompt in one run.
+programs (W4A8 no_had, W4A8 had, W4A4KV4 had; W4A8 no_had with the 8-bit embedding and lm_head of the device
+recipe), built from the same model, timed on the same prompt in one run; with `llama_cpp`, llama.cpp's llama-bench
+on the Q4_0 GGUF of the same model too (llama_cpp.py), and the peak RSS of each program while it decodes.
 
 Two XNNPACK programs: `xnnpack_8da4w` is the standard ExecuTorch path (baseline.py: the llama recipe's ops and
 SDPA-with-KV-cache custom ops, 8da4w linears on XNNPACK); `xnnpack_8da4w_fused` puts the same XNNPACK linears
@@ -29,14 +31,25 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-VARIANTS = ("fp32_eager", "xnnpack_8da4w", "xnnpack_8da4w_fused", "w4a8_no_had", "w4a8_had", "w4a4kv4_had")
+VARIANTS = (
+    "fp32_eager",
+    "xnnpack_8da4w",
+    "xnnpack_8da4w_fused",
+    "w4a8_no_had",
+    "w4a8_had",
+    "w4a4kv4_had",
+    "w4a8_no_had_ends8",
+)
+ENDS8 = "_ends8"  # variant suffix: embedding and lm_head in 8 bits (one shared table for a tied model)
+LLAMA_CPP = "llama_cpp_q4_0"  # pseudo-variant: llama.cpp's llama-bench on the Q4_0 GGUF (opt-in)
 PROMPT = (
     "The history of the city begins with a small settlement on the river, where traders met to exchange salt, "
     "grain and wool. Over the following centuries it grew into a market town with a cathedral and a university."
 )
 FLOOR = "read_floor"  # pseudo-variant: one read of w4a8_no_had's weight bytes a token (the bandwidth floor)
 LOAD_LIMIT = 0.5
-PPL_VARIANT = "w4a8_no_had"  # the program whose perplexity is compared with its eager model
+PPL_VARIANT = "w4a8_no_had"  # its weight bytes set the floor
+PPL_VARIANTS = (PPL_VARIANT, "w4a8_no_had_ends8")  # programs whose perplexity is compared with their eager model
 
 
 @dataclass
@@ -201,11 +214,32 @@ class FloorRunner:
         return 0
 
 
+class LlamaCppRunner:
+    """llama.cpp's llama-bench in a child process, one prefill and one decode timing a run (llama_cpp.LlamaBench);
+    its decode CPU time is not measured (nan). Keeps the largest peak RSS its runs had."""
+
+    def __init__(self):
+        from . import llama_cpp
+
+        self.bench = llama_cpp.LlamaBench(llama_cpp.gguf("Q4_0"))
+        self.threads, self.peak_rss = 1, 0
+
+    def set_threads(self, n: int) -> None:
+        self.threads = n
+
+    def timed_run(self, prompt_len: int, new_tokens: int) -> tuple[float, float, float]:
+        run = self.bench.run(self.threads, prompt_len, new_tokens)
+        self.peak_rss = max(self.peak_rss, run.peak_rss_bytes)
+        return run.prefill_tok_per_s, run.decode_ms_per_token, math.nan
+
+
 def time_run(runner, ids: list[int], new_tokens: int) -> tuple[float, float, float]:
     """(prefill tokens/s, decode ms/token, decode CPU ms/token) of one prefill + greedy decode. The process CPU
     time stays meaningful when other work shares the cores (wall time then includes waiting for a core).
     Python's garbage collector is paused meanwhile, as timeit does: a full collection of the benchmark process's
     ~400k objects takes ~0.2 s and would otherwise land in whichever run crosses its allocation threshold."""
+    if isinstance(runner, LlamaCppRunner):  # llama-bench times itself, on a prompt of the same length
+        return runner.timed_run(len(ids), new_tokens)
     enabled = gc.isenabled()
     gc.disable()
     try:
@@ -305,16 +339,44 @@ def build_variant(name: str, model_path: str | None, out: Path, max_seq_len: int
     if name == "fp32_eager":
         return EagerRunner(model, max_seq_len), 0.0, None
     path = _stale_removed(out / f"{name}.pte")
-    mode, had = name.split("_", 1)
-    cfg = mode_config(mode.upper())
+    mode, had = name.removesuffix(ENDS8).split("_", 1)
+    cfg = mode_config(mode.upper(), *((8, 8) if name.endswith(ENDS8) else ()))
     runner_model = None
-    if not path.exists() or name == PPL_VARIANT:
+    if not path.exists() or name in PPL_VARIANTS:
         runner_model = prepare_model(model, cfg, had == "had", seed=seed)
     if not path.exists():
         export_model(model, path, had=had == "had", tokenizer=tokenizer, max_seq_len=max_seq_len)
     runner = PteRunner(path)
     runner.eager = runner_model
-    return runner, time.perf_counter() - start, streamed_bytes(model, cfg.w_group)
+    return runner, time.perf_counter() - start, streamed_bytes(model, cfg.w_group, name.endswith(ENDS8))
+
+
+def _decode_peak_rss(path: str, delegated: bool, ids: list[int], new_tokens: int, threads: int) -> tuple[int, int]:
+    """In a fresh process: (RSS high-water mark before loading the program, after prefill + decode), bytes."""
+    from . import baseline
+    from .llama_cpp import self_peak_rss
+    from .runtime import PteModel, set_threads
+
+    if delegated:
+        baseline.load_llama_ops()
+        _resize_executorch_pool(threads)
+    before = self_peak_rss()
+    model = PteModel(Path(path))
+    set_threads(threads)
+    list(model.generate_ids(ids, new_tokens))
+    return before, self_peak_rss()
+
+
+def decode_peak_rss(runner: PteRunner, ids: list[int], new_tokens: int, threads: int = 1) -> int:
+    """Peak RSS a program adds while it prefills and decodes: measured in a fresh process, minus that process's
+    peak before loading it (the Python interpreter with torch and executorch imported)."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(1, mp_context=mp.get_context("spawn")) as pool:
+        before, after = pool.submit(
+            _decode_peak_rss, str(runner.path), runner.delegated, ids, new_tokens, threads
+        ).result()
+    return after - before
 
 
 def perplexity_pair(eager, pte, tokens: torch.Tensor) -> tuple[float, float]:
@@ -325,13 +387,18 @@ def perplexity_pair(eager, pte, tokens: torch.Tensor) -> tuple[float, float]:
     return math.exp(ref), math.exp(got)
 
 
-def streamed_bytes(model, group: int) -> int:
+def streamed_bytes(model, group: int, ends8: bool = False) -> int:
     """Bytes of weights one decode step reads when every linear is int4 with fp16 scales: packed codes,
-    scales, and one embedding row."""
-    total = model.args.dim * 4
-    for _, lin in model.linears():
+    scales, and one embedding row; with `ends8`, lm_head as int8 codes, fp32 scales and int32 row sums, one
+    int8 embedding row, and (a tied model) the fp32 [dim, dim] matrix `pre`."""
+    dim = model.args.dim
+    total = dim + 4 if ends8 else dim * 4
+    for name, lin in model.linears():
         n, k = lin.weight.shape
-        total += n * ((k + 1) // 2) + n * -(-k // group) * 2
+        if ends8 and name == "lm_head":
+            total += n * k + n * 8 + (k * k * 4 if model.args.tie_word_embeddings else 0)
+        else:
+            total += n * ((k + 1) // 2) + n * -(-k // group) * 2
     return total
 
 
@@ -353,6 +420,8 @@ def measure(
         time_run(runners[name], ids, 4)
     samples: dict = {key: [] for key in settings}
     loads: dict = {key: [] for key in settings}
+    if runs < 1:
+        raise ValueError("runs must be at least 1")
     peaks: dict = {t: [] for t in threads}
     instruction = ""
     for round_ in range(runs):
@@ -383,33 +452,35 @@ RATIOS = (
     ("w4a8_had", "w4a8_no_had"),
     ("w4a4kv4_had", "w4a8_had"),
     ("w4a8_no_had", FLOOR),
+    (LLAMA_CPP, "w4a8_no_had"),
+    ("xnnpack_8da4w", "w4a8_no_had_ends8"),
+    (LLAMA_CPP, "w4a8_no_had_ends8"),
+    ("w4a8_no_had_ends8", "w4a8_no_had"),
 )
+
+
+def _paired(results: list[Result], field: str, invert: bool) -> list[tuple[str, str, int, float]]:
+    runs = {(r.variant, r.threads): getattr(r, field) for r in results}
+    out = []
+    for num, den in RATIOS:
+        for t in sorted({r.threads for r in results}):
+            a_runs, b_runs = runs.get((num, t)), runs.get((den, t))
+            if a_runs and b_runs:
+                ratios = [(b / a if invert else a / b) for a, b in zip(a_runs, b_runs, strict=True)]
+                out.append((num, den, t, statistics.median(ratios)))
+    return out
 
 
 def paired_ratios(results: list[Result]) -> list[tuple[str, str, int, float]]:
     """(numerator, denominator, threads, median over rounds of the ratio of their decode times). Both settings of
     a pair run in the same round, seconds apart, so slow phases of a shared machine cancel out."""
-    runs = {(r.variant, r.threads): r.decode_runs for r in results}
-    out = []
-    for num, den in RATIOS:
-        for t in sorted({r.threads for r in results}):
-            if (num, t) in runs and (den, t) in runs:
-                ratios = [a / b for a, b in zip(runs[num, t], runs[den, t], strict=True)]
-                out.append((num, den, t, statistics.median(ratios)))
-    return out
+    return _paired(results, "decode_runs", invert=False)
 
 
 def prefill_ratios(results: list[Result]) -> list[tuple[str, str, int, float]]:
     """(numerator, denominator, threads, median over rounds of denominator / numerator prefill tok/s): the speed-up
     of the denominator's prefill, paired by round as paired_ratios does for decode."""
-    runs = {(r.variant, r.threads): r.prefill_runs for r in results if r.prefill_runs}
-    out = []
-    for num, den in RATIOS:
-        for t in sorted({r.threads for r in results}):
-            if den != FLOOR and (num, t) in runs and (den, t) in runs:
-                ratios = [b / a for a, b in zip(runs[num, t], runs[den, t], strict=True)]
-                out.append((num, den, t, statistics.median(ratios)))
-    return out
+    return [r for r in _paired(results, "prefill_runs", invert=True) if r[1] != FLOOR]
 
 
 def peak_lines(results: list[Result], peaks: list[Peak], macs: int, prompt_len: int) -> list[str]:
@@ -489,6 +560,24 @@ def plot(results: list[Result], path: Path, title: str) -> None:
     os.replace(tmp, path)
 
 
+def memory_table(runners: dict, ids: list[int], new_tokens: int) -> str:
+    """Markdown: file size and peak RSS while decoding of each program and of llama.cpp."""
+    lines = ["", "| program | file MB | peak RSS MB while decoding |", "|---|---:|---:|"]
+    for name, runner in runners.items():
+        if isinstance(runner, PteRunner):
+            rss = decode_peak_rss(runner, ids, new_tokens)
+            lines.append(f"| {name} | {runner.path.stat().st_size / 1e6:.1f} | {rss / 1e6:.1f} |")
+        elif isinstance(runner, LlamaCppRunner):
+            size = runner.bench.model.stat().st_size / 1e6
+            lines.append(f"| {name} | {size:.1f} | {runner.peak_rss / 1e6:.1f} |")
+    note = (
+        "\nPeak RSS: ours and XNNPACK's, what a fresh process's high-water mark grew by from loading the program "
+        "to the end of one prefill + decode at 1 thread (the interpreter's own memory left out); "
+        "llama.cpp's, the whole llama-bench process's peak over its runs.\n"
+    )
+    return "\n".join(lines) + "\n" + note
+
+
 def run_bench(
     model_path: str | None,
     out: Path,
@@ -502,9 +591,13 @@ def run_bench(
     ppl_tokens: int = 256,
     log: Callable[[str], None] = print,
     name: str = "decode",
+    llama_cpp: bool = False,
+    memory: bool = False,
 ) -> list[Result]:
     """Build every variant, time it at each thread count, write `name`.md (table), `name`.json and `name`.png
-    (chart) to `out`."""
+    (chart) to `out`. `llama_cpp` adds llama.cpp's llama-bench on the Q4_0 GGUF (built by
+    benchmarks/llama_cpp.sh) to every round; `memory` measures each program's file size and peak RSS while
+    decoding (one thread, fresh processes)."""
     from transformers import AutoTokenizer
 
     from spinquant import assets
@@ -516,21 +609,27 @@ def run_bench(
         raise ValueError(f"unknown variants {unknown}: choose from {', '.join(VARIANTS)}")
     if prompt_len + new_tokens + 4 > max_seq_len:
         raise ValueError("prompt_len + new_tokens exceed max_seq_len")
+    llama = LlamaCppRunner() if llama_cpp else None  # a missing build fails here, before the long work
     out.mkdir(parents=True, exist_ok=True)
     folder = model_path or str(assets.default_model_dir())
     tokenizer = AutoTokenizer.from_pretrained(folder)
     ids = prompt_ids(tokenizer, prompt_len)
-    runners, ppl, floor_bytes = {}, None, None
-    for name in variants:
-        runner, seconds, nbytes = build_variant(name, model_path, out, max_seq_len, seed)
-        log(f"{name}: ready in {seconds:.0f} s")
-        if name == PPL_VARIANT:
+    runners, ppl, floor_bytes, weight_bytes = {}, {}, None, {}
+    for variant in variants:
+        runner, seconds, nbytes = build_variant(variant, model_path, out, max_seq_len, seed)
+        log(f"{variant}: ready in {seconds:.0f} s")
+        if nbytes is not None:
+            weight_bytes[variant] = nbytes
+        if variant == PPL_VARIANT:
             floor_bytes = nbytes
+        if variant in PPL_VARIANTS:
             window = test_windows(tokenizer, min(ppl_tokens, max_seq_len), 1)[0]
-            ppl = perplexity_pair(runner.eager, runner.model, window)
+            eager, pte = ppl[variant] = perplexity_pair(runner.eager, runner.model, window)
             runner.eager = None
-            log(f"{name}: perplexity on {len(window)} wiki tokens: eager {ppl[0]:.4f}, .pte {ppl[1]:.4f}")
-        runners[name] = runner
+            log(f"{variant}: perplexity on {len(window)} wiki tokens: eager {eager:.4f}, .pte {pte:.4f}")
+        runners[variant] = runner
+    if llama is not None:
+        runners[LLAMA_CPP] = llama
     if floor_bytes is not None:
         runners[FLOOR] = FloorRunner(floor_bytes)
     results, peaks = measure(runners, ids, threads, new_tokens, runs)
@@ -540,6 +639,7 @@ def run_bench(
             f"  {r.variant}, {r.threads} thread(s): decode {r.decode_ms_per_token:.2f} ms/token, "
             f"prefill {r.prefill_tok_per_s:.0f} tok/s"
         )
+    sizes = memory_table(runners, ids, new_tokens) if memory else ""
     for runner in runners.values():
         if isinstance(runner, PteRunner):
             runner.close()
@@ -548,14 +648,27 @@ def run_bench(
     if FLOOR in runners:
         chosen = ", ".join(f"{t} thread(s) {p} B" for t, p in sorted(runners[FLOOR].prefetch.items()))
         table += f"{FLOOR} software prefetch distance, the faster of none and 16 KiB here: {chosen}\n"
-    if ppl is not None:
+    if weight_bytes:
+        table += "Weight bytes a decode step streams: " + ", ".join(
+            f"{n} {b / 1e6:.1f} MB" for n, b in weight_bytes.items()
+        )
+        table += "\n"
+    for variant, (eager, pte) in ppl.items():
         n = min(ppl_tokens, max_seq_len)
-        table += f"\nPerplexity of {PPL_VARIANT} on {n} wiki test tokens: eager {ppl[0]:.4f}, .pte {ppl[1]:.4f}\n"
+        table += f"\nPerplexity of {variant} on {n} wiki test tokens: eager {eager:.4f}, .pte {pte:.4f}\n"
+    if llama is not None:
+        table += (
+            f"\n{LLAMA_CPP}: llama.cpp's llama-bench on {llama.bench.model.name} (-p {prompt_len} -n 0, and -p 0 "
+            f"-n {new_tokens} -d {prompt_len}; its own prompt tokens), run in the same rounds\n"
+        )
+    table += sizes
     (out / f"{name}.md").write_text(table)
     keys = ("numerator", "denominator", "threads", "ratio")
     ratios = [dict(zip(keys, r, strict=True)) for r in paired_ratios(results)]
     prefill = [dict(zip(keys, r, strict=True)) for r in prefill_ratios(results)]
     summary = {
+        "prompt_len": prompt_len,
+        "new_tokens": new_tokens,
         "results": [asdict(r) for r in results],
         "ratios": ratios,
         "prefill_ratios": prefill,

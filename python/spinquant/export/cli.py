@@ -10,15 +10,18 @@ from pathlib import Path
 MODES = ("W4A8", "W4A4KV4")
 
 
-def mode_config(mode: str, quantize_lm_head: bool = True):
-    """QuantConfig of an export mode: W4A8 (float KV cache) or W4A4KV4; weights 4-bit g32 symmetric RTN."""
+def mode_config(mode: str, lm_head_bits: int = 4, embed_bits: int = 16):
+    """QuantConfig of an export mode: W4A8 (float KV cache) or W4A4KV4; weights 4-bit g32 symmetric RTN;
+    lm_head at 4 (like the linears), 8 (int8, 8-bit activations) or 16 bits; the embedding at 8 or 16."""
     from spinquant.quant.config import QuantConfig
 
     mode = mode.upper()
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}: use one of {', '.join(MODES)}")
     a_bits, kv_bits = (8, 16) if mode == "W4A8" else (4, 4)
-    return QuantConfig(w_bits=4, w_group=32, a_bits=a_bits, kv_bits=kv_bits, quantize_lm_head=quantize_lm_head)
+    return QuantConfig(
+        w_bits=4, w_group=32, a_bits=a_bits, kv_bits=kv_bits, lm_head_bits=lm_head_bits, embed_bits=embed_bits
+    )
 
 
 def prepare_model(model, cfg, had: bool, rotation: str | None = None, seed: int = 0):
@@ -46,7 +49,21 @@ def export_add_arguments(p: argparse.ArgumentParser) -> None:
         help="with --model: rotation file (R1/R2) from `spinquant optimize`; default: seeded random Hadamard rotations",
     )
     p.add_argument("--mode", default="W4A8", type=str.upper, choices=MODES, help="with --model: bit widths")
-    p.add_argument("--no-quantize-lm-head", action="store_true", help="with --model: keep lm_head in fp32")
+    p.add_argument(
+        "--lm-head-bits",
+        type=int,
+        choices=(4, 8, 16),
+        default=4,
+        help="with --model: lm_head int4 like the linears (default), int8 per channel with 8-bit activations, or fp32",
+    )
+    p.add_argument(
+        "--embed-bits",
+        type=int,
+        choices=(8, 16),
+        default=16,
+        help="with --model: embedding int8 per row or fp32 (default); 8 with --lm-head-bits 8 shares one table "
+        "when the model ties them",
+    )
     p.add_argument(
         "--had",
         action=argparse.BooleanOptionalAction,
@@ -96,7 +113,7 @@ def export_main(a: argparse.Namespace) -> int:
             )
     else:
         model, tokenizer = load_model(a.model)
-        cfg = mode_config(a.mode, not a.no_quantize_lm_head)
+        cfg = mode_config(a.mode, a.lm_head_bits, a.embed_bits)
         had = True if a.had is None else a.had
         prepare_model(model, cfg, had, a.rotation, a.seed)
     if a.tokenizer:
@@ -180,22 +197,35 @@ def bench_add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-seq-len", type=int, default=256)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--ppl-tokens", type=int, default=256, help="wiki test tokens for the eager vs .pte perplexity")
+    p.add_argument(
+        "--llama-cpp",
+        action="store_true",
+        help="also time llama.cpp's llama-bench on the Q4_0 GGUF in every round (build it once with "
+        "`bash benchmarks/llama_cpp.sh`; SPINQUANT_LLAMA_CPP names its folder)",
+    )
+    p.add_argument("--memory", action="store_true", help="also report each program's file size and peak RSS decoding")
 
 
 def bench_main(a: argparse.Namespace) -> int:
     from spinquant.export.bench import run_bench
+    from spinquant.export.llama_cpp import LlamaCppMissing
 
-    run_bench(
-        model_path=a.model,
-        out=Path(a.out),
-        variants=[v.strip() for v in a.variants.split(",") if v.strip()],
-        threads=[int(t) for t in a.bench_threads.split(",")],
-        prompt_len=a.prompt_len,
-        new_tokens=a.new_tokens,
-        runs=a.runs,
-        max_seq_len=a.max_seq_len,
-        seed=a.seed,
-        ppl_tokens=a.ppl_tokens,
-        name=a.name,
-    )
+    try:
+        run_bench(
+            model_path=a.model,
+            out=Path(a.out),
+            variants=[v.strip() for v in a.variants.split(",") if v.strip()],
+            threads=[int(t) for t in a.bench_threads.split(",")],
+            prompt_len=a.prompt_len,
+            new_tokens=a.new_tokens,
+            runs=a.runs,
+            max_seq_len=a.max_seq_len,
+            seed=a.seed,
+            ppl_tokens=a.ppl_tokens,
+            name=a.name,
+            llama_cpp=a.llama_cpp,
+            memory=a.memory,
+        )
+    except LlamaCppMissing as e:
+        sys.exit(f"spinquant bench: {e}")
     return 0

@@ -10,7 +10,8 @@ call, which also applies the RMSNorm before them; down_proj's call applies silu(
 its input; o_proj and down_proj add the residual stream in the op), so a layer is five runtime ops with or
 without the online Hadamards (R3 on q/k, after RoPE, runs inside the attention op). The KV cache is float32
 (`spinquant::attention`) or the 4/8-bit layout of `spinquant::kv_attention`; either op takes the q/k/v
-projection's output as it is and does the RoPE, the cache update and the attention.
+projection's output as it is and does the RoPE, the cache update and the attention. The 8-bit ends (quant.ends)
+run through `spinquant::int8_embedding` and `spinquant::int8_linear`; a table shared by both is one buffer.
 """
 
 from __future__ import annotations
@@ -108,6 +109,34 @@ class ExportLinear(nn.Module):
             x, self.qweight, self.scales, self.zeros, self.bias, self.group, self.act_bits, self.act_clip, residual,
             weight, eps, glu, self.hk if self.online_had else None,
         )  # fmt: skip
+
+
+class Int8Table(nn.Module):
+    """An int8 table in the storage of kernels/include/spinquant/int8.h: codes, float32 scales, row sums."""
+
+    def __init__(self, name: str, wq):
+        super().__init__()
+        if wq.bits != 8 or not wq.sym or wq.group != wq.shape[1]:
+            raise ExportError(f"{name}: only per-row symmetric int8 tables are exported, got {wq.bits} bits")
+        codes = (wq.codes.to(torch.int16) - 128).to(torch.int8)
+        self.codes = nn.Buffer(codes.contiguous())
+        self.scales = nn.Buffer(wq.scales.float().reshape(-1).contiguous())
+        self.rowsum = nn.Buffer(codes.sum(1, dtype=torch.int32))
+
+
+class Int8Head(nn.Module):
+    """lm_head in 8 bits: its own Int8Table, or the embedding's (`table` passed to forward) plus `pre`."""
+
+    def __init__(self, lin: QLinear, shared: bool):
+        super().__init__()
+        if lin.bias is not None or lin.online_had:
+            raise ExportError("lm_head: an 8-bit lm_head has no bias and no online Hadamard")
+        self.table = None if shared else Int8Table("lm_head", lin.wq)
+        self.pre = None if lin.pre is None else nn.Buffer(lin.pre.detach().float().contiguous())
+
+    def forward(self, x: Tensor, norm: Norm, table: Int8Table | None = None) -> Tensor:
+        t = self.table if self.table is not None else table
+        return sq.int8_linear(x, t.codes, t.scales, t.rowsum, norm[0], norm[1], self.pre)
 
 
 def _concat_linears(parts: list[ExportLinear]) -> ExportLinear | None:
@@ -224,22 +253,36 @@ class ExportableDecoder(nn.Module):
         if args.sliding_window is not None and args.sliding_window < max_seq_len:
             raise ExportError(f"sliding-window attention is not exported; use max_seq_len <= {args.sliding_window}")
         self.args, self.max_seq_len = args, max_seq_len
-        self.embed = nn.Buffer(model.embed_tokens.weight.detach().float().clone())
+        embed_wq, head = getattr(model.embed_tokens, "wq", None), model.lm_head
+        self.table = None if embed_wq is None else Int8Table("embed_tokens", embed_wq)
+        if embed_wq is None:
+            self.embed = nn.Buffer(model.embed_tokens.weight.detach().float().clone())
         cos, sin = model.rope(max_seq_len)
         self.cos, self.sin = nn.Buffer(cos.float().contiguous()), nn.Buffer(sin.float().contiguous())
         self.layers = nn.ModuleList(
             ExportBlock(f"layers.{i}", b, max_seq_len, args.norm_eps) for i, b in enumerate(model.layers)
         )
         self.norm = nn.Buffer(model.norm.weight.detach().float().clone())
-        self.lm_head = ExportLinear("lm_head", model.lm_head)
+        if head.wq is not None and head.wq.bits == 8:
+            self.lm_head = Int8Head(head, shared=head.wq is embed_wq)
+        elif head.pre is not None:
+            raise ExportError("lm_head: `pre` (a table shared with the embedding) needs the 8-bit lm_head")
+        else:
+            self.lm_head = ExportLinear("lm_head", head)
 
     def forward(self, tokens: Tensor, input_pos: Tensor, logit_rows: Tensor | None = None) -> Tensor:
-        x = F.embedding(tokens[0], self.embed)  # [T, dim]
+        if self.table is None:
+            x = F.embedding(tokens[0], self.embed)  # [T, dim]
+        else:
+            x = sq.int8_embedding(tokens[0], self.table.codes, self.table.scales)
         cos, sin = self.cos[input_pos], self.sin[input_pos]
         for layer in self.layers:
             x = layer(x, cos, sin, input_pos)
         # [None] on the [R, dim] input, not on the [R, V] logits: the runtime copies what it unsqueezes.
-        return self.lm_head(logit_rows_of(x, logit_rows)[None], norm=(self.norm, self.args.norm_eps))
+        x, norm = logit_rows_of(x, logit_rows)[None], (self.norm, self.args.norm_eps)
+        if isinstance(self.lm_head, Int8Head):
+            return self.lm_head(x, norm, self.table)
+        return self.lm_head(x, norm=norm)
 
     def reset_cache(self) -> None:
         """Zero every KV cache buffer (eager use)."""

@@ -18,6 +18,10 @@ plain PyTorch. The CPU implementation is the eager reference the native runtime 
   -> [T, H D]. One runtime op where split, views, two RoPEs and attention took eight.
 - `kv_attention(qkv, cos, sin, hk, cache, input_pos, n_heads, n_kv_heads, bits, group)`: the same over the
   layer's quantized KV cache (one uint8 buffer, see `kv_cache_layout`; k and v quantized into it).
+- `int8_linear(x, codes, scales, rowsum, norm=None, norm_eps=0, pre=None)`: lm_head in 8 bits (the int8 storage of
+  kernels/include/spinquant/int8.h): y = fq8(h) @ (codes * scales)^T with h = rms_norm(x, norm) when given, then
+  h @ pre when given, fq8 the per-token asymmetric 8-bit activation quantizer (clip 1).
+- `int8_embedding(ids, codes, scales)`: codes[ids] * scales[ids] -> float32 [T, dim] (exact).
 - `rms_norm(x, weight, eps)`, `silu_mul(gate_up)`: fused element-wise steps of the decoder (one runtime op
   each instead of 3 to 10 portable ones).
 """
@@ -361,4 +365,35 @@ def _attention_fake(qkv, cos, sin, hk, k_cache, v_cache, input_pos, n_heads) -> 
     return qkv.new_empty(_attention_shape(qkv, n_heads, k_cache.shape[0]))
 
 
-OPS = ("hadamard", "int4_linear", "kv_attention", "rms_norm", "silu_mul", "attention")
+# ---- the 8-bit ends: lm_head and embedding -------------------------------------------------------------------
+
+_INT8_LINEAR_ARGS = (
+    "Tensor x, Tensor codes, Tensor scales, Tensor rowsum, Tensor? norm=None, float norm_eps=0.0, Tensor? pre=None"
+)
+_lib.define(f"int8_linear({_INT8_LINEAR_ARGS}) -> Tensor")
+_lib.define(f"int8_linear.out({_INT8_LINEAR_ARGS}, *, Tensor(a!) out) -> Tensor(a!)")
+_lib.define("int8_embedding(Tensor ids, Tensor codes, Tensor scales) -> Tensor")
+_lib.define("int8_embedding.out(Tensor ids, Tensor codes, Tensor scales, *, Tensor(a!) out) -> Tensor(a!)")
+
+
+def _int8_linear_ref(x, codes, scales, rowsum, norm=None, norm_eps=0.0, pre=None) -> Tensor:
+    if norm is not None:
+        x = rms_norm(x, norm, norm_eps)
+    if pre is not None:
+        x = x @ pre
+    x = fake_quant(x, 8, sym=False, group=0, clip=1.0)
+    return F.linear(x, codes.float() * scales[:, None])
+
+
+def _int8_embedding_ref(ids, codes, scales) -> Tensor:
+    return codes[ids].float() * scales[ids][:, None]
+
+
+_register_elementwise(
+    "int8_linear", _int8_linear_ref, lambda x, codes, *args, **kwargs: x.new_empty([*x.shape[:-1], codes.shape[0]])
+)
+_register_elementwise(
+    "int8_embedding", _int8_embedding_ref, lambda ids, codes, scales: scales.new_empty([ids.shape[0], codes.shape[1]])
+)
+
+OPS = ("hadamard", "int4_linear", "kv_attention", "rms_norm", "silu_mul", "attention", "int8_linear", "int8_embedding")

@@ -4,7 +4,7 @@ Weights first (RTN, or GPTQ on calibration tokens with Hessians of the unquantiz
 and SpinQuant do), then an `ActQuantizer` on the input of every decoder linear (per token, all linears
 alike, matching the kernels' per-token activation quantization; o_proj per token and head with
 `cfg.o_proj_per_head`, as the official code) and `KVQuantizer`s on every attention.
-lm_head is left alone unless `cfg.quantize_lm_head`.
+lm_head joins the decoder linears at `cfg.lm_head_bits` 4; the 8-bit embedding and lm_head are `quant.ends`'.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from torch import Tensor, nn
 
 from .config import QuantConfig
+from .ends import head_act_quantizer, quantize_ends
 from .gptq import gptq_quantize_model
 from .quantizer import ActQuantizer, KVQuantizer, quantize_weight_rtn, set_weight
 
@@ -23,9 +24,9 @@ class AlreadyQuantizedError(ValueError):
 
 
 def quant_targets(model: nn.Module, cfg: QuantConfig) -> Iterator[tuple[str, nn.Linear]]:
-    """The linears `cfg` quantizes: every decoder QLinear, plus lm_head iff cfg.quantize_lm_head."""
+    """The linears `cfg` quantizes like the decoder's: every decoder QLinear, plus lm_head at lm_head_bits 4."""
     for name, module in model.linears():
-        if name != "lm_head" or cfg.quantize_lm_head:
+        if name != "lm_head" or cfg.lm_head_bits == 4:
             yield name, module
 
 
@@ -75,11 +76,14 @@ def quantize_weights(
                 module.weight, cfg.w_bits, cfg.w_group, cfg.w_sym, cfg.w_clip_search, cfg.w_clip_norm
             )
             set_weight(module, qw)
+    quantize_ends(model, cfg)
     return model
 
 
 def attach_quantizers(model: nn.Module, cfg: QuantConfig) -> nn.Module:
     """The activation and KV-cache fake quantizers of `cfg` (weights untouched); sets `model.quant_config`."""
+    if not cfg.quantizes_weights and cfg.lm_head_bits == 8:  # float weights (rotation learning quantizes per step)
+        model.lm_head.act_quant = head_act_quantizer()
     if cfg.quantizes_acts:
         for name, module in quant_targets(model, cfg):
             group = model.args.head_dim if cfg.o_proj_per_head and name.endswith("o_proj") else 0

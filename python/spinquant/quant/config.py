@@ -9,6 +9,8 @@ from typing import Any
 FULL_PRECISION = 16
 _BITS = (2, 3, 4, 5, 6, 7, 8, FULL_PRECISION)
 _METHODS = ("rtn", "gptq")
+EMBED_BITS = (8, FULL_PRECISION)
+LM_HEAD_BITS = (4, 8, FULL_PRECISION)
 
 
 def check_bits(name: str, value: Any, allow_off: bool = True) -> None:
@@ -39,6 +41,11 @@ class QuantConfig:
     `w_clip_norm` is the p of the |error|^p the weight clip search minimises (2: squared error; the
     official SpinQuant/QuaRot code uses 2.4). `o_proj_per_head` quantizes o_proj's input per token and
     head (groups of head_dim, as the official code) instead of per token over all channels (our kernels).
+
+    The ends of the network: `embed_bits` 16 keeps the embedding in float, 8 stores it as per-row symmetric
+    int8; `lm_head_bits` 16 keeps lm_head in float, 4 quantizes it like the decoder linears (w_bits, w_group;
+    activations as theirs), 8 as per-channel symmetric int8 with 8-bit per-token activations. A model with tied
+    embeddings at 8 and 8 keeps one shared table (see `quant.ends`).
     """
 
     w_bits: int = FULL_PRECISION
@@ -54,7 +61,8 @@ class QuantConfig:
     kv_bits: int = FULL_PRECISION
     kv_group: int = 0
     kv_sym: bool = False
-    quantize_lm_head: bool = False
+    embed_bits: int = FULL_PRECISION
+    lm_head_bits: int = FULL_PRECISION
     gptq_damp: float = 0.01
     gptq_block: int = 128
     gptq_act_order: bool = False
@@ -62,6 +70,11 @@ class QuantConfig:
     def __post_init__(self) -> None:
         for name in ("w_bits", "a_bits", "kv_bits"):
             check_bits(name, getattr(self, name))
+        for name, valid in (("embed_bits", EMBED_BITS), ("lm_head_bits", LM_HEAD_BITS)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or value not in valid:
+                choices = ", ".join(str(v) for v in valid)
+                raise ValueError(f"{name}={value!r} is not supported: use one of {choices} (16 = not quantized)")
         _check_group("w_group", self.w_group, "per-channel")
         _check_group("kv_group", self.kv_group, "one group per head (head_dim)")
         if self.w_group == -1:
@@ -80,7 +93,7 @@ class QuantConfig:
             raise ValueError(f"gptq_damp={damp!r} is not supported: use a float >= 0 (e.g. 0.01)")
         if isinstance(block, bool) or not isinstance(block, int) or block < 1:
             raise ValueError(f"gptq_block={block!r} is not supported: use a positive integer (e.g. 128)")
-        flags = ("w_sym", "w_clip_search", "a_sym", "o_proj_per_head", "kv_sym", "quantize_lm_head", "gptq_act_order")
+        flags = ("w_sym", "w_clip_search", "a_sym", "o_proj_per_head", "kv_sym", "gptq_act_order")
         for name in flags:
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name}={getattr(self, name)!r} is not supported: use true or false")
@@ -121,8 +134,10 @@ class QuantConfig:
             parts.append(f"a-clip {self.act_clip:g}")
             if self.o_proj_per_head:
                 parts.append("o_proj per head")
-        if self.quantize_lm_head:
-            parts.append("lm_head")
+        if self.embed_bits < FULL_PRECISION:
+            parts.append(f"embed{self.embed_bits}")
+        if self.lm_head_bits < FULL_PRECISION:
+            parts.append(f"lm_head{self.lm_head_bits}")
         return " ".join(parts)
 
     def to_dict(self) -> dict[str, Any]:
@@ -131,7 +146,11 @@ class QuantConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> QuantConfig:
-        """Inverse of `to_dict`; unknown keys raise ValueError."""
+        """Inverse of `to_dict`; unknown keys raise ValueError. Older metadata's boolean `quantize_lm_head`
+        reads as lm_head_bits 4 (true) or 16 (false)."""
+        data = dict(data)
+        if "quantize_lm_head" in data and "lm_head_bits" not in data:
+            data["lm_head_bits"] = 4 if data.pop("quantize_lm_head") else FULL_PRECISION
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:

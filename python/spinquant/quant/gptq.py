@@ -201,7 +201,7 @@ def _check_calib(tokens: Tensor, vocab_size: int) -> None:
 def gptq_quantize_model(
     model: nn.Module, cfg: QuantConfig, calib_tokens: Tensor, progress: bool = True, batch_size: int = 8
 ) -> nn.Module:
-    """GPTQ every decoder linear (and lm_head iff cfg.quantize_lm_head) in place, block by block."""
+    """GPTQ every decoder linear (and lm_head at cfg.lm_head_bits 4) in place, block by block."""
     from tqdm.auto import tqdm
 
     _check_calib(calib_tokens, model.args.vocab_size)
@@ -210,7 +210,7 @@ def gptq_quantize_model(
         hidden = [model.embed_tokens(t) for t in calib_tokens.split(batch_size)]
         for block in tqdm(model.layers, desc=f"GPTQ {cfg}", disable=not progress, unit="layer"):
             hidden = _quantize_block(block, hidden, rope, cfg)
-        if cfg.quantize_lm_head:
+        if cfg.lm_head_bits == 4:
             normed = [model.norm(x) for x in hidden]
             _quantize_stage([model.lm_head], _hessian(model.lm_head, normed), cfg)
     return model

@@ -1,0 +1,53 @@
+"""The llama.cpp baseline's driver (export/llama_cpp.py) against stand-in binaries: how it calls llama-bench and
+reads its JSON, the child's own peak RSS, llama-perplexity's estimate, and the error when nothing is built."""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+
+import pytest
+
+from spinquant.export import llama_cpp
+
+FAKE_BENCH = """#!/usr/bin/env python3
+import sys
+a = sys.argv
+p, n = int(a[a.index("-p") + 1]), int(a[a.index("-n") + 1])
+d = int(a[a.index("-d") + 1]) if "-d" in a else 0
+block = bytearray(30 << 20)  # a peak RSS the parent must see as the child's
+ns = 2_000_000 * p if p else 3_000_000 * n * (1 + d // 512)
+print('[{"n_prompt": %d, "n_gen": %d, "n_depth": %d, "avg_ns": %d}]' % (p, n, d, ns))
+"""
+
+FAKE_PPL = """#!/bin/sh
+echo "Final estimate: PPL = 12.3456 +/- 0.25000" >&2
+"""
+
+
+def _tool(root: Path, name: str, text: str) -> None:
+    path = root / "bin" / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    path.chmod(path.stat().st_mode | stat.S_IEXEC)
+
+
+def test_bench_reads_prefill_decode_and_the_childs_peak_rss(tmp_path):
+    _tool(tmp_path, "llama-bench", FAKE_BENCH)
+    model = tmp_path / f"{llama_cpp.GGUF_STEM}.Q4_0.gguf"
+    model.write_bytes(b"gguf")
+    run = llama_cpp.LlamaBench(llama_cpp.gguf("Q4_0", tmp_path), tmp_path).run(threads=2, prompt_len=512, new_tokens=32)
+    assert run.prefill_tok_per_s == pytest.approx(512 / (2e-3 * 512))
+    assert run.decode_ms_per_token == pytest.approx(3.0 * 2)  # at depth 512
+    assert 30e6 < run.peak_rss_bytes < 300e6
+
+
+def test_perplexity_reads_the_final_estimate(tmp_path):
+    _tool(tmp_path, "llama-perplexity", FAKE_PPL)
+    assert llama_cpp.perplexity(tmp_path / "t.txt", tmp_path / "m.gguf", 512, 8, root=tmp_path) == 12.3456
+
+
+def test_missing_build_names_the_script(tmp_path, monkeypatch):
+    monkeypatch.setenv("SPINQUANT_LLAMA_CPP", str(tmp_path / "none"))
+    with pytest.raises(llama_cpp.LlamaCppMissing, match=r"bash benchmarks/llama_cpp.sh .*none"):
+        llama_cpp.binary("llama-bench")
