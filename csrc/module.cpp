@@ -3,6 +3,7 @@
 
 #include "bindings.h"
 #include "spinquant/bandwidth.h"
+#include "spinquant/checksum.h"
 #include "spinquant/cpu.h"
 
 namespace py = pybind11;
@@ -32,6 +33,22 @@ PYBIND11_MODULE(_kernels, m) {
     return spinquant::read_bytes(span, threads, prefetch_bytes);
   }, py::arg("buffer"), py::arg("threads") = 0, py::arg("prefetch_bytes") = 16384,
         "Read a contiguous buffer once on the kernels' thread pool (sum of its 64-bit words): a bandwidth probe.");
+  m.def("artifact_checksum", [](py::buffer image, size_t hole) {
+    const py::buffer_info info = image.request();
+    const auto size = static_cast<size_t>(info.size * info.itemsize);
+    if (hole + spinquant::kChecksumDigits > size) throw py::value_error("the checksum digits lie outside the image");
+    const auto* data = static_cast<const uint8_t*>(info.ptr);
+    py::gil_scoped_release release;
+    return spinquant::artifact_checksum(data, size, hole);
+  }, py::arg("image"), py::arg("hole"),
+        "XXH64 of a file image (any contiguous buffer) with its 16 checksum digits at `hole` read as '0'.");
+  m.def("verify_artifact", [](py::buffer image) {
+    const py::buffer_info info = image.request();
+    const auto* data = static_cast<const uint8_t*>(info.ptr);
+    const auto size = static_cast<size_t>(info.size * info.itemsize);
+    py::gil_scoped_release release;
+    return static_cast<int>(spinquant::verify_artifact(data, size));
+  }, py::arg("image"), "0: the recorded checksum matches, 1: none is recorded, 2: damaged (spinquant/checksum.h).");
   spinquant_py::bind_int4(m);
   spinquant_py::bind_hadamard(m);
   spinquant_py::bind_attention(m);

@@ -6,11 +6,17 @@
 #include <executorch/runtime/core/exec_aten/exec_aten.h>
 #include <executorch/runtime/platform/runtime.h>
 
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <cstring>
 #include <memory>
 #include <string>
 #include <vector>
 
+#include "spinquant/checksum.h"
 #include "spinquant/elementwise.h"
 
 using executorch::aten::ScalarType;
@@ -27,6 +33,24 @@ struct SpinquantProgram {
 };
 
 extern "C" {
+
+__attribute__((visibility("default"))) int spinquant_et_verify(const char* path) {
+  const int fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return 3;
+  struct stat st {};
+  if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || st.st_size <= 0) {
+    close(fd);
+    return 3;
+  }
+  const auto size = static_cast<size_t>(st.st_size);
+  void* data = mmap(nullptr, size, PROT_READ, MAP_PRIVATE, fd, 0);
+  close(fd);
+  if (data == MAP_FAILED) return 3;
+  madvise(data, size, MADV_SEQUENTIAL);
+  const auto status = spinquant::verify_artifact(static_cast<const uint8_t*>(data), size);
+  munmap(data, size);
+  return static_cast<int>(status);
+}
 
 __attribute__((visibility("default"))) SpinquantProgram* spinquant_et_open(const char* path, const char* method) {
   executorch::runtime::runtime_init();
