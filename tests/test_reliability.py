@@ -27,7 +27,9 @@ def files(tiny_folder, tmp_path_factory):
     R1, R2 = random_rotations(model.args, seed=0)
     rot = save_rotations(out / "rot.safetensors", model, R1, R2, {"steps": 0})
     ckpt = out / "q.safetensors"
-    main(["quantize", "--model", str(tiny_folder), "--rotation", str(rot), "--precision", "W4A8KV8", "--out", str(ckpt)])
+    main(
+        ["quantize", "--model", str(tiny_folder), "--rotation", str(rot), "--precision", "W4A8KV8", "--out", str(ckpt)]
+    )
     pte = out / "q.pte"
     export_main(["--checkpoint", str(ckpt), "--tokenizer", str(tiny_folder), "--max-seq-len", "32", "-o", str(pte)])
     return {"folder": tiny_folder, "rot": rot, "ckpt": ckpt, "pte": pte, "model": model, "R": (R1, R2)}
@@ -98,7 +100,7 @@ def test_training_that_diverges_writes_nothing(files, tmp_path, capsys):
     with torch.no_grad():
         model.layers[0].mlp.up_proj.weight[0, 0] = float("inf")
     calib = torch.randint(0, 1000, (2, 16))
-    with pytest.raises(NonFiniteError, match="step 0: loss nan is not finite; no result file was written"):
+    with pytest.raises(NonFiniteError, match="step 0: .* is not finite; no result file was written"):
         learn_rotations(fuse_norms(model), QuantConfig.preset("W4A4KV4"), calib, steps=2, progress=False)
     assert not out.exists()
 
@@ -132,7 +134,9 @@ def test_outputs_that_would_destroy_something_are_refused(files, tmp_path, capsy
     assert ckpt.read_bytes() == before
     rot = tmp_path / "rot.safetensors"
     shutil.copy(files["rot"], rot)
-    assert "is also the input --rotation" in refused(["quantize", *model, "--rotation", str(rot), "--out", str(rot)], capsys)
+    assert "is also the input --rotation" in refused(
+        ["quantize", *model, "--rotation", str(rot), "--out", str(rot)], capsys
+    )
     fifo = tmp_path / "fifo.pte"
     os.mkfifo(fifo)
     assert "not a regular file" in refused(["export", *model, "-o", str(fifo)], capsys)

@@ -50,7 +50,7 @@ def _header(image: bytes, path: Path) -> dict:
             raise ValueError("header is not a JSON object")
         return header
     except ValueError as err:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-        raise IncompatibleFileError(f"{path} is not a readable safetensors file ({err}): truncated or not one") from None
+        raise IncompatibleFileError(f"{path} is not a readable safetensors file ({err}): truncated?") from None
 
 
 def read_metadata(path: str | Path) -> dict[str, str]:
@@ -104,17 +104,23 @@ def save_rotations(path: str | Path, model: Transformer, R1: Tensor, R2: Tensor,
     return save_atomic(path, {"R1": R1.detach().cpu(), "R2": R2.detach().cpu()}, metadata)
 
 
-def load_rotations(path: str | Path, model: Transformer) -> tuple[Tensor, Tensor, dict]:
-    """(R1, R2, info) of a rotation file, checked against `model`."""
+def read_rotations(path: str | Path) -> tuple[Tensor, Tensor, dict[str, str]]:
+    """(R1, R2, metadata) of an intact rotation file, not yet checked against a model."""
     tensors, metadata = _read(path, ROTATION_FORMAT)
-    check_identity(_json(metadata, "model", path), model, path)
     if set(tensors) != {"R1", "R2"}:
         raise IncompatibleFileError(f"{path} holds {sorted(tensors)}, not R1 and R2: re-create it")
+    return tensors["R1"], tensors["R2"], metadata
+
+
+def load_rotations(path: str | Path, model: Transformer) -> tuple[Tensor, Tensor, dict]:
+    """(R1, R2, info) of a rotation file, checked against `model`: its identity, shapes, finite, orthogonal."""
+    R1, R2, metadata = read_rotations(path)
+    check_identity(_json(metadata, "model", path), model, path)
     try:
-        check_rotations(tensors["R1"], tensors["R2"], model.args, str(path))
+        check_rotations(R1, R2, model.args, str(path))
     except InvalidRotationError as err:
         raise IncompatibleFileError(str(err)) from None
-    return tensors["R1"], tensors["R2"], _json(metadata, "info", path)
+    return R1, R2, _json(metadata, "info", path)
 
 
 def _json(metadata: dict[str, str], key: str, path: str | Path):

@@ -54,11 +54,11 @@ def remove_stale_temps(path: Path) -> list[Path]:
     with contextlib.suppress(OSError):
         for entry in path.parent.iterdir():
             pid = entry.name[len(prefix) : -len(TEMP_SUFFIX)]
-            if entry.name.startswith(prefix) and entry.name.endswith(TEMP_SUFFIX) and pid.isdigit():
-                if int(pid) != os.getpid() and not _pid_alive(int(pid)):
-                    entry.unlink(missing_ok=True)
-                    removed.append(entry)
-                    print(f"spinquant: removed {entry}, left by an interrupted write", file=sys.stderr)
+            ours = entry.name.startswith(prefix) and entry.name.endswith(TEMP_SUFFIX) and pid.isdigit()
+            if ours and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+                entry.unlink(missing_ok=True)
+                removed.append(entry)
+                print(f"spinquant: removed {entry}, left by an interrupted write", file=sys.stderr)
     return removed
 
 
@@ -131,10 +131,10 @@ def check_output(path: str | Path, kind: str, flag: str, inputs: dict[str, str |
                 f"{flag} {path} exists and holds another kind of file ({found or 'not spinquant'}, not a {kind}): "
                 "remove it or choose another path"
             )
-    _check_writable(path, flag)
+    check_writable(path, flag)
 
 
-def _check_writable(path: Path, flag: str) -> None:
+def check_writable(path: Path, flag: str) -> None:
     """Create the folder if needed and a temp file in it, or say why not."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -31,8 +31,8 @@ from .model import Transformer
 from .quant.apply import quant_targets, quantize_model
 from .quant.config import QuantConfig
 from .quant.quantizer import fake_quant_weight, search_weight_clip
-from .safe_write import atomic_path
 from .rotation import random_rotations, rotate_weights, set_online_hadamards
+from .safe_write import atomic_path
 
 __all__ = [
     "LOSS_VERSION",

@@ -124,7 +124,16 @@ def _check_quant(a: argparse.Namespace) -> None:
 
 
 def _check_rotation_source(a: argparse.Namespace) -> None:
+    """--rotation exists, is intact and holds rotations for --model's shapes (its identity is checked on load)."""
+    from .checkpoint import IncompatibleFileError, read_rotations
+
     _existing(a, "rotation", "--rotation")
+    if a.rotation is not None and getattr(a, "checkpoint", None) is None:
+        try:
+            R1, R2, _ = read_rotations(a.rotation)
+            check_rotations(R1, R2, _model_args(a.model), str(a.rotation))
+        except (IncompatibleFileError, InvalidRotationError) as err:
+            raise UsageError(f"--rotation {err}") from None
     _at_least(a, "random_hadamard", "--random-hadamard", 0)
 
 
@@ -153,8 +162,26 @@ def _eval(a: argparse.Namespace) -> None:
                 f"{', '.join(ignored)} cannot change a --checkpoint (its rotation and bits are fixed); "
                 "drop them, or evaluate --model with them instead (--model names the tokenizer here)"
             )
+        if a.model is not None:
+            _same_model(a.model, a.checkpoint)
     else:
         _check_groups(a, _model_args(a.model))
+
+
+def _same_model(model: str, checkpoint: Path) -> None:
+    """With --checkpoint, --model only supplies the tokenizer: refuse a folder of another model."""
+    import json
+
+    from .checkpoint import read_metadata
+
+    saved = json.loads(read_metadata(checkpoint).get("model", "{}")).get("args", {})
+    args = _model_args(model)
+    if saved and (saved.get("vocab_size"), saved.get("dim")) != (args.vocab_size, args.dim):
+        raise UsageError(
+            f"--model {model} is not the model {checkpoint} was made from (vocab {args.vocab_size} vs "
+            f"{saved.get('vocab_size')}, dim {args.dim} vs {saved.get('dim')}); with --checkpoint it names the "
+            "tokenizer: pass that model's folder"
+        )
 
 
 # Flags of eval that a quantized checkpoint has already decided (given with --checkpoint they would be ignored).
@@ -203,7 +230,7 @@ def _export(a: argparse.Namespace) -> None:
                 "or re-quantize with the other setting"
             )
     else:
-        _existing(a, "rotation", "--rotation")
+        _check_rotation_source(a)
     check_output(a.output, PROGRAM, "-o/--output", {"--checkpoint": a.checkpoint, "--rotation": a.rotation})
 
 
@@ -217,20 +244,27 @@ def _run(a: argparse.Namespace) -> None:
     try:
         a.prompt.encode("utf-8")
     except UnicodeEncodeError as err:
-        raise UsageError(f"--prompt is not UTF-8 text (byte {err.object[err.start:err.end]!r} at {err.start})") from None
+        bad = err.object[err.start : err.end]
+        raise UsageError(f"--prompt is not UTF-8 text ({bad!r} at character {err.start})") from None
 
 
 def _bench(a: argparse.Namespace) -> None:
     threads = [t.strip() for t in str(a.bench_threads).split(",")]
     if not all(t.isdigit() for t in threads):
         raise UsageError(f"--threads takes comma-separated counts >= 0, got {a.bench_threads!r}")
-    for attr, flag, low in (("prompt_len", "--prompt-len", 1), ("new_tokens", "--new-tokens", 1), ("runs", "--runs", 1)):
-        _at_least(a, attr, flag, low)
+    for attr, low in (("prompt_len", 1), ("new_tokens", 1), ("runs", 1)):
+        _at_least(a, attr, "--" + attr.replace("_", "-"), low)
     _at_least(a, "max_seq_len", "--max-seq-len", a.prompt_len + a.new_tokens)
     _at_least(a, "ppl_tokens", "--ppl-tokens", 2)
 
 
 def _pipeline(a: argparse.Namespace) -> None:
+    from .safe_write import check_writable
+
+    if a.out_dir is not None:
+        if a.out_dir.exists() and not a.out_dir.is_dir():
+            raise UsageError(f"--out-dir {a.out_dir} is a file, not a folder")
+        check_writable(a.out_dir / "results.md", "--out-dir")
     for attr, low in (("steps", 1), ("train_seq_len", 2), ("ppl_windows", 0), ("ppl_seq_len", 2)):
         _at_least(a, attr, "--" + attr.replace("_", "-"), low)
     for attr, low in (("zeroshot_limit", -1), ("quarot_seeds", 1), ("gptq_samples", 1), ("gptq_seq_len", 2)):
@@ -251,7 +285,6 @@ CHECKS = {
 def check_command(a: argparse.Namespace) -> None:
     """Validate a parsed `spinquant` command line before it runs; raises UsageError."""
     _at_least(a, "threads", "--threads", 0)
-    _at_least(a, "seed", "--seed", 0)
     _check_quant(a)
     if a.command in ("eval", "quantize"):
         _check_rotation_source(a)
