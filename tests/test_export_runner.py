@@ -63,7 +63,7 @@ def test_runner_refuses_a_damaged_program(program, tmp_path):
 def test_runner_reports_a_bad_path(program, tmp_path):
     runner = build_runner()
     res = subprocess.run([str(runner), str(tmp_path / "none.pte"), "--tokens", "1"], capture_output=True, text=True)
-    assert res.returncode == 1 and "cannot load method 'forward'" in res.stderr
+    assert res.returncode == 1 and "none.pte cannot be read (missing, empty or not a file)" in res.stderr
 
 
 @arm64_tools
