@@ -3,6 +3,7 @@
 
 #include "bindings.h"
 #include "spinquant/bandwidth.h"
+#include "spinquant/checksum.h"
 #include "spinquant/cpu.h"
 #include "spinquant/peak.h"
 
@@ -40,6 +41,22 @@ PYBIND11_MODULE(_kernels, m) {
   }, py::arg("threads") = 1, py::arg("seconds") = 0.2,
         "int8 dot-product multiply-accumulates per second of this CPU on `threads` threads (a compute-peak probe) "
         "and the instruction measured.");
+  m.def("artifact_checksum", [](py::buffer image, size_t hole) {
+    const py::buffer_info info = image.request();
+    const auto size = static_cast<size_t>(info.size * info.itemsize);
+    if (hole + spinquant::kChecksumDigits > size) throw py::value_error("the checksum digits lie outside the image");
+    const auto* data = static_cast<const uint8_t*>(info.ptr);
+    py::gil_scoped_release release;
+    return spinquant::artifact_checksum(data, size, hole);
+  }, py::arg("image"), py::arg("hole"),
+        "XXH64 of a file image (any contiguous buffer) with its 16 checksum digits at `hole` read as '0'.");
+  m.def("verify_artifact", [](py::buffer image) {
+    const py::buffer_info info = image.request();
+    const auto* data = static_cast<const uint8_t*>(info.ptr);
+    const auto size = static_cast<size_t>(info.size * info.itemsize);
+    py::gil_scoped_release release;
+    return static_cast<int>(spinquant::verify_artifact(data, size));
+  }, py::arg("image"), "0: the recorded checksum matches, 1: none is recorded, 2: damaged (spinquant/checksum.h).");
   spinquant_py::bind_int4(m);
   spinquant_py::bind_hadamard(m);
   spinquant_py::bind_attention(m);

@@ -8,6 +8,11 @@
 #include <executorch/runtime/platform/runtime.h>
 
 #include <cstdio>
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <cstring>
 #include <iostream>
 #include <memory>
@@ -15,6 +20,7 @@
 #include <string>
 #include <vector>
 
+#include "spinquant/checksum.h"
 #include "spinquant/elementwise.h"
 
 using executorch::aten::ScalarType;
@@ -50,6 +56,24 @@ __attribute__((visibility("default"))) void spinquant_et_log_errors_only(void) {
   std::streambuf* cerr = std::cerr.rdbuf(replaced.rdbuf());
   executorch::runtime::register_pal(executorch::runtime::PalImpl::create(emit_errors_only, __FILE__));
   std::cerr.rdbuf(cerr);
+}
+
+__attribute__((visibility("default"))) int spinquant_et_verify(const char* path) {
+  const int fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return 3;
+  struct stat st {};
+  if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || st.st_size <= 0) {
+    close(fd);
+    return 3;
+  }
+  const auto size = static_cast<size_t>(st.st_size);
+  void* data = mmap(nullptr, size, PROT_READ, MAP_PRIVATE, fd, 0);
+  close(fd);
+  if (data == MAP_FAILED) return 3;
+  madvise(data, size, MADV_SEQUENTIAL);
+  const auto status = spinquant::verify_artifact(static_cast<const uint8_t*>(data), size);
+  munmap(data, size);
+  return static_cast<int>(status);
 }
 
 __attribute__((visibility("default"))) SpinquantProgram* spinquant_et_open(const char* path, const char* method) {

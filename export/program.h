@@ -21,6 +21,10 @@ void spinquant_et_log_errors_only(void);
 // Drops the weights the op library prepacked (call when the program that owns their constant data is released).
 void spinquant_et_clear_cache(void);
 
+// Checks the checksum a program records in its metadata against the whole file (spinquant/checksum.h), before
+// anything parses it: 0 verified, 1 no checksum recorded (the caller decides), 2 damaged, 3 unreadable.
+int spinquant_et_verify(const char* path);
+
 // Loads `method` of the program at `path`; NULL if it cannot (the runtime logged why: missing file, not a
 // program, or an operator this process has not registered).
 SpinquantProgram* spinquant_et_open(const char* path, const char* method);

@@ -237,6 +237,15 @@ SpinquantTokenizer* program_tokenizer(SpinquantProgram* program, const std::stri
   return tok;
 }
 
+// True if the program's metadata names a checksum (then spinquant_et_verify must have found it).
+bool records_checksum(SpinquantProgram* program) {
+  const int64_t size = spinquant_et_bytes(program, "spinquant_metadata", nullptr, 0);
+  if (size <= 0) return false;
+  std::string meta(static_cast<size_t>(size), '\0');
+  spinquant_et_bytes(program, "spinquant_metadata", reinterpret_cast<uint8_t*>(meta.data()), size);
+  return meta.find("\"checksum\"") != std::string::npos;
+}
+
 // Writes the bytes of one generated token to stdout as it comes.
 void print_token(const SpinquantTokenizer* tok, int64_t id) {
   const char* bytes = nullptr;
@@ -250,10 +259,22 @@ void print_token(const SpinquantTokenizer* tok, int64_t id) {
 int main(int argc, char** argv) {
   Args args = parse(argc, argv);
   spinquant_et_set_threads(args.threads);
+  const int integrity = spinquant_et_verify(args.model.c_str());
+  if (integrity == 2 || integrity == 3) {
+    std::fprintf(stderr, "spinquant_runner: %s %s\n", args.model.c_str(),
+                 integrity == 2 ? "is damaged: its contents do not match its recorded checksum; re-export it"
+                                : "cannot be read (missing, empty or not a file)");
+    return 1;
+  }
   SpinquantProgram* program = spinquant_et_open(args.model.c_str(), "forward");
   if (program == nullptr) {
     std::fprintf(stderr, "spinquant_runner: cannot load method 'forward' of %s (missing file, not a .pte, or "
                          "an operator this runner lacks)\n", args.model.c_str());
+    return 1;
+  }
+  if (integrity == 1 && records_checksum(program)) {
+    std::fprintf(stderr, "spinquant_runner: %s is damaged: its checksum record is unreadable; re-export it\n",
+                 args.model.c_str());
     return 1;
   }
   SpinquantTokenizer* tok = nullptr;

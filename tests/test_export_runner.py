@@ -50,10 +50,20 @@ def test_runner_matches_python_runtime(program):
     assert _run([str(runner), *_args(path), "--runs", "3"]) == want  # repeated generations restart at position 0
 
 
+def test_runner_refuses_a_damaged_program(program, tmp_path):
+    """A flipped byte in the weights: the runner checks the program's checksum before ExecuTorch reads it."""
+    image = bytearray(program[0].read_bytes())
+    image[len(image) // 2] ^= 0x01
+    damaged = tmp_path / "damaged.pte"
+    damaged.write_bytes(image)
+    out = subprocess.run([str(build_runner()), *_args(damaged)], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 1 and "is damaged: its contents do not match its recorded checksum" in out.stderr
+
+
 def test_runner_reports_a_bad_path(program, tmp_path):
     runner = build_runner()
     res = subprocess.run([str(runner), str(tmp_path / "none.pte"), "--tokens", "1"], capture_output=True, text=True)
-    assert res.returncode == 1 and "cannot load method 'forward'" in res.stderr
+    assert res.returncode == 1 and "none.pte cannot be read (missing, empty or not a file)" in res.stderr
 
 
 @arm64_tools

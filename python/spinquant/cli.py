@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -312,6 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .eval.harness import DEFAULT_TASKS
 
     parser = argparse.ArgumentParser(prog="spinquant", description=__doc__)
+    parser.add_argument("--debug", action="store_true", help="show tracebacks (also SPINQUANT_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("optimize", help="learn R1/R2 with Cayley SGD against the quantized model's loss")
@@ -413,6 +415,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="decode ms/token: fp32 eager, XNNPACK 8da4w and ours, side by side")
     export_cli.bench_add_arguments(p)
     p.set_defaults(func=export_cli.bench_main)
+    for p in sub.choices.values():  # `spinquant CMD ... --debug` too
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     return parser
 
 
@@ -421,18 +425,43 @@ def export_main(argv: list[str] | None = None) -> None:
     main(["export", *(sys.argv[1:] if argv is None else argv)])
 
 
+# What Ctrl-C leaves behind and how to go on, by command.
+RESUME_HINTS = {
+    "optimize": "the state saved every --checkpoint-every steps is kept: rerun the same command to resume",
+    "pipeline": "finished artifacts in --out-dir are kept: rerun the same command to reuse them",
+}
+
+
+def one_line(err: BaseException) -> str:
+    """An exception as one line: its message with newlines folded, after its type unless it is one of ours or a
+    ValueError / OSError (whose messages say what is wrong)."""
+    text = " ".join(str(err).split())
+    ours = isinstance(err, ValueError | OSError) or type(err).__module__.startswith("spinquant")
+    return text if ours and text else f"{type(err).__name__}: {text}".rstrip(": ")
+
+
 def main(argv: list[str] | None = None) -> None:
-    from .assets import MissingAssetError
+    """Run one command; every failure is one line `spinquant <cmd>: error: ...` and exit status 2 (1 for a
+    distributed failure, 130 for Ctrl-C), with the traceback only under --debug or SPINQUANT_DEBUG=1."""
     from .distributed import DistributedError
+    from .validate import check_command
 
     args = build_parser().parse_args(argv)
-    if getattr(args, "threads", 0):
-        torch.set_num_threads(args.threads)
+    debug = args.debug or os.environ.get("SPINQUANT_DEBUG", "") not in ("", "0")
     try:
+        check_command(args)
+        if getattr(args, "threads", 0):
+            torch.set_num_threads(args.threads)
         args.func(args)
-    except (ValueError, FileNotFoundError, MissingAssetError) as err:
-        print(f"spinquant {args.command}: error: {err}", file=sys.stderr)
-        sys.exit(2)
+    except KeyboardInterrupt:
+        hint = RESUME_HINTS.get(args.command, "nothing was written: rerun the command")
+        print(f"\nspinquant {args.command}: interrupted; {hint}", file=sys.stderr)
+        sys.exit(130)
     except DistributedError as err:
-        print(f"spinquant {args.command}: error: {err}", file=sys.stderr)
+        print(f"spinquant {args.command}: error: {one_line(err)}", file=sys.stderr)
         sys.exit(1)
+    except Exception as err:
+        if debug:
+            raise
+        print(f"spinquant {args.command}: error: {one_line(err)}", file=sys.stderr)
+        sys.exit(2)

@@ -15,8 +15,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
-import os
-import tempfile
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,6 +32,7 @@ from .quant.apply import quant_targets, quantize_model
 from .quant.config import QuantConfig
 from .quant.quantizer import fake_quant_weight, search_weight_clip
 from .rotation import random_rotations, rotate_weights, set_online_hadamards
+from .safe_write import atomic_path
 
 __all__ = [
     "LOSS_VERSION",
@@ -57,7 +56,7 @@ def _check_inputs(model: Transformer, calib: Tensor, steps: int, batch_size: int
         raise ValueError("this model already has rotations merged; learn on a freshly fused model")
     if calib.dim() != 2 or calib.dtype != torch.long or calib.shape[1] < 2:
         raise ValueError(f"calib must be a LongTensor [samples, seq_len >= 2], got {calib.dtype} {tuple(calib.shape)}")
-    if steps < 1 or batch_size < 1 or lr <= 0 or every < 1:
+    if steps < 1 or batch_size < 1 or not 0 < lr < math.inf or every < 1:
         raise ValueError(
             f"steps, batch_size, lr and checkpoint_every must be positive, got {steps}, {batch_size}, {lr}, {every}"
         )
@@ -199,15 +198,8 @@ def _run_config(
 
 def _save_state(path: Path, state: dict) -> None:
     """torch.save through a temp file and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         torch.save(state, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _load_state(path: Path | None, config: dict) -> dict | None:
@@ -237,6 +229,20 @@ def _check_orthogonal(params: list[torch.nn.Parameter], names: list[str]) -> Non
                     f"{name} drifted off the orthogonal group (error {err:.2e}); re-orthonormalized", stacklevel=3
                 )
                 p.copy_(qr_retraction(p.detach().double()).to(p.dtype))
+
+
+class NonFiniteError(ValueError):
+    """Training diverged: a loss or gradient is NaN or infinite; nothing of this step is kept."""
+
+
+def _check_finite(loss: Tensor, params: list[torch.nn.Parameter], names: list[str], step: int, where) -> None:
+    """Stop before a non-finite loss or gradient reaches the rotations (every rank sees the averaged gradients)."""
+    bad = [n for p, n in zip(params, names, strict=True) if p.grad is not None and not torch.isfinite(p.grad).all()]
+    if torch.isfinite(loss).all() and not bad:
+        return
+    what = f"loss {loss.item():.4g}" if not torch.isfinite(loss).all() else f"the gradient of {bad[0]}"
+    kept = f"the state of step {where.saved} is kept" if where.saved else "no state was saved"
+    raise NonFiniteError(f"step {step}: {what} is not finite; no result file was written ({kept}); lower --lr")
 
 
 def learn_rotations(
@@ -330,6 +336,7 @@ def learn_rotations(
                 loss = sharded(tokens, R1, torch.stack(R2), clips)
             loss.backward()
             world.average_gradients(params)
+            _check_finite(loss, params, names, step, where)
             opt.step()
             _check_orthogonal(params, names)
             history.append(world.average(loss.item()))

@@ -98,9 +98,9 @@ def export_xnnpack_8da4w(decoder: nn.Module, path: Path, meta: dict) -> None:
     from torchao.quantization import Int8DynamicActivationIntxWeightConfig, quantize_
     from torchao.quantization.granularity import PerGroup
 
-    from .exporter import to_program, write_atomic
+    from .exporter import to_program, write_program
 
     cfg = Int8DynamicActivationIntxWeightConfig(weight_dtype=torch.int4, weight_granularity=PerGroup(32))
     quantize_(decoder.eval(), cfg, filter_fn=lambda m, fqn: isinstance(m, nn.Linear))
     program = to_program(decoder, meta, xnnpack=True)
-    write_atomic(path, program.buffer)
+    write_program(path, program)

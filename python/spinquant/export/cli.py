@@ -105,12 +105,7 @@ def export_main(a: argparse.Namespace) -> int:
     if a.checkpoint:
         from spinquant.checkpoint import load_quantized
 
-        model, cfg, had, _ = load_quantized(a.checkpoint)
-        if a.had is not None and a.had != had:
-            sys.exit(
-                f"spinquant-export: {a.checkpoint} was made with had={had}; drop --{'no-' if had else ''}had "
-                f"or re-quantize with the other setting"
-            )
+        model, cfg, had, _ = load_quantized(a.checkpoint)  # --had was checked against it (spinquant.validate)
     else:
         model, tokenizer = load_model(a.model)
         cfg = mode_config(a.mode, a.lm_head_bits, a.embed_bits)
@@ -154,17 +149,14 @@ def _tokenizer(model, folder: str | None):
         return native
     folder = folder or model.metadata.get("tokenizer", {}).get("name")
     if not folder or not Path(folder).is_dir():
-        sys.exit(f"spinquant run: {model.path} carries no tokenizer and names no folder here; pass --tokenizer")
+        raise ValueError(f"{model.path} carries no tokenizer and names no folder here; pass --tokenizer")
     return AutoTokenizer.from_pretrained(folder)
 
 
 def run_main(a: argparse.Namespace) -> int:
-    from spinquant.export.runtime import PteModel, RuntimeLoadError, set_threads
+    from spinquant.export.runtime import PteModel, set_threads
 
-    try:
-        model = PteModel(a.pte)
-    except RuntimeLoadError as e:
-        sys.exit(f"spinquant run: {e}")
+    model = PteModel(a.pte)
     set_threads(a.threads)
     tok = _tokenizer(model, a.tokenizer)
     prepack_s = model.prepack()

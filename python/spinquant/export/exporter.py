@@ -3,7 +3,8 @@
 torch.export (dynamic sequence length) -> to_edge (custom ops kept, out variants picked by EXIR) ->
 to_executorch (KV cache buffers updated in place). The program carries its metadata as constant methods:
 `get_max_seq_len`, `get_vocab_size`, `get_bos_id`, `get_eos_id` (ints), `spinquant_metadata` (a uint8
-tensor holding JSON: format, target, had, quant config, model identity, tokenizer ids) and, for byte-level BPE
+tensor holding JSON: format, target, had, quant config, model identity, tokenizer ids, and the checksum of the
+whole file, `spinquant.integrity`, patched in after serialization) and, for byte-level BPE
 tokenizers, `spinquant_tokenizer` (uint8: the tokenizer the C++ runner encodes prompts with,
 docs/TOKENIZER_FORMAT.md).
 """
@@ -11,9 +12,7 @@ docs/TOKENIZER_FORMAT.md).
 from __future__ import annotations
 
 import json
-import os
 import platform
-import tempfile
 import time
 import warnings
 from dataclasses import dataclass
@@ -22,6 +21,8 @@ from pathlib import Path
 import torch
 from torch.export import Dim
 
+from .. import integrity
+from ..safe_write import write_atomic
 from .exportable import ExportableDecoder, ExportError
 from .tokenizer import UnsupportedTokenizer, pack_tokenizer
 
@@ -63,6 +64,7 @@ def build_metadata(model, target: str, had: bool, quant: dict | None, tokenizer=
         "tokenizer": tok,
         "max_seq_len": max_seq_len,
         "vocab_size": model.args.vocab_size,
+        "checksum": integrity.PLACEHOLDER,
     }
 
 
@@ -136,20 +138,12 @@ def to_program(decoder: ExportableDecoder, meta: dict, xnnpack: bool = False, to
         return edge.to_executorch(ExecutorchBackendConfig(run_reinplace_pass=True, passes=[zero_init]))
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write to a temp file in the same folder, then rename (no half-written .pte)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes the file private; a .pte is a normal artifact
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def write_program(path: Path, program) -> None:
+    """Write a program atomically, its checksum patched into its metadata (when the metadata asks for one)."""
+    image = bytearray(program.buffer)
+    if f'"{integrity.PLACEHOLDER}"'.encode() in image:
+        integrity.stamp(image)
+    write_atomic(path, image)
 
 
 def export_model(
@@ -184,5 +178,5 @@ def export_model(
     meta["tokenizer"]["packed"] = blob is not None
     decoder = ExportableDecoder(model, max_seq_len).eval()
     program = to_program(decoder, meta, xnnpack=xnnpack, tokenizer_blob=blob)
-    write_atomic(path, program.buffer)
+    write_program(path, program)
     return ExportResult(path, time.perf_counter() - start, path.stat().st_size, meta)

@@ -74,6 +74,7 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
     """The C API's signatures (export/program.h)."""
     i64, ptr = ctypes.c_int64, ctypes.c_void_p
     lib.spinquant_et_log_errors_only.restype, lib.spinquant_et_log_errors_only.argtypes = None, []
+    lib.spinquant_et_verify.restype, lib.spinquant_et_verify.argtypes = ctypes.c_int, [ctypes.c_char_p]
     lib.spinquant_et_open.restype, lib.spinquant_et_open.argtypes = ptr, [ctypes.c_char_p, ctypes.c_char_p]
     lib.spinquant_et_close.restype, lib.spinquant_et_close.argtypes = None, [ptr]
     lib.spinquant_et_vocab.restype, lib.spinquant_et_vocab.argtypes = i64, [ptr]
@@ -100,7 +101,13 @@ def _read_metadata(program) -> dict:
             "this .pte has no spinquant metadata: it was not made by spinquant-export; export it with spinquant-export"
         )
     blob = program.load_method(METADATA_METHOD).execute([])[0]
-    return json.loads(bytes(blob.to(torch.uint8).tolist()).decode())
+    try:
+        meta = json.loads(bytes(blob.to(torch.uint8).tolist()).decode())
+    except ValueError as e:
+        raise RuntimeLoadError(f"the program's spinquant metadata is damaged ({e}); re-export it") from None
+    if not isinstance(meta, dict):
+        raise RuntimeLoadError("the program's spinquant metadata is damaged (not a JSON object); re-export it")
+    return meta
 
 
 def is_current(path: str | Path) -> bool:
@@ -177,11 +184,17 @@ class PteModel:
         if not path.is_file():
             raise RuntimeLoadError(f"no such .pte file: {path}; create one with `spinquant-export`")
         self._lib = load_library()
+        integrity = self._lib.spinquant_et_verify(str(path).encode())  # before anything parses the file
+        if integrity in (2, 3):
+            what = "its contents do not match its recorded checksum" if integrity == 2 else "it cannot be read"
+            raise RuntimeLoadError(f"{path} is damaged: {what}; re-export it with spinquant-export")
         try:
             self.program = _runtime().load_program(path)
         except Exception as e:  # the pybinding raises RuntimeError with an error code only
             raise RuntimeLoadError(f"{path} is not a valid ExecuTorch program (corrupt or truncated?): {e}") from e
         self.metadata = _decode_metadata(self.program)
+        if integrity == 1 and "checksum" in self.metadata:
+            raise RuntimeLoadError(f"{path} is damaged: its checksum record is unreadable; re-export it")
         if check_target and self.metadata["target"] != host_target():
             raise RuntimeLoadError(
                 f"{path} was exported for {self.metadata['target']} but this machine is {host_target()}; "
