@@ -242,7 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
         "on CPUs with AVX512_BF16)",
     )
     g.add_argument("--grad-clip", type=float, help="clip the global gradient norm of R1 and all R2 (official: 1.0)")
-    g.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where to learn (cuda: NCCL under torchrun)")
+    g.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where to learn (cuda: NCCL, torchrun)")
     p.add_argument("--out", type=Path, default=Path("rotations.safetensors"), help="rotation file to write")
     g = p.add_argument_group("distributed (under torchrun: README, 'Several processes or machines')")
     g.add_argument("--fsdp", action="store_true", help="shard the frozen weights over the ranks (FSDP2)")
