@@ -24,7 +24,8 @@ __all__ = ["CayleySGD", "orthogonality_error", "qr_retraction"]
 def orthogonality_error(x: Tensor) -> float:
     """||X^T X - I||_F in float64."""
     x64 = x.detach().to(torch.float64)
-    return torch.linalg.matrix_norm(x64.T @ x64 - torch.eye(x.shape[1], dtype=torch.float64)).item()
+    eye = torch.eye(x.shape[1], dtype=torch.float64, device=x.device)
+    return torch.linalg.matrix_norm(x64.T @ x64 - eye).item()
 
 
 def qr_retraction(x: Tensor) -> Tensor:
@@ -99,7 +100,7 @@ def _cayley(x: Tensor, w: Tensor, alpha: float, iterations: int | None) -> Tenso
     """(I - alpha/2 W)^-1 (I + alpha/2 W) X, exactly or by fixed-point iterations from X + alpha W X."""
     half = 0.5 * alpha * w
     if iterations is None:
-        eye = torch.eye(w.shape[0], dtype=w.dtype)
+        eye = torch.eye(w.shape[0], dtype=w.dtype, device=w.device)
         return torch.linalg.solve(eye - half, x + half @ x)
     y = x + alpha * (w @ x)
     for _ in range(iterations):

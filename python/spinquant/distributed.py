@@ -2,7 +2,8 @@
 gradient averaging, rank-0 state shared with every rank, and failures that name the rank and how to resume.
 
 `torchrun --nproc_per_node N [--nnodes M ...] -m spinquant optimize ...` sets RANK / WORLD_SIZE / LOCAL_RANK /
-MASTER_ADDR / MASTER_PORT; `process_group` initializes gloo from them (nothing happens without them).
+MASTER_ADDR / MASTER_PORT; `process_group` initializes the backend of the device from them (gloo for CPU
+tensors, NCCL for CUDA ones, each rank on GPU LOCAL_RANK; nothing happens without them).
 """
 
 from __future__ import annotations
@@ -19,9 +20,9 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-__all__ = ["DistributedError", "Progress", "World", "launched_by_torchrun", "process_group"]
+__all__ = ["BACKENDS", "DistributedError", "Progress", "World", "backend", "launched_by_torchrun", "process_group"]
 
-BACKEND = "gloo"  # the trainer computes on CPU; gloo runs collectives on CPU tensors
+BACKENDS = {"cpu": "gloo", "cuda": "nccl"}  # collectives on CPU tensors: gloo; on CUDA tensors: NCCL
 
 
 class DistributedError(RuntimeError):
@@ -33,14 +34,28 @@ def launched_by_torchrun() -> bool:
     return all(k in os.environ for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"))
 
 
+def backend(device: str | torch.device) -> str:
+    """The collective backend for tensors on `device`: gloo for "cpu", nccl for "cuda"."""
+    kind = torch.device(device).type
+    if kind not in BACKENDS:
+        raise ValueError(f"no collective backend for device {str(device)!r}: use cpu (gloo) or cuda (nccl)")
+    return BACKENDS[kind]
+
+
 @contextlib.contextmanager
-def process_group(timeout_s: float = 600.0) -> Iterator[World]:
-    """The process group of a torchrun job (gloo; a collective waiting `timeout_s` for a dead peer fails),
-    destroyed on exit; a single-process World when not launched by torchrun."""
+def process_group(timeout_s: float = 600.0, device: str | torch.device = "cpu") -> Iterator[World]:
+    """The process group of a torchrun job (`backend(device)`; a collective waiting `timeout_s` for a dead peer
+    fails), destroyed on exit; a single-process World when not launched by torchrun. With CUDA, each rank
+    takes GPU LOCAL_RANK."""
+    name = backend(device)
     if not launched_by_torchrun():
         yield World()
         return
-    dist.init_process_group(BACKEND, timeout=timedelta(seconds=timeout_s))
+    if name == "nccl":
+        if not torch.cuda.is_available():
+            raise ValueError("device cuda was asked for, but torch sees no CUDA GPU here; use --device cpu")
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group(name, timeout=timedelta(seconds=timeout_s))
     try:
         yield World.current()
     finally:
@@ -103,11 +118,18 @@ class World:
             g.copy_(flat[offset : offset + g.numel()].view_as(g))
             offset += g.numel()
 
+    @property
+    def device(self) -> torch.device:
+        """Where this rank's collectives run: its GPU under NCCL, else the CPU."""
+        if self.size > 1 and dist.get_backend() == "nccl":
+            return torch.device("cuda", torch.cuda.current_device())
+        return torch.device("cpu")
+
     def average(self, value: float) -> float:
         """The mean of a float over the ranks (float64)."""
         if self.size == 1:
             return value
-        t = torch.tensor([value], dtype=torch.float64)
+        t = torch.tensor([value], dtype=torch.float64, device=self.device)
         dist.all_reduce(t)
         return (t / self.size).item()
 
@@ -134,7 +156,7 @@ class World:
         except Exception as exc:
             if self.size == 1:
                 raise
-            lost = isinstance(exc, dist.DistBackendError) or "gloo" in str(exc).lower()
+            lost = isinstance(exc, dist.DistBackendError) or any(b in str(exc).lower() for b in BACKENDS.values())
             cause = "lost contact with another rank (it died or timed out)" if lost else "failed"
             raise DistributedError(
                 f"rank {self.rank} of {self.size} {cause} at step {progress.step} of {steps}: "

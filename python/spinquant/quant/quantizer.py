@@ -147,8 +147,8 @@ def _clip_candidates(best: Tensor, coarse: bool) -> list[Tensor]:
 
 def _search_rows(x: Tensor, bits: int, sym: bool, fp16_scale: bool, norm: float) -> Tensor:
     """Per-row clip ratio [R, 1] minimising the quantization error sum |q(x) - x|^norm of x [R, g]."""
-    best_err = torch.full((x.shape[0], 1), math.inf)
-    best_clip = torch.ones(x.shape[0], 1)
+    best_err = torch.full((x.shape[0], 1), math.inf, device=x.device)
+    best_clip = torch.ones(x.shape[0], 1, device=x.device)
     for coarse in (True, False):
         for clip in _clip_candidates(best_clip, coarse):
             diff = (_fake(x, bits, sym, clip, fp16_scale) - x).abs_()
