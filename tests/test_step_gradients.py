@@ -24,7 +24,7 @@ from spinquant.train import weight_clips as search_clips
 CASES = [
     ("llama", W4A4KV4, True),
     ("qwen2", W4A4KV4, False),
-    ("llama", dataclasses.replace(W4A4KV4, quantize_lm_head=True), True),  # the head rotated, quantized, in the graph
+    ("llama", dataclasses.replace(W4A4KV4, lm_head_bits=4), True),  # the head rotated, quantized, in the graph
 ]
 
 

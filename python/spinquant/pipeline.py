@@ -55,7 +55,7 @@ class Settings:
     out_dir: Path = Path("runs/default")
     recipe: str = "official"
     precisions: tuple[str, ...] = ("W4A4KV4",)
-    w_methods: tuple[str, ...] = ("rtn", "gptq")
+    w_methods: tuple[str, ...] = ("gptq",)
     device_precision: str = "W4A8KV8"  # the device recipe's row ("" to skip)
     steps: int = 24
     train_batch: int = 1
