@@ -73,8 +73,8 @@ def test_clear_errors(tiny_folder, tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["eval", "--model", str(tiny_folder), "--w-bits", "9"])
     assert "--w-bits=9" in capsys.readouterr().err
-    with pytest.raises(SystemExit):  # checked before the model loads: tmp_path holds no model
-        main(["eval", "--model", str(tmp_path), "--zeroshot-limit", "1", "--tasks", "arc_easy,lambada_openai"])
+    with pytest.raises(SystemExit):  # checked before the model loads
+        main(["eval", "--model", str(tiny_folder), "--zeroshot-limit", "1", "--tasks", "arc_easy,lambada_openai"])
     err = capsys.readouterr().err
     assert "'lambada_openai': its data" in err and "not available offline" in err and err.count("\n") == 1
 
@@ -104,8 +104,10 @@ def test_pipeline_writes_the_table(tiny_folder, tmp_path):
             "2",
             "--precisions",
             "W4A4KV4",
-            "--w-methods",
-            "rtn,gptq",
+            "--gptq",
+            "none,quarot,no_had,had",
+            "--rtn",
+            "had",
             "--gptq-samples",
             "4",
             "--gptq-seq-len",

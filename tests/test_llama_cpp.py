@@ -12,10 +12,12 @@ from spinquant.export import llama_cpp
 
 FAKE_BENCH = """#!/usr/bin/env python3
 import sys
+import time
 a = sys.argv
 p, n = int(a[a.index("-p") + 1]), int(a[a.index("-n") + 1])
 d = int(a[a.index("-d") + 1]) if "-d" in a else 0
 block = bytearray(30 << 20)  # a peak RSS the parent must see as the child's
+time.sleep(0.2)
 ns = 2_000_000 * p if p else 3_000_000 * n * (1 + d // 512)
 print('[{"n_prompt": %d, "n_gen": %d, "n_depth": %d, "avg_ns": %d}]' % (p, n, d, ns))
 """

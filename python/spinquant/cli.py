@@ -313,7 +313,7 @@ def cmd_pipeline(a: argparse.Namespace) -> None:
 
     fields = {f.name for f in dataclasses.fields(Settings)}
     given = {k: v for k, v in vars(a).items() if k in fields and v is not None}
-    for key in ("precisions", "w_methods", "zeroshot_tasks", "bench_variants"):
+    for key in ("precisions", "gptq", "rtn", "device_methods", "zeroshot_tasks", "bench_variants"):
         if key in given:
             given[key] = tuple(x for x in given[key].split(",") if x)
     run(Settings.full(**given) if a.full else Settings(**given))
@@ -411,8 +411,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--zeroshot-limit", type=int, help="zero-shot documents per task (default 100; 0 = all; -1 = skip)")
     p.add_argument("--quarot-seeds", type=int, help="random Hadamard seeds (default 3; --full 5)")
     p.add_argument("--precisions", help="comma-separated precisions of the recipe (default W4A4KV4; --full all)")
-    p.add_argument("--device-precision", help="the device recipe's row: W4A8KV8 (default), W4A4KV4 or '' to skip")
-    p.add_argument("--w-methods", help="comma-separated weight quantizers (default rtn,gptq)")
+    p.add_argument("--device-precision", help="the device recipe's rows: W4A8KV8 (default), W4A4KV4 or '' to skip")
+    methods = "none, quarot, no_had, had"
+    p.add_argument("--gptq", help=f"methods quantized with GPTQ, of {methods} (default quarot,no_had,had; --full all)")
+    p.add_argument("--rtn", help=f"methods quantized with RTN, of {methods} (default none,had; --full all)")
+    p.add_argument("--device-methods", help=f"the device rows' methods, of {methods} (default quarot,had; --full all)")
     p.add_argument("--gptq-samples", type=int, help="GPTQ calibration samples (default 32; --full 128)")
     p.add_argument("--gptq-seq-len", type=int, help="GPTQ calibration tokens per sample (default 2048)")
     p.add_argument("--zeroshot-tasks", help="comma-separated lm-eval tasks (default: the eight of the paper)")

@@ -1,9 +1,10 @@
 """The main job: learn rotations, quantize with every method, evaluate with uncertainty, print the tables.
 
 Methods (rows): fp32; no rotation; QuaRot-style random Hadamard R1/R2 with R3/R4 (several seeds);
-SpinQuant learned R1/R2 without online Hadamards (no_had) and with them (had). Each at the recipe's
-precisions and weight quantizers (RTN, GPTQ), plus the device recipe's row (what the exported program
-computes). Rotations are learned once per variant at the recipe's learning target and reused everywhere.
+SpinQuant learned R1/R2 without online Hadamards (no_had) and with them (had). Each method is quantized at
+the recipe's precisions with the weight quantizers `Settings.gptq` / `Settings.rtn` name for it, plus the
+device recipe's rows (what the exported program computes). Rotations are learned once per variant at the
+recipe's learning target and reused everywhere.
 
 Evaluation (`spinquant.eval`): perplexity on 2048-token windows of two held-out texts (wiki: the test part
 of wiki.utf8; c4: all of c4.utf8; never calibration) with 95% bootstrap intervals over windows; paired
@@ -11,6 +12,10 @@ differences of mean NLL on the same windows for the comparisons the table draws 
 no_had, GPTQ vs RTN); zero-shot accuracy through lm-evaluation-harness for fp32, the best row and the device
 row. GPTQ quantizes the weights once per rotation: its Hessians come from unquantized activations, so the
 same quantized weights serve every activation/KV setting.
+
+GPTQ at 32 x 2048 calibration tokens costs ~2.5 min a model on 2 cores, so the default job spends it where a
+comparison needs it (learned vs random, had vs no_had) and shows the rest with RTN; `--full` runs every
+method with both quantizers.
 """
 
 from __future__ import annotations
@@ -45,6 +50,7 @@ from .train import LOSS_VERSION, held_out_loss, learn_rotations
 
 console = Console()
 EVAL_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+METHODS = {"none": "no rotation", "quarot": "QuaRot", "no_had": "SpinQuant no_had", "had": "SpinQuant had"}
 
 
 @dataclass
@@ -55,8 +61,10 @@ class Settings:
     out_dir: Path = Path("runs/default")
     recipe: str = "official"
     precisions: tuple[str, ...] = ("W4A4KV4",)
-    w_methods: tuple[str, ...] = ("gptq",)
-    device_precision: str = "W4A8KV8"  # the device recipe's row ("" to skip)
+    gptq: tuple[str, ...] = ("quarot", "no_had", "had")  # METHODS quantized with GPTQ
+    rtn: tuple[str, ...] = ("none", "had")  # METHODS quantized with RTN
+    device_precision: str = "W4A8KV8"  # the device recipe's rows ("" to skip)
+    device_methods: tuple[str, ...] = ("quarot", "had")  # METHODS of the device rows (GPTQ)
     steps: int = 24
     train_batch: int = 1
     train_seq_len: int = 512
@@ -84,6 +92,9 @@ class Settings:
             train_seq_len=r.train.seq_len,
             gptq_samples=r.gptq_samples,
             gptq_seq_len=r.gptq_seq_len,
+            gptq=tuple(METHODS),
+            rtn=tuple(METHODS),
+            device_methods=tuple(METHODS),
             ppl_windows=0,
             zeroshot_limit=0,
             quarot_seeds=5,
@@ -98,9 +109,13 @@ class Settings:
             r.config(p)
         if self.device_precision:
             recipe("device").config(self.device_precision)
-        for m in self.w_methods:
-            if m not in ("rtn", "gptq"):
-                raise ValueError(f"--w-methods: unknown weight quantizer {m!r}; use rtn and/or gptq")
+        for name in ("gptq", "rtn", "device_methods"):
+            unknown = [m for m in getattr(self, name) if m not in METHODS]
+            if unknown:
+                flag = name.replace("_", "-")
+                raise ValueError(f"--{flag}: unknown method {unknown[0]!r}; choose from {', '.join(METHODS)}")
+        if not self.gptq and not self.rtn:
+            raise ValueError("--gptq and --rtn are both empty: name at least one method to quantize")
         positive = ("steps", "train_batch", "train_seq_len", "gptq_samples", "gptq_seq_len", "ppl_seq_len")
         for name in positive:
             if getattr(self, name) < 1:
@@ -234,11 +249,16 @@ def learned_rotations(base: Transformer, tokenizer, s: Settings, had: bool) -> t
 
 @dataclass
 class Variant:
-    """A rotation method: its name, one rotation per seed (None = no rotation), online Hadamards or not."""
+    """A rotation method: its METHODS key, one rotation per seed (None = no rotation), online Hadamards or not."""
 
-    method: str
+    key: str
     rotations: list
     had: bool
+
+    @property
+    def method(self) -> str:
+        seeds = len(self.rotations)
+        return f"QuaRot ({seeds} seeds)" if self.key == "quarot" and seeds > 1 else METHODS[self.key]
 
 
 class Evaluator:
@@ -264,13 +284,15 @@ class Evaluator:
         return result
 
 
-def variants(base: Transformer, learned: dict, seeds: int) -> list[Variant]:
-    return [
-        Variant("no rotation", [None], False),
-        Variant(f"QuaRot ({seeds} seeds)", [random_rotations(base.args, seed) for seed in range(seeds)], True),
-        Variant("SpinQuant no_had", [learned[False][:2]], False),
-        Variant("SpinQuant had", [learned[True][:2]], True),
-    ]
+def variants(base: Transformer, learned: dict, keys: tuple[str, ...], seeds: int) -> list[Variant]:
+    """The methods `keys` names, in METHODS order; QuaRot with `seeds` random Hadamard seeds."""
+    made = {
+        "none": lambda: Variant("none", [None], False),
+        "quarot": lambda: Variant("quarot", [random_rotations(base.args, seed) for seed in range(seeds)], True),
+        "no_had": lambda: Variant("no_had", [learned[False][:2]], False),
+        "had": lambda: Variant("had", [learned[True][:2]], True),
+    }
+    return [made[k]() for k in METHODS if k in keys]
 
 
 def weight_quantized(
@@ -289,48 +311,62 @@ def weight_quantized(
             yield cfg, quantized
 
 
-def evaluate_rows(base, learned, ev: Evaluator, s: Settings, calib, clock: Clock) -> list[Row]:
-    """Every (variant, weight quantizer, precision) row of the recipe; each rotation merged once, the weights
+class Best:
+    """The lowest-perplexity single-model row at the headline precision, with its model (for zero-shot)."""
+
+    def __init__(self):
+        self.row: Row | None = None
+        self.model: Transformer | None = None
+
+    def offer(self, row: Row, model: Transformer) -> None:
+        if len(row.nll["wiki"]) == 1 and (self.row is None or row.pooled_ppl() < self.row.pooled_ppl()):
+            self.row, self.model = row, model
+
+
+def evaluate_rows(base, learned, ev: Evaluator, s: Settings, calib, clock: Clock) -> tuple[list[Row], Best]:
+    """Every (method, weight quantizer, precision) row of the recipe; each rotation merged once, the weights
     quantized once per weight quantizer and shared by every precision."""
     r = recipe(s.recipe)
     rows: dict[tuple, Row] = {}
-    weight_cfgs = [r.config(s.precisions[0], w_method=m) for m in s.w_methods]
-    total = len(s.w_methods) * sum(len(v.rotations) for v in variants(base, learned, s.quarot_seeds))
+    best = Best()
+    todo = variants(base, learned, (*s.gptq, *s.rtn), s.quarot_seeds)
+    w_methods = {v.key: [m for m in ("rtn", "gptq") if v.key in getattr(s, m)] for v in todo}
+    total = sum(len(v.rotations) * len(w_methods[v.key]) for v in todo)
     done, start = 0, time.perf_counter()
-    for variant in variants(base, learned, s.quarot_seeds):
+    for variant in todo:
+        weight_cfgs = [r.config(s.precisions[0], w_method=m) for m in w_methods[variant.key]]
         for wcfg, model in weight_quantized(base, variant, weight_cfgs, calib, clock):
             for precision in s.precisions:
                 cfg = r.config(precision, w_method=wcfg.w_method)
                 key = (precision, wcfg.w_method, variant.method)
                 row = rows.setdefault(key, Row(variant.method, r.name, precision, wcfg.w_method))
                 t0 = time.perf_counter()
-                for domain, nll in ev.nll(attach_quantizers(copy.deepcopy(model), cfg)).items():
+                quantized = attach_quantizers(copy.deepcopy(model), cfg)
+                for domain, nll in ev.nll(quantized).items():
                     row.nll.setdefault(domain, []).append(nll)
                 row.seconds += time.perf_counter() - t0
+                if precision == s.precisions[-1]:
+                    best.offer(row, quantized)
             done += 1
             eta = (time.perf_counter() - start) / done * (total - done)
             progress = f"[{done}/{total} models, ~{eta / 60:.1f} min left]"
             console.print(f"  {wcfg.w_method:4s} {variant.method:18s} pooled ppl {row.pooled_ppl():8.2f}  {progress}")
-    order = {k: (s.precisions.index(k[0]), s.w_methods.index(k[1])) for k in rows}
-    return [rows[k] for k in sorted(rows, key=order.get)]
+    order = {k: (s.precisions.index(k[0]), ("rtn", "gptq").index(k[1])) for k in rows}
+    return [rows[k] for k in sorted(rows, key=order.get)], best
 
 
 def device_rows(base, learned, ev: Evaluator, s: Settings, calib, clock: Clock) -> list[Row]:
-    """The device recipe at `s.device_precision` (GPTQ): no rotation, QuaRot seed 0, SpinQuant had."""
+    """The device recipe at `s.device_precision` (GPTQ) for `s.device_methods` (QuaRot: seed 0); zero-shot and
+    the exported checkpoint for SpinQuant had."""
     cfg = recipe("device").config(s.device_precision)
-    chosen = [
-        Variant("no rotation", [None], False),
-        Variant("QuaRot (seed 0)", [random_rotations(base.args, 0)], True),
-        Variant("SpinQuant had", [learned[True][:2]], True),
-    ]
     rows = []
-    for variant in chosen:
-        row = Row(variant.method, "device", s.device_precision, cfg.w_method)
+    for variant in variants(base, learned, s.device_methods, 1):
+        row = Row(variant.method.replace("QuaRot", "QuaRot (seed 0)"), "device", s.device_precision, cfg.w_method)
         for _, model in weight_quantized(base, variant, [cfg], calib, clock):
             model = attach_quantizers(model, cfg)
             for domain, nll in ev.nll(model).items():
                 row.nll.setdefault(domain, []).append(nll)
-            if variant.method == "SpinQuant had":
+            if variant.key == "had":
                 row.zeroshot = ev.zeroshot(model)
                 if s.export:
                     path = s.out_dir / f"spinquant-device-{s.device_precision}-had.safetensors"
@@ -388,10 +424,11 @@ def run(s: Settings) -> list[Row]:
     ev = Evaluator(tokenizer, windows, s, clock)
     fp32 = Row("fp32", "-", "FP32", "-", {d: [n] for d, n in ev.nll(base).items()})
     console.print(f"  fp32: pooled ppl {fp32.pooled_ppl():.2f}")
-    rows = [fp32, *evaluate_rows(base, learned, ev, s, calib, clock)]
+    recipe_rows, best = evaluate_rows(base, learned, ev, s, calib, clock)
+    rows = [fp32, *recipe_rows]
     if s.device_precision:
         rows += device_rows(base, learned, ev, s, calib, clock)
-    zeroshot_rows(base, learned, rows, ev, s, calib)
+    zeroshot_rows(base, learned, rows, best, ev, s, calib)
     write_results(rows, learned, s, clock.seconds)
     if s.bench_variants:
         console.rule("decode speed through the ExecuTorch runtime (spinquant bench)")
@@ -405,21 +442,22 @@ def run(s: Settings) -> list[Row]:
     return rows
 
 
-def zeroshot_rows(base, learned, rows: list[Row], ev: Evaluator, s: Settings, calib) -> None:
-    """Zero-shot for fp32 and the best headline-precision row (every row with --full: zeroshot_limit 0)."""
-    single = [r for r in rows if r.recipe == s.recipe and r.precision == s.precisions[-1] and len(r.nll["wiki"]) == 1]
-    best = min(single, key=Row.pooled_ppl)
-    targets = rows if s.zeroshot_limit == 0 else [rows[0], best]
+def zeroshot_rows(base, learned, rows: list[Row], best: Best, ev: Evaluator, s: Settings, calib) -> None:
+    """Zero-shot for fp32 and the best headline-precision row (every row with --full: zeroshot_limit 0; those
+    rows' models are made again, QuaRot at seed 0)."""
+    targets = rows if s.zeroshot_limit == 0 else [rows[0], best.row]
     for row in targets:
-        if row.zeroshot is not None or s.zeroshot_limit < 0:
+        if row is None or row.zeroshot is not None or s.zeroshot_limit < 0:
             continue
         if row.method == "fp32":
             model = base
+        elif row is best.row:
+            model = best.model
         else:
-            variant = next(v for v in variants(base, learned, s.quarot_seeds) if v.method == row.method)
-            rotation = variant.rotations[0]  # QuaRot: seed 0
+            key = next(k for k, name in METHODS.items() if row.method.startswith(name))
+            variant = variants(base, learned, (key,), 1)[0]
             cfg = recipe(row.recipe).config(row.precision, w_method=row.w_method)
-            model = prepare(base, cfg, rotation, variant.had, calib)
+            model = prepare(base, cfg, variant.rotations[0], variant.had, calib)
         row.zeroshot = ev.zeroshot(model)
         console.print(f"  zero-shot {row.label}: {row.zeroshot_cell()}")
 

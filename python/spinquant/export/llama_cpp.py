@@ -13,6 +13,7 @@ import os
 import re
 import resource
 import subprocess
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,18 +55,38 @@ def gguf(quant: str = "Q4_0", root: Path | None = None) -> Path:
     return _need(root / f"{GGUF_STEM}.{quant}.gguf", root)
 
 
+# Runs the command and samples the high-water mark of its memory (VmHWM) until it exits, then reports it on
+# stderr. It runs in a small Python process of its own: a child copies the memory of the process it is forked
+# from until it executes the command, and Linux counts that copy into the child's ru_maxrss and, before exec,
+# into VmHWM; forked from this (large) process, the child would report this process's peak.
+_SAMPLE_PEAK = """import re, subprocess, sys, time
+child, peak = subprocess.Popen(sys.argv[1:]), 0
+while child.poll() is None:
+    try:
+        status = open(f"/proc/{child.pid}/status").read()
+        peak = max([peak, *map(int, re.findall(r"VmHWM:\\s+(\\d+) kB", status))])
+    except OSError:
+        pass
+    time.sleep(0.005)
+sys.stderr.write(f"\\npeak_rss_kib={peak}\\n")
+sys.exit(child.returncode if child.returncode >= 0 else 128 - child.returncode)
+"""
+
+
 def run_measured(cmd: list[str]) -> tuple[str, int]:
-    """(stdout, peak RSS in bytes) of a child process: its own peak, from wait4, not this process's."""
+    """(stdout, peak RSS in bytes) of a child process: its own peak, sampled every 5 ms (_SAMPLE_PEAK)."""
     with tempfile.TemporaryFile("w+") as err:
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-c", _SAMPLE_PEAK, *cmd], stdout=subprocess.PIPE, stderr=err, text=True
+        )
         out = proc.stdout.read()
         proc.stdout.close()
-        _, status, usage = os.wait4(proc.pid, 0)
-        proc.returncode = code = os.waitstatus_to_exitcode(status)
-        if code:
-            err.seek(0)
-            raise RuntimeError(f"{Path(cmd[0]).name} failed ({code}): {err.read().strip()[-500:]}")
-    return out, usage.ru_maxrss * 1024  # Linux reports KiB
+        code = proc.wait()
+        err.seek(0)
+        text, _, peak = err.read().rpartition("\npeak_rss_kib=")
+        if code or not peak:
+            raise RuntimeError(f"{Path(cmd[0]).name} failed ({code}): {text.strip()[-500:]}")
+    return out, int(peak) * 1024
 
 
 @dataclass
