@@ -168,3 +168,22 @@ def test_upper_inverse_cholesky():
     assert torch.equal(u, u.triu()) and (u.diagonal() > 0).all()
     damped = h + 0.01 * h.diagonal().mean() * torch.eye(24, dtype=torch.float64)
     torch.testing.assert_close(u.T @ u, torch.linalg.inv(damped))
+
+
+def test_bf16_calibration_forward_stays_close_to_fp32():
+    """gptq_dtype="bf16" (the official code's GPTQ runs its model in bf16) runs the calibration forward's matmuls in
+    bf16 and keeps the Hessians and the solve in fp32: it changes a few codes, and the model's outputs little."""
+    tokens = _calib(tiny_model(seed=5), 5)
+    models = {dtype: tiny_model(seed=5) for dtype in ("fp32", "bf16")}
+    for dtype, model in models.items():
+        cfg = QuantConfig(w_bits=4, w_group=32, w_method="gptq", gptq_dtype=dtype)
+        gptq_quantize_model(model, cfg, tokens, progress=False)
+    linears = zip(models["fp32"].linears(), models["bf16"].linears(), strict=True)
+    pairs = [(a.wq.codes, b.wq.codes) for (_, a), (_, b) in linears if a.wq is not None]
+    changed = sum(int((a != b).sum()) for a, b in pairs) / sum(a.numel() for a, _ in pairs)
+    assert 0 < changed < 0.1  # bf16 was in effect, and moved few codes
+    with torch.no_grad():
+        out = {dtype: model(tokens) for dtype, model in models.items()}
+    assert (out["bf16"] - out["fp32"]).norm() < 0.1 * out["fp32"].norm()
+    with pytest.raises(ValueError, match="gptq_dtype='fp16'"):
+        QuantConfig(gptq_dtype="fp16")

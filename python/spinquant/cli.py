@@ -413,9 +413,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precisions", help="comma-separated precisions of the recipe (default W4A4KV4; --full all)")
     p.add_argument("--device-precision", help="the device recipe's rows: W4A8KV8 (default), W4A4KV4 or '' to skip")
     methods = "none, quarot, no_had, had"
-    p.add_argument("--gptq", help=f"methods quantized with GPTQ, of {methods} (default quarot,no_had,had; --full all)")
-    p.add_argument("--rtn", help=f"methods quantized with RTN, of {methods} (default none,had; --full all)")
-    p.add_argument("--device-methods", help=f"the device rows' methods, of {methods} (default quarot,had; --full all)")
+    p.add_argument("--gptq", help=f"methods quantized with GPTQ, of {methods} (default quarot,had; --full all)")
+    p.add_argument("--rtn", help=f"methods quantized with RTN, of {methods} (default had; --full all)")
+    p.add_argument("--device-methods", help=f"the device rows' methods, of {methods} (default had; --full all)")
     p.add_argument("--gptq-samples", type=int, help="GPTQ calibration samples (default 32; --full 128)")
     p.add_argument("--gptq-seq-len", type=int, help="GPTQ calibration tokens per sample (default 2048)")
     p.add_argument("--zeroshot-tasks", help="comma-separated lm-eval tasks (default: the eight of the paper)")
@@ -424,6 +424,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="decode benchmark variants, '' to skip (default fp32_eager,xnnpack_8da4w,w4a8_no_had,"
         "w4a8_had,w4a4kv4_had; --full adds xnnpack_8da4w_fused)",
     )
+    p.add_argument("--bench-runs", type=int, help="decode benchmark runs a setting (default 3; --full 5)")
     p.add_argument("--seed", type=int, help="seed (default 0)")
     p.set_defaults(func=cmd_pipeline)
 

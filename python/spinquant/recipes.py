@@ -26,7 +26,7 @@ __all__ = ["RECIPES", "WEIGHT_FIELDS", "Recipe", "TrainBudget", "recipe"]
 # model (GPTQ's Hessians come from unquantized activations) serves them all.
 WEIGHT_FIELDS = (
     "w_bits", "w_group", "w_sym", "w_clip_search", "w_clip_norm", "w_method", "embed_bits", "lm_head_bits",
-    "gptq_damp", "gptq_block", "gptq_act_order",
+    "gptq_damp", "gptq_block", "gptq_act_order", "gptq_dtype",
 )  # fmt: skip
 
 
@@ -92,6 +92,7 @@ def _official(a_bits: int, kv_bits: int) -> QuantConfig:
         gptq_damp=0.01,  # process_args.py: --percdamp 0.01
         gptq_block=128,  # gptq_utils.py: blocksize 128
         gptq_act_order=False,  # process_args.py: --act_order default False
+        gptq_dtype="bf16",  # 2_eval_ptq.sh --bf16 True: ptq.py loads the model in bf16 for GPTQ's forward
     )
 
 
@@ -100,9 +101,11 @@ def _device(a_bits: int, kv_bits: int) -> QuantConfig:
     # per token over all channels, KV asymmetric per head and token; the ends as Meta's released SpinQuant
     # Llama 3.2 models: embedding int8 per row, lm_head int8 per channel with 8-bit per-token activations
     # (one int8 table when the model ties them, `quant.ends`).
+    # GPTQ's calibration forward in bf16, as the official code runs it.
     return QuantConfig(
-        w_bits=4, w_group=32, w_method="gptq", a_bits=a_bits, kv_bits=kv_bits, kv_group=0, embed_bits=8, lm_head_bits=8
-    )
+        w_bits=4, w_group=32, w_method="gptq", a_bits=a_bits, kv_bits=kv_bits, kv_group=0, embed_bits=8,
+        lm_head_bits=8, gptq_dtype="bf16",
+    )  # fmt: skip
 
 
 OFFICIAL = Recipe(

@@ -10,6 +10,7 @@ FULL_PRECISION = 16
 _BITS = (2, 3, 4, 5, 6, 7, 8, FULL_PRECISION)
 _METHODS = ("rtn", "gptq")
 EMBED_BITS = (8, FULL_PRECISION)
+GPTQ_DTYPES = ("fp32", "bf16")  # the calibration forward's matmuls (Hessians always accumulate in fp32)
 LM_HEAD_BITS = (4, 8, FULL_PRECISION)
 
 
@@ -46,6 +47,9 @@ class QuantConfig:
     int8; `lm_head_bits` 16 keeps lm_head in float, 4 quantizes it like the decoder linears (w_bits, w_group;
     activations as theirs), 8 as per-channel symmetric int8 with 8-bit per-token activations. A model with tied
     embeddings at 8 and 8 keeps one shared table (see `quant.ends`).
+
+    GPTQ: damping `gptq_damp`, lazy-update block `gptq_block`, `gptq_act_order`, and `gptq_dtype`: the
+    calibration forward's matmuls in fp32 or bf16 (the Hessians and the solve are always fp32).
     """
 
     w_bits: int = FULL_PRECISION
@@ -66,6 +70,7 @@ class QuantConfig:
     gptq_damp: float = 0.01
     gptq_block: int = 128
     gptq_act_order: bool = False
+    gptq_dtype: str = "fp32"
 
     def __post_init__(self) -> None:
         for name in ("w_bits", "a_bits", "kv_bits"):
@@ -93,6 +98,8 @@ class QuantConfig:
             raise ValueError(f"gptq_damp={damp!r} is not supported: use a float >= 0 (e.g. 0.01)")
         if isinstance(block, bool) or not isinstance(block, int) or block < 1:
             raise ValueError(f"gptq_block={block!r} is not supported: use a positive integer (e.g. 128)")
+        if self.gptq_dtype not in GPTQ_DTYPES:
+            raise ValueError(f"gptq_dtype={self.gptq_dtype!r} is not supported: use one of {', '.join(GPTQ_DTYPES)}")
         flags = ("w_sym", "w_clip_search", "a_sym", "o_proj_per_head", "kv_sym", "gptq_act_order")
         for name in flags:
             if not isinstance(getattr(self, name), bool):

@@ -171,7 +171,7 @@ def _hessian(module: nn.Module, inputs: list[Tensor]) -> Tensor:
     """H of what `module`'s weight multiplies (its input after online Hadamard / quantizer), over all batches."""
     acc = HessianAccumulator(module.in_features)
     for x in inputs:
-        acc.add(module.prepare_input(x))
+        acc.add(module.prepare_input(x.float()))
     return acc.hessian()
 
 
@@ -218,8 +218,12 @@ def gptq_quantize_model(
 
 def _quantize_block(block: nn.Module, hidden: list[Tensor], rope: tuple[Tensor, Tensor], cfg: QuantConfig) -> list:
     """GPTQ of one pre-norm block's STAGES in order, each stage's inputs computed once with the stages before it
-    already quantized (Block.forward split at the stage boundaries); returns the quantized block's outputs."""
+    already quantized (Block.forward split at the stage boundaries); returns the quantized block's outputs.
+    The forward runs its matmuls in cfg.gptq_dtype; Hessians and the solve stay in fp32."""
     attn, mlp = block.self_attn, block.mlp
+
+    def forward() -> contextlib.AbstractContextManager:
+        return torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.gptq_dtype == "bf16")
 
     def stage(names: tuple[str, ...], inputs: list[Tensor]) -> None:
         modules = [block.get_submodule(name) for name in names]
@@ -227,11 +231,15 @@ def _quantize_block(block: nn.Module, hidden: list[Tensor], rope: tuple[Tensor, 
 
     normed = [block.input_layernorm(x) for x in hidden]
     stage(STAGES[0], normed)
-    heads = [_input_of(attn.o_proj, lambda n=n: attn(n, rope)) for n in normed]
+    with forward():
+        heads = [_input_of(attn.o_proj, lambda n=n: attn(n, rope)) for n in normed]
     stage(STAGES[1], heads)
-    mid = [x + attn.o_proj(h) for x, h in zip(hidden, heads, strict=True)]
+    with forward():
+        mid = [x + attn.o_proj(h).float() for x, h in zip(hidden, heads, strict=True)]
     normed = [block.post_attention_layernorm(x) for x in mid]
     stage(STAGES[2], normed)
-    gated = [_input_of(mlp.down_proj, lambda n=n: mlp(n)) for n in normed]
+    with forward():
+        gated = [_input_of(mlp.down_proj, lambda n=n: mlp(n)) for n in normed]
     stage(STAGES[3], gated)
-    return [x + mlp.down_proj(g) for x, g in zip(mid, gated, strict=True)]
+    with forward():
+        return [x + mlp.down_proj(g).float() for x, g in zip(mid, gated, strict=True)]
