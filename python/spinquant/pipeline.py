@@ -330,7 +330,7 @@ class Best:
         self.model: Transformer | None = None
 
     def offer(self, row: Row, model: Transformer) -> None:
-        if len(row.nll["wiki"]) == 1 and (self.row is None or row.pooled_ppl() < self.row.pooled_ppl()):
+        if self.row is None or row.pooled_ppl() < self.row.pooled_ppl():
             self.row, self.model = row, model
 
 
@@ -356,7 +356,7 @@ def evaluate_rows(base, learned, ev: Evaluator, s: Settings, calib, clock: Clock
                 for domain, nll in ev.nll(quantized).items():
                     row.nll.setdefault(domain, []).append(nll)
                 row.seconds += time.perf_counter() - t0
-                if precision == s.precisions[-1]:
+                if precision == s.precisions[-1] and len(variant.rotations) == 1:  # not a mean over seeds
                     best.offer(row, quantized)
             done += 1
             eta = (time.perf_counter() - start) / done * (total - done)
