@@ -421,8 +421,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--zeroshot-tasks", help="comma-separated lm-eval tasks (default: the eight of the paper)")
     p.add_argument(
         "--bench-variants",
-        help="decode benchmark variants, '' to skip (default fp32_eager,xnnpack_8da4w,w4a8_no_had,"
-        "w4a8_had,w4a4kv4_had; --full adds xnnpack_8da4w_fused)",
+        help="decode benchmark variants, '' to skip (default fp32_eager,w4a8_no_had,w4a8_had,w4a4kv4_had; "
+        "--full all, with ExecuTorch's XNNPACK 8da4w path)",
     )
     p.add_argument("--bench-runs", type=int, help="decode benchmark runs a setting (default 3; --full 5)")
     p.add_argument("--seed", type=int, help="seed (default 0)")
