@@ -52,7 +52,7 @@ unpack_executorch() {  # unpack_executorch PLATFORM_TAG DEST: lib/, include/, sh
   local tag=$1 dest=$2 wheels=build/wheels-$1
   [ -d "$dest/executorch/lib" ] && return
   rm -rf "$wheels" "$dest"
-  "$PY" -m pip --disable-pip-version-check -q download --no-deps --platform "$tag" \
+  "$PY" -m pip --disable-pip-version-check -qq download --no-deps --platform "$tag" \
     --python-version 3.11 --only-binary=:all: executorch==1.5.1 -d "$wheels"
   "$PY" - "$dest" "$wheels"/executorch-1.5.1-*.whl <<'PYEOF'
 import sys, zipfile
@@ -66,7 +66,7 @@ PYEOF
 setup_arm_executorch() { unpack_executorch manylinux_2_28_aarch64 build/executorch-aarch64; }
 
 setup_macos() {  # zig (its clang cross-compiles for macOS) and the macOS arm64 executorch wheel
-  "$PY" -m pip --disable-pip-version-check -q install ziglang==0.17.0
+  "$PY" -m pip --disable-pip-version-check -qq install ziglang==0.17.0
   unpack_executorch macosx_14_0_arm64 build/executorch-macos-arm64
   # zig builds libc++ for the target once (minutes) and keeps it here
   export ZIG_GLOBAL_CACHE_DIR=${ZIG_GLOBAL_CACHE_DIR:-$PWD/build/zig-cache}
@@ -116,7 +116,7 @@ case "${1:-}" in
     setup_python
     setup_cross
     setup_arm_executorch
-    command -v ninja >/dev/null || "$PY" -m pip -q install ninja
+    command -v ninja >/dev/null || "$PY" -m pip --disable-pip-version-check -qq install ninja
     PATH="$VENV/bin:$PATH"
     ctest_build build/ctest-x86_64
     ctest_build build/ctest-arm64-max -DCMAKE_TOOLCHAIN_FILE=kernels/cmake/aarch64-linux-gnu.cmake
@@ -129,7 +129,7 @@ case "${1:-}" in
   device)
     shift
     setup_python
-    command -v ninja >/dev/null || "$PY" -m pip -q install ninja
+    command -v ninja >/dev/null || "$PY" -m pip --disable-pip-version-check -qq install ninja
     build_device "$@"
     ;;
   *)
