@@ -22,7 +22,7 @@ if ! built; then
   src="$DIR/src/llama_cpp_python-$VERSION"
   if [ ! -f "$src/vendor/llama.cpp/CMakeLists.txt" ]; then
     rm -rf "$DIR/src" && mkdir -p "$DIR/src"
-    "$PY" -m pip --disable-pip-version-check -q download --no-deps --no-binary :all: \
+    "$PY" -m pip --disable-pip-version-check -qq download --no-deps --no-binary :all: \
       "llama-cpp-python==$VERSION" -d "$DIR/src"
     tar -xzf "$DIR/src/llama_cpp_python-$VERSION.tar.gz" -C "$DIR/src"
   fi
