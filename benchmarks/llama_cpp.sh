@@ -26,8 +26,15 @@ if ! built; then
       "llama-cpp-python==$VERSION" -d "$DIR/src"
     tar -xzf "$DIR/src/llama_cpp_python-$VERSION.tar.gz" -C "$DIR/src"
   fi
+  # -march=native on a CPU with AMX compiles ggml's AMX matmul, which crashes llama-bench (SIGSEGV in
+  # ggml_backend_amx_mul_mat, Q4_0, Intel Xeon family 6 model 167): there, the same ISA minus AMX.
+  isa=(-DGGML_NATIVE=ON)
+  if grep -qw amx_tile /proc/cpuinfo 2>/dev/null; then
+    isa=(-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON
+      -DGGML_AVX_VNNI=ON -DGGML_AVX512=ON -DGGML_AVX512_VBMI=ON -DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON)
+  fi
   cmake -S "$src/vendor/llama.cpp" -B "$DIR/build" -G Ninja -DCMAKE_BUILD_TYPE=Release \
-    -DGGML_NATIVE=ON -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DBUILD_SHARED_LIBS=OFF >/dev/null
+    "${isa[@]}" -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DBUILD_SHARED_LIBS=OFF >/dev/null
   nice -n 10 cmake --build "$DIR/build" -j2 --target "${TOOLS[@]}" >/dev/null
   for t in "${TOOLS[@]}"; do cp "$DIR/build/bin/$t" "$DIR/bin/$t"; done
 fi
