@@ -53,3 +53,22 @@ def test_missing_build_names_the_script(tmp_path, monkeypatch):
     monkeypatch.setenv("SPINQUANT_LLAMA_CPP", str(tmp_path / "none"))
     with pytest.raises(llama_cpp.LlamaCppMissing, match=r"bash benchmarks/llama_cpp.sh .*none"):
         llama_cpp.binary("llama-bench")
+
+
+def _grow_by(n_bytes: int) -> tuple[int, int]:
+    before = llama_cpp.self_peak_rss()
+    block = bytearray(n_bytes)
+    block[::4096] = b"x" * len(block[::4096])  # touch every page
+    return before, llama_cpp.self_peak_rss()
+
+
+def test_self_peak_rss_of_a_spawned_child_is_its_own():
+    """A child spawned from a large process reports what it grew by (ru_maxrss would report the parent's peak)."""
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    ballast = bytearray(1 << 30)  # this process's peak: above the child's, so ru_maxrss would hide its growth
+    ballast[::4096] = b"x" * len(ballast[::4096])
+    with ProcessPoolExecutor(1, mp_context=mp.get_context("spawn")) as pool:
+        before, after = pool.submit(_grow_by, 100 << 20).result()
+    assert 90e6 < after - before < 200e6

@@ -140,5 +140,10 @@ def perplexity(
 
 
 def self_peak_rss() -> int:
-    """This process's peak RSS in bytes (Linux reports KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    """This process's own peak RSS in bytes: VmHWM where /proc has it (ru_maxrss would count the memory of the
+    process this one was forked from, see above), else ru_maxrss (bytes on macOS)."""
+    try:
+        status = Path("/proc/self/status").read_text()
+    except OSError:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(re.search(r"VmHWM:\s+(\d+) kB", status).group(1)) * 1024
