@@ -13,10 +13,11 @@ no_had, GPTQ vs RTN); zero-shot accuracy through lm-evaluation-harness for fp32,
 row. GPTQ quantizes the weights once per rotation: its Hessians come from unquantized activations, so the
 same quantized weights serve every activation/KV setting.
 
-Sized for 30 minutes on 2 cores, where GPTQ at 32 x 2048 calibration tokens costs ~2.5 min a model and scoring
-a model's 16 windows ~1 min, the default job draws the headline comparisons: learned vs random rotations (GPTQ,
-QuaRot over 3 seeds) at W4A4KV4 and W4A8KV8 (the device rows), and GPTQ vs RTN; `--gptq`, `--rtn` and
-`--device-methods` add no rotation and no_had (learned then), and `--full` runs every method everywhere.
+Sized for 30 minutes on 2 cores, where GPTQ at 32 x 2048 calibration tokens costs ~2 min a model and scoring
+a model's 16 windows ~1.4 min, the default job draws the headline comparisons: learned vs random rotations at
+W4A4KV4 (GPTQ, QuaRot over 3 seeds) and GPTQ vs RTN, plus the device row (W4A8KV8, learned had); `--gptq`,
+`--rtn` and `--device-methods` add no rotation, QuaRot and no_had (learned then), and `--full` runs every
+method everywhere.
 """
 
 from __future__ import annotations
