@@ -37,6 +37,9 @@
 #include <unordered_map>
 #include <vector>
 
+#include <sys/mman.h>
+#include <unistd.h>
+
 #include "spinquant/attention.h"
 #include "spinquant/elementwise.h"
 #include "spinquant/hadamard.h"
@@ -176,6 +179,23 @@ Sample sample_bytes(const Tensor& qweight, const Tensor& scales) {
   return s;
 }
 
+// Hands the pages of a prepacked weight's storage back to the system: after prepacking only its first bytes are
+// read again (sample_bytes, whose page is kept), so the program's copy need not stay resident beside the packed
+// one (60 MB of the default model). MADV_PAGEOUT never changes contents: the clean pages of the mapped program
+// are dropped and fault back in from the file if read; anonymous memory is swapped out or left alone. Linux and
+// Android (kernel 5.4 or newer; older ones ignore it); elsewhere a no-op.
+void release_storage(const Tensor& t) {
+#ifdef MADV_PAGEOUT
+  static const uintptr_t page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
+  const auto begin = reinterpret_cast<uintptr_t>(t.const_data_ptr());
+  const uintptr_t lo = (begin + page) & ~(page - 1);  // past the page of the first bytes
+  const uintptr_t hi = (begin + t.nbytes()) & ~(page - 1);
+  if (hi > lo) madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_PAGEOUT);
+#else
+  (void)t;
+#endif
+}
+
 // A call's prepacked weight and the one the call after it used last time (the next token's first linear after
 // the last one), which idle workers prefetch meanwhile.
 struct Packed {
@@ -201,6 +221,8 @@ Packed packed_for(const Tensor& qweight, const Tensor& scales, const std::option
   auto packed = std::make_shared<spinquant::int4::PackedInt4>(spinquant::int4::prepack(
       qweight.const_data_ptr<uint8_t>(), scales.const_data_ptr<uint16_t>(),
       zeros ? zeros->const_data_ptr<uint8_t>() : nullptr, N, K, group));
+  release_storage(qweight);
+  release_storage(scales);
   if (at < g_pack_order.size()) {  // same address, different bytes: another program reused the memory
     g_pack_order[at] = PackEntry{key, sample, packed};
   } else {

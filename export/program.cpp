@@ -4,6 +4,7 @@
 
 #include <executorch/extension/module/module.h>
 #include <executorch/runtime/core/exec_aten/exec_aten.h>
+#include <executorch/runtime/core/hierarchical_allocator.h>
 #include <executorch/runtime/platform/platform.h>
 #include <executorch/runtime/platform/runtime.h>
 
@@ -29,8 +30,35 @@ using executorch::aten::TensorImpl;
 using executorch::extension::Module;
 using executorch::runtime::Error;
 using executorch::runtime::EValue;
+using executorch::runtime::HierarchicalAllocator;
+using executorch::runtime::Span;
+
+namespace {
+
+// One memory-planned buffer, mapped anonymous: the kernel commits a page at its first write, so memory grows
+// with what a run touches (one row of logits when decoding) instead of the planned upper bound (logits for
+// max_seq_len rows: 113 MB of the default model's 141 MB plan). ExecuTorch's Module would zero-fill the whole
+// plan, committing every page.
+struct LazyBuffer {
+  void* data = MAP_FAILED;
+  size_t size = 0;
+  explicit LazyBuffer(size_t n) : size(n) {
+    if (n > 0) data = mmap(nullptr, n, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  }
+  LazyBuffer(const LazyBuffer&) = delete;
+  LazyBuffer& operator=(const LazyBuffer&) = delete;
+  ~LazyBuffer() {
+    if (data != MAP_FAILED) munmap(data, size);
+  }
+  bool ok() const { return size == 0 || data != MAP_FAILED; }
+};
+
+}  // namespace
 
 struct SpinquantProgram {
+  std::vector<std::unique_ptr<LazyBuffer>> buffers;  // the method's planned memory: outlives the module below
+  std::vector<Span<uint8_t>> spans;
+  std::unique_ptr<HierarchicalAllocator> planned;
   std::unique_ptr<Module> module;
   std::string method;
   int64_t vocab = 0;
@@ -71,23 +99,48 @@ __attribute__((visibility("default"))) int spinquant_et_verify(const char* path)
   close(fd);
   if (data == MAP_FAILED) return 3;
   madvise(data, size, MADV_SEQUENTIAL);
-  const auto status = spinquant::verify_artifact(static_cast<const uint8_t*>(data), size);
+  // Each window's pages are dropped once read (a read-only file mapping: they fault back in from the file), so
+  // verifying holds a few MB, not the whole program, in memory.
+  const auto page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
+  const auto release = [page](const uint8_t* window, size_t n) {
+    const uintptr_t lo = (reinterpret_cast<uintptr_t>(window) + page - 1) & ~(page - 1);
+    const uintptr_t hi = (reinterpret_cast<uintptr_t>(window) + n) & ~(page - 1);
+    if (hi > lo) madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_DONTNEED);
+  };
+  const auto status = spinquant::verify_artifact(static_cast<const uint8_t*>(data), size, release);
   munmap(data, size);
   return static_cast<int>(status);
 }
 
-__attribute__((visibility("default"))) SpinquantProgram* spinquant_et_open(const char* path, const char* method) {
+__attribute__((visibility("default"))) SpinquantProgram* spinquant_et_open(const char* path, int* error) {
   executorch::runtime::runtime_init();
   auto program = std::make_unique<SpinquantProgram>();
   program->module = std::make_unique<Module>(path, Module::LoadMode::Mmap);
-  program->method = method;
-  if (program->module->load_method(method) != Error::Ok) return nullptr;
+  const Error status = program->module->load(executorch::runtime::Program::Verification::InternalConsistency);
+  if (error != nullptr) *error = static_cast<int>(status);
+  return status == Error::Ok ? program.release() : nullptr;
+}
+
+__attribute__((visibility("default"))) int spinquant_et_load(SpinquantProgram* program, const char* method) {
   const auto meta = program->module->method_meta(method);
-  if (!meta.ok() || meta->num_outputs() < 1) return nullptr;
-  const auto out = meta->output_tensor_meta(0);
-  if (!out.ok() || out->sizes().empty()) return nullptr;
+  if (!meta.ok()) return static_cast<int>(meta.error());
+  const auto out = meta->num_outputs() > 0 ? meta->output_tensor_meta(0) : Error::InvalidProgram;
+  if (!out.ok() || out->sizes().empty()) return static_cast<int>(Error::InvalidProgram);
+  for (size_t i = 0; i < meta->num_memory_planned_buffers(); ++i) {
+    const auto size = meta->memory_planned_buffer_size(i);
+    if (!size.ok()) return static_cast<int>(size.error());
+    auto buffer = std::make_unique<LazyBuffer>(static_cast<size_t>(*size));
+    if (!buffer->ok()) return static_cast<int>(Error::MemoryAllocationFailed);
+    program->spans.emplace_back(static_cast<uint8_t*>(buffer->size ? buffer->data : nullptr), buffer->size);
+    program->buffers.push_back(std::move(buffer));
+  }
+  program->planned =
+      std::make_unique<HierarchicalAllocator>(Span<Span<uint8_t>>(program->spans.data(), program->spans.size()));
+  const Error status = program->module->load_method(method, program->planned.get());
+  if (status != Error::Ok) return static_cast<int>(status);
+  program->method = method;
   program->vocab = out->sizes()[out->sizes().size() - 1];
-  return program.release();
+  return 0;
 }
 
 __attribute__((visibility("default"))) void spinquant_et_close(SpinquantProgram* program) { delete program; }

@@ -1,4 +1,4 @@
-// C API of libspinquant_et_ops over ExecuTorch's Module: open a .pte, run forward(tokens [1, T] int64,
+// C API of libspinquant_et_ops over ExecuTorch's Module: open a .pte, load its forward, run forward(tokens [1, T] int64,
 // input_pos [T] int64, logit_rows [R] int64) -> logits [1, R, V], read its constant methods, close it; and the tokenizer a
 // program carries. The C++ runner and the Python runtime (through ctypes) both call it, so both run the same
 // decode step; the pybinding's per-call tensor handling cost ~6 % of a decode step.
@@ -25,9 +25,14 @@ void spinquant_et_clear_cache(void);
 // anything parses it: 0 verified, 1 no checksum recorded (the caller decides), 2 damaged, 3 unreadable.
 int spinquant_et_verify(const char* path);
 
-// Loads `method` of the program at `path`; NULL if it cannot (the runtime logged why: missing file, not a
-// program, or an operator this process has not registered).
-SpinquantProgram* spinquant_et_open(const char* path, const char* method);
+// Opens the program at `path` (mapped, not read); NULL if it cannot, with the runtime's error code in `*error`
+// (when not NULL): missing file, not a program, truncated.
+SpinquantProgram* spinquant_et_open(const char* path, int* error);
+
+// Loads `method` for spinquant_et_forward, its planned memory committed page by page as runs touch it. Returns 0
+// or the runtime's error code (OperatorMissing, 0x14, when an operator is not registered in this process: the
+// runtime logged which).
+int spinquant_et_load(SpinquantProgram* program, const char* method);
 
 void spinquant_et_close(SpinquantProgram* program);
 

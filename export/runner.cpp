@@ -266,10 +266,15 @@ int main(int argc, char** argv) {
                                 : "cannot be read (missing, empty or not a file)");
     return 1;
   }
-  SpinquantProgram* program = spinquant_et_open(args.model.c_str(), "forward");
+  SpinquantProgram* program = spinquant_et_open(args.model.c_str(), nullptr);
   if (program == nullptr) {
-    std::fprintf(stderr, "spinquant_runner: cannot load method 'forward' of %s (missing file, not a .pte, or "
-                         "an operator this runner lacks)\n", args.model.c_str());
+    std::fprintf(stderr, "spinquant_runner: %s is not an ExecuTorch program (corrupt or truncated?); re-export it\n",
+                 args.model.c_str());
+    return 1;
+  }
+  if (spinquant_et_load(program, "forward") != 0) {
+    std::fprintf(stderr, "spinquant_runner: cannot load method 'forward' of %s (an operator this runner lacks: see "
+                         "the log above)\n", args.model.c_str());
     return 1;
   }
   if (integrity == 1 && records_checksum(program)) {

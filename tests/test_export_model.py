@@ -4,6 +4,7 @@ compare with the eager quantized model (logits, incremental decode, greedy token
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -146,13 +147,55 @@ def test_metadata(exported):
     assert meta["target"] == host_target() and meta["max_seq_len"] == SEQ
     assert meta["had"] == any(layer.mlp.down_proj.online_had for layer in model.layers)
     assert meta["quant"]["w_bits"] == 4 and meta["model"]["fingerprint"] == model.identity["fingerprint"]
-    assert int(pte.program.load_method("get_max_seq_len").execute([])[0]) == SEQ
+    assert int(runtime._runtime().load_program(pte.path).load_method("get_max_seq_len").execute([])[0]) == SEQ
 
 
 def test_too_long_prompt_is_refused(exported):
     _, pte, _ = exported
     with pytest.raises(ValueError, match="max_seq_len"):
         list(pte.generate_ids(list(range(30)), max_new_tokens=8))
+
+
+_RSS_AFTER_A_STEP = """
+import json, re, sys
+from spinquant.export.runtime import PteModel, load_library
+
+def status():
+    text = open("/proc/self/status").read()
+    return {k: int(v) * 1024 for k, v in re.findall(r"^(RssAnon|RssFile):\\s+(\\d+)", text, re.M)}
+
+load_library()
+before = status()
+pte = PteModel(sys.argv[1])
+loaded = status()
+pte.step(list(range(8)), 0)
+print(json.dumps({"before": before, "loaded": loaded, "stepped": status()}))
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads Linux's /proc/self/status")
+def test_memory_follows_what_a_run_touches(tmp_path):
+    """A program's planned memory (logits for max_seq_len rows) is committed only where a run writes, and the
+    int4 weights' pages in the mapped file are handed back once prepacked: the process holds one copy."""
+    import json
+    import subprocess
+    import sys
+
+    cfg = QuantConfig(w_bits=4, w_group=32, a_bits=8, lm_head_bits=4)
+    shape = dict(dim=1024, hidden_dim=4096, n_heads=16, n_kv_heads=4, head_dim=64, vocab_size=4096, max_seq_len=4096)
+    model = prepare_model(tiny_model(seed=1, **shape), cfg, had=False, seed=0)
+    path = tmp_path / "wide.pte"
+    export_model(model, path, had=False, max_seq_len=4096)
+    logits_bound = runtime._runtime().load_program(path).metadata("forward").output_tensor_meta(0).nbytes()
+    int4_bytes = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear)) // 2
+    assert logits_bound == 4096 * 4096 * 4 and int4_bytes > 16e6
+    run = subprocess.run([sys.executable, "-c", _RSS_AFTER_A_STEP, str(path)], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    rss = json.loads(run.stdout.splitlines()[-1])
+    committed = rss["loaded"]["RssAnon"] - rss["before"]["RssAnon"]  # the KV cache's initial state is copied in
+    assert committed < logits_bound / 2, f"loading committed {committed / 1e6:.1f} MB of planned memory"
+    kept = rss["stepped"]["RssFile"] - rss["loaded"]["RssFile"]
+    assert kept < int4_bytes / 2, f"{kept / 1e6:.1f} MB of the file stayed resident after prepacking"
 
 
 def test_bad_paths_and_files(tmp_path, exported):

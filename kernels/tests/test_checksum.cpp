@@ -2,6 +2,7 @@
 #include <cstdio>
 #include <cstring>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "check.h"
@@ -37,6 +38,29 @@ int main() {
   file[450] = 'y';
   file[digits + 3] = 'G';
   CHECK(spinquant::verify_artifact(bytes, file.size()) == Integrity::Mismatch, "a damaged record is caught");
+  // Windows of 64 bytes with the record's tag across a window's end (at 253..259): the same answers, and every
+  // window handed back in order, in two passes (the search, then the hash).
+  std::string wide = std::string(240, 'x') + "{\"checksum\":\"xxh64:0000000000000000\"}" + std::string(300, 'y');
+  auto* wbytes = reinterpret_cast<uint8_t*>(wide.data());
+  const size_t wdigits = wide.find("xxh64:") + 6;
+  std::snprintf(hex, sizeof hex, "%016llx",
+                static_cast<unsigned long long>(spinquant::artifact_checksum(wbytes, wide.size(), wdigits)));
+  wide.replace(wdigits, 16, hex);
+  std::vector<std::pair<size_t, size_t>> windows;
+  const spinquant::Release note = [&](const uint8_t* w, size_t n) { windows.emplace_back(w - wbytes, n); };
+  CHECK(spinquant::verify_artifact(wbytes, wide.size(), note, 64) == Integrity::Verified, "verified in windows");
+  std::vector<size_t> seen;  // bytes handed back in each pass
+  size_t end = 0;
+  for (const auto& [at, n] : windows) {
+    if (at == 0) seen.push_back(0);
+    else CHECK(at >= end, "windows in order");
+    CHECK(n > 0 && n <= 64 && at + n <= wide.size(), "windows of at most 64 bytes inside the image");
+    end = at + n, seen.back() += n;
+  }
+  CHECK(seen.size() == 2 && seen[0] == 256, "the search stops at the window holding the tag");
+  CHECK(seen[1] > wide.size() - 2 * 32 - 16, "the hash reads all but the digits and two short tails");
+  wide[450] = 'z';
+  CHECK(spinquant::verify_artifact(wbytes, wide.size(), note, 64) == Integrity::Mismatch, "caught in windows");
   const std::string plain(100, 'p');
   CHECK(spinquant::verify_artifact(reinterpret_cast<const uint8_t*>(plain.data()), plain.size()) ==
             Integrity::Unrecorded, "no record");

@@ -355,8 +355,9 @@ def _decode_peak_rss(path: str, delegated: bool, ids: list[int], new_tokens: int
     """In a fresh process: (RSS high-water mark before loading the program, after prefill + decode), bytes."""
     from . import baseline
     from .llama_cpp import self_peak_rss
-    from .runtime import PteModel, set_threads
+    from .runtime import PteModel, load_library, set_threads
 
+    load_library()  # the ExecuTorch runtime with it: the process's baseline, as for XNNPACK below
     if delegated:
         baseline.load_llama_ops()
         _resize_executorch_pool(threads)

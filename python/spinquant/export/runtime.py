@@ -2,9 +2,10 @@
 
 The op library `libspinquant_et_ops.so` is loaded once, from one canonical path (beside this package's
 `__init__.py`), after the ExecuTorch runtime and before any program: loading it twice from different paths
-would abort the process ("Re-registering"). The pybinding reads a program's metadata; `forward` runs through
-the library's C API (export/program.h: ExecuTorch's Module, as in the C++ runner), which skips the pybinding's
-per-call tensor conversions (~6 % of a decode step on 2 cores).
+would abort the process ("Re-registering"). Programs are opened, read and run through the library's C API
+(export/program.h: ExecuTorch's Module, as in the C++ runner), which maps the file, commits planned memory only
+as it is touched and skips the pybinding's per-call tensor conversions (~6 % of a decode step on 2 cores); the
+pybinding (which locks a whole program in memory) only lists the registered operators.
 """
 
 from __future__ import annotations
@@ -75,7 +76,8 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
     i64, ptr = ctypes.c_int64, ctypes.c_void_p
     lib.spinquant_et_log_errors_only.restype, lib.spinquant_et_log_errors_only.argtypes = None, []
     lib.spinquant_et_verify.restype, lib.spinquant_et_verify.argtypes = ctypes.c_int, [ctypes.c_char_p]
-    lib.spinquant_et_open.restype, lib.spinquant_et_open.argtypes = ptr, [ctypes.c_char_p, ctypes.c_char_p]
+    lib.spinquant_et_open.restype, lib.spinquant_et_open.argtypes = ptr, [ctypes.c_char_p, ctypes.POINTER(ctypes.c_int)]
+    lib.spinquant_et_load.restype, lib.spinquant_et_load.argtypes = ctypes.c_int, [ptr, ctypes.c_char_p]
     lib.spinquant_et_close.restype, lib.spinquant_et_close.argtypes = None, [ptr]
     lib.spinquant_et_vocab.restype, lib.spinquant_et_vocab.argtypes = i64, [ptr]
     lib.spinquant_et_forward.restype = ctypes.c_int
@@ -95,14 +97,36 @@ def set_threads(threads: int) -> None:
     load_library().spinquant_et_set_threads(ctypes.c_int(int(threads)))
 
 
-def _read_metadata(program) -> dict:
-    if METADATA_METHOD not in program.method_names:
+def _open(path: Path) -> int:
+    """A handle of the program at `path` (mapped by the op library, not read into memory)."""
+    error = ctypes.c_int()
+    handle = load_library().spinquant_et_open(str(path).encode(), ctypes.byref(error))
+    if not handle:
+        raise RuntimeLoadError(
+            f"{path} is not a valid ExecuTorch program (corrupt or truncated?): ExecuTorch error 0x{error.value:x}"
+        )
+    return handle
+
+
+def _method_bytes(handle: int, method: str) -> bytes | None:
+    """The uint8 tensor a constant method of the program returns, or None if it has no such method."""
+    lib = load_library()
+    size = lib.spinquant_et_bytes(handle, method.encode(), None, 0)
+    if size < 0:
+        return None
+    blob = (ctypes.c_uint8 * size)()
+    lib.spinquant_et_bytes(handle, method.encode(), blob, size)
+    return bytes(blob)
+
+
+def _read_metadata(handle: int) -> dict:
+    blob = _method_bytes(handle, METADATA_METHOD)
+    if blob is None:
         raise RuntimeLoadError(
             "this .pte has no spinquant metadata: it was not made by spinquant-export; export it with spinquant-export"
         )
-    blob = program.load_method(METADATA_METHOD).execute([])[0]
     try:
-        meta = json.loads(bytes(blob.to(torch.uint8).tolist()).decode())
+        meta = json.loads(blob.decode())
     except ValueError as e:
         raise RuntimeLoadError(f"the program's spinquant metadata is damaged ({e}); re-export it") from None
     if not isinstance(meta, dict):
@@ -113,14 +137,19 @@ def _read_metadata(program) -> dict:
 def is_current(path: str | Path) -> bool:
     """True if `path` is a program this spinquant writes and can run (its format is the current one)."""
     try:
-        load_library()
-        return _read_metadata(_runtime().load_program(Path(path))).get("format") == FORMAT
-    except Exception:  # missing, truncated, not a program, or no metadata
+        handle = _open(Path(path))
+    except Exception:  # missing, truncated, not a program, or no op library
         return False
+    try:
+        return _read_metadata(handle).get("format") == FORMAT
+    except RuntimeLoadError:
+        return False
+    finally:
+        load_library().spinquant_et_close(handle)
 
 
-def _decode_metadata(program) -> dict:
-    meta = _read_metadata(program)
+def _decode_metadata(handle: int) -> dict:
+    meta = _read_metadata(handle)
     if meta.get("format") != FORMAT:
         raise RuntimeLoadError(f"unsupported .pte format {meta.get('format')!r}; re-export it with this spinquant")
     return meta
@@ -188,11 +217,8 @@ class PteModel:
         if integrity in (2, 3):
             what = "its contents do not match its recorded checksum" if integrity == 2 else "it cannot be read"
             raise RuntimeLoadError(f"{path} is damaged: {what}; re-export it with spinquant-export")
-        try:
-            self.program = _runtime().load_program(path)
-        except Exception as e:  # the pybinding raises RuntimeError with an error code only
-            raise RuntimeLoadError(f"{path} is not a valid ExecuTorch program (corrupt or truncated?): {e}") from e
-        self.metadata = _decode_metadata(self.program)
+        self._handle = _open(path)
+        self.metadata = _decode_metadata(self._handle)
         if integrity == 1 and "checksum" in self.metadata:
             raise RuntimeLoadError(f"{path} is damaged: its checksum record is unreadable; re-export it")
         if check_target and self.metadata["target"] != host_target():
@@ -200,11 +226,11 @@ class PteModel:
                 f"{path} was exported for {self.metadata['target']} but this machine is {host_target()}; "
                 f"re-export with --target {host_target()}"
             )
-        self._handle = self._lib.spinquant_et_open(str(path).encode(), b"forward")
-        if not self._handle:
+        error = self._lib.spinquant_et_load(self._handle, b"forward")
+        if error:
             raise RuntimeLoadError(
-                f"cannot load method 'forward' of {path}: an operator is missing from this runtime "
-                "(see the 'Missing operator' log line above) or the program is damaged"
+                f"cannot load method 'forward' of {path} (ExecuTorch error 0x{error:x}): an operator is missing from "
+                "this runtime (see the 'Missing operator' log line above) or the program is damaged"
             )
         self.vocab = int(self._lib.spinquant_et_vocab(self._handle))
         self._last = np.empty(self.vocab, np.float32)  # the last position's logits of a generation step
@@ -214,12 +240,8 @@ class PteModel:
 
     def tokenizer(self) -> NativeTokenizer | None:
         """The tokenizer the program carries (spinquant-export packs byte-level BPE ones), or None."""
-        size = self._lib.spinquant_et_bytes(self._handle, TOKENIZER_METHOD.encode(), None, 0)
-        if size < 0:
-            return None
-        blob = (ctypes.c_uint8 * size)()
-        self._lib.spinquant_et_bytes(self._handle, TOKENIZER_METHOD.encode(), blob, size)
-        return NativeTokenizer(bytes(blob))
+        blob = _method_bytes(self._handle, TOKENIZER_METHOD)
+        return None if blob is None else NativeTokenizer(blob)
 
     def forward(self, tokens: Tensor, input_pos: Tensor) -> Tensor:
         """Logits [1, T, V] for tokens [1, T] at positions input_pos [T]."""
@@ -313,7 +335,6 @@ class PteModel:
     def close(self) -> None:
         """Release the program and the weights the op library prepacked from it."""
         self._release()
-        self.program = None
         if _library is not None:
             _library.spinquant_et_clear_cache()
 
