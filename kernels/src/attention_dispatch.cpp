@@ -26,6 +26,13 @@ constexpr int64_t kMinWorkPerThread = int64_t{1} << 16;  // multiply-adds below 
 // rows, 0.93-0.95 at 512, 0.85-0.86 at 1000; at 1 thread, 8 chunks of 125 rows cost 15 %).
 constexpr int64_t kChunkRows = 128;
 
+// Tokens of a prefill tile: the cache rows are dequantized once for this many tokens' query heads.
+constexpr int64_t kTileTokens = 8;
+
+// The prefill tile at position k of the order the threads' contiguous ranges take: alternately from the front
+// and the back, so that each range holds early (short) and late (long) causal rows alike.
+int64_t zigzag(int64_t k, int64_t tiles) { return k % 2 == 0 ? k / 2 : tiles - 1 - k / 2; }
+
 int64_t row_chunks(int64_t jobs, int threads, int64_t min_len) {
   if (threads < 2 || jobs >= 8 * threads) return 1;
   const int64_t c = threads / std::gcd<int64_t>(jobs, threads);
@@ -210,6 +217,23 @@ void attention(const KVHeadView* heads, int64_t n_kv, const float* q, int64_t T,
   // over 2 threads, not 3 / 6 (a KV head whose heads two threads share is read by both); else (token, KV head,
   // chunk of rows), chunk-minor.
   const int64_t units = chunks == 1 ? T * n_heads : jobs * chunks;
+  if (chunks == 1 && T > 1) {  // prefill: tiles of kTileTokens tokens, one KV head a unit
+    const detail::AttendTileFn attend_tile = detail::attend_tile_kernel();
+    std::vector<int64_t> lens(static_cast<size_t>(T));
+    for (int64_t t = 0; t < T; ++t) lens[t] = pos[t] + 1;
+    const int64_t tiles = (T + kTileTokens - 1) / kTileTokens;
+    parallel_for(tiles * n_kv, nt, [&](int64_t u0, int64_t u1) {
+      thread_local std::vector<float> scratch;
+      const auto need = static_cast<size_t>(detail::tile_scratch_floats(kTileTokens * r, max_len, hd));
+      if (scratch.size() < need) scratch.resize(need);
+      for (int64_t u = u0; u < u1; ++u) {
+        const int64_t t0 = zigzag(u / n_kv, tiles) * kTileTokens, h = u % n_kv, off = t0 * row_floats + h * head_floats;
+        attend_tile(q + off, std::min(kTileTokens, T - t0), r, row_floats, lens.data() + t0, heads[h], scale, out + off,
+                    scratch.data());
+      }
+    });
+    return;
+  }
   parallel_for(units, nt, [&](int64_t u0, int64_t u1) {
     thread_local std::vector<float> scratch;  // grown once, reused by every call on this thread
     const size_t need = static_cast<size_t>(r * (max_len + hd));
@@ -262,6 +286,26 @@ void quant_kv_attention(const QuantKVCache& cache, const float* q, int64_t T, in
 }
 
 namespace detail {
+
+int64_t tile_scratch_floats(int64_t rows, int64_t len, int64_t head_dim) {
+  // queries and outputs [rows + pad][head_dim], scores [rows + pad][len + pad], a block of 2W cache rows (W <= 16
+  // floats a vector); at least attend_ref's r * (len + head_dim) for the reference tile
+  return (rows + 16) * (2 * head_dim + len + 64) + 32 * head_dim;
+}
+
+AttendTileFn attend_tile_kernel() {
+  switch (active_isa()) {
+#if defined(__x86_64__)
+    case Isa::Avx512: return attend_tile_avx512;
+    case Isa::Avx2: return attend_tile_avx2;
+#elif defined(__aarch64__)
+    case Isa::I8mm:
+    case Isa::Dotprod:
+    case Isa::Neon: return attend_tile_neon;
+#endif
+    default: return attend_tile_ref;
+  }
+}
 
 AttendFn attend_kernel() {
   switch (active_isa()) {

@@ -248,6 +248,140 @@ struct AttentionSimd {
     if constexpr (Bits == 4) from_paired(tail, r * hd, out);
   }
 
+  // ---- prefill: a tile of query rows (tokens x the query heads of one KV head) against one KV head ----
+  // Each block of kKeys cache rows is dequantized once for the whole tile, keys channel-major and values
+  // row-major in scratch, so the tile's rows multiply plain floats from L1: per token, the rows are dequantized
+  // once every kTileTokens tokens instead of once a token.
+
+  static constexpr int kTileRows = V::kScoreHeads * V::kScoreTokens / 2;  // rows per pass x 2 vectors of keys
+  static constexpr int64_t kKeys = 2 * W;
+  static_assert(kTileRows % V::kValueHeads == 0 && kTileRows <= 16 && W <= 16, "tile rows: whole value passes");
+
+  // s[i * ls + 0 .. kKeys) = scale * q_i . keys of the block kt [hd][kKeys] for kTileRows rows of q [.][hd].
+  static void score_block(const float* q, const float* kt, int64_t hd, float scale, float* s, int64_t ls) {
+    T acc[kTileRows][2];
+#pragma GCC unroll 8
+    for (int i = 0; i < kTileRows; ++i) acc[i][0] = acc[i][1] = V::zero();
+    for (int64_t d = 0; d < hd; ++d) {
+      const T k0 = V::load(kt + d * kKeys), k1 = V::load(kt + d * kKeys + W);
+#pragma GCC unroll 8
+      for (int i = 0; i < kTileRows; ++i) {
+        const T b = V::set1(q[i * hd + d]);
+        acc[i][0] = V::fma(b, k0, acc[i][0]);
+        acc[i][1] = V::fma(b, k1, acc[i][1]);
+      }
+    }
+    const T sc = V::set1(scale);
+#pragma GCC unroll 8
+    for (int i = 0; i < kTileRows; ++i) {
+      V::store(s + i * ls, V::mul(acc[i][0], sc));
+      V::store(s + i * ls + W, V::mul(acc[i][1], sc));
+    }
+  }
+
+  // o[i][d0 .. d0 + NV * W) += sum_t p[i * lp + t] * vb[t][..] over the block's nk values, RB rows.
+  template <int RB, int NV>
+  static void value_block(const float* p, int64_t lp, const float* vb, int64_t nk, int64_t hd, int64_t d0, float* o) {
+    T acc[RB][NV];
+#pragma GCC unroll 4
+    for (int i = 0; i < RB; ++i)
+#pragma GCC unroll 4
+      for (int u = 0; u < NV; ++u) acc[i][u] = V::load(o + i * hd + d0 + u * W);
+    for (int64_t t = 0; t < nk; ++t) {
+      T v[NV];
+#pragma GCC unroll 4
+      for (int u = 0; u < NV; ++u) v[u] = V::load(vb + t * hd + d0 + u * W);
+#pragma GCC unroll 4
+      for (int i = 0; i < RB; ++i) {
+        const T b = V::set1(p[i * lp + t]);
+#pragma GCC unroll 4
+        for (int u = 0; u < NV; ++u) acc[i][u] = V::fma(b, v[u], acc[i][u]);
+      }
+    }
+#pragma GCC unroll 4
+    for (int i = 0; i < RB; ++i)
+#pragma GCC unroll 4
+      for (int u = 0; u < NV; ++u) V::store(o + i * hd + d0 + u * W, acc[i][u]);
+  }
+
+  // Dequantizes cache rows [j0, j0 + nk) of tensor `which` into floats: channel-major into kt [hd][kKeys]
+  // (keys; columns past nk zero) or row-major into vb [nk][hd] (values). Paired channel order at 4 bits.
+  template <int Bits>
+  static void dequant_block(const KVHeadView& kv, int which, int64_t j0, int64_t nk, float* dst) {
+    const int64_t hd = kv.head_dim;
+    if (which == 0 && nk < kKeys)
+      for (int64_t d = 0; d < hd; ++d) std::fill(dst + d * kKeys + nk, dst + (d + 1) * kKeys, 0.0f);
+    for (int64_t t = 0; t < nk; ++t) {
+      const Row r = row<Bits>(kv, which, j0 + t);
+      for (int64_t g = 0, d = 0; g < kv.groups; ++g)
+        for (const int64_t end = d + kv.group; d < end; d += kStep<Bits> * W) {
+          T x[kStep<Bits>];
+          dequant<Bits>(r, d, g, x);
+          for (int u = 0; u < kStep<Bits>; ++u) {
+            if (which == 1) {
+              V::store(dst + t * hd + d + u * W, x[u]);
+              continue;
+            }
+            alignas(64) float lane[W];
+            V::store(lane, x[u]);
+            for (int64_t l = 0; l < W; ++l) dst[(d + u * W + l) * kKeys + t] = lane[l];
+          }
+        }
+    }
+  }
+
+  template <int Bits>
+  static void attend_tile_bits(const float* q, int64_t m, int64_t r, int64_t stride, const int64_t* lens,
+                               const KVHeadView& kv, float scale, float* out, float* scratch) {
+    const int64_t hd = kv.head_dim, rows = m * r, mp = (rows + kTileRows - 1) / kTileRows * kTileRows;
+    const int64_t len = *std::max_element(lens, lens + m), lp = (len + kKeys - 1) / kKeys * kKeys;
+    float* qt = scratch;       // [mp][hd] the tile's queries (paired at 4 bits), rows past `rows` zero
+    float* ot = qt + mp * hd;  // [mp][hd] its outputs
+    float* s = ot + mp * hd;   // [mp][lp] scores, then probabilities (zero past each row's length)
+    float* kb = s + mp * lp;   // [hd][kKeys] a block of keys, or [kKeys][hd] of values
+    for (int64_t i = 0; i < rows; ++i) {
+      const float* src = q + (i / r) * stride + (i % r) * hd;
+      if constexpr (Bits == 4) to_paired(src, hd, qt + i * hd);
+      else std::copy(src, src + hd, qt + i * hd);
+    }
+    std::fill(qt + rows * hd, qt + mp * hd, 0.0f);
+    for (int64_t j0 = 0; j0 < len; j0 += kKeys) {
+      dequant_block<Bits>(kv, 0, j0, std::min(kKeys, len - j0), kb);
+      for (int64_t i0 = 0; i0 < mp; i0 += kTileRows) score_block(qt + i0 * hd, kb, hd, scale, s + i0 * lp + j0, lp);
+    }
+    for (int64_t i = 0; i < mp; ++i) {
+      const int64_t n = i < rows ? lens[i / r] : 0;
+      if (n > 0) softmax(s + i * lp, n, nullptr);
+      std::fill(s + i * lp + n, s + (i + 1) * lp, 0.0f);
+    }
+    std::fill(ot, ot + mp * hd, 0.0f);
+    constexpr int RB = V::kValueHeads, NV = 4;
+    for (int64_t j0 = 0; j0 < len; j0 += kKeys) {
+      const int64_t nk = std::min(kKeys, len - j0);
+      dequant_block<Bits>(kv, 1, j0, nk, kb);
+      for (int64_t i0 = 0; i0 < mp; i0 += RB) {
+        int64_t d = 0;
+        for (; d + NV * W <= hd; d += NV * W) value_block<RB, NV>(s + i0 * lp + j0, lp, kb, nk, hd, d, ot + i0 * hd);
+        for (; d < hd; d += W) value_block<RB, 1>(s + i0 * lp + j0, lp, kb, nk, hd, d, ot + i0 * hd);
+      }
+    }
+    for (int64_t i = 0; i < rows; ++i) {
+      float* dst = out + (i / r) * stride + (i % r) * hd;
+      if constexpr (Bits == 4) from_paired(ot + i * hd, hd, dst);
+      else std::copy(ot + i * hd, ot + (i + 1) * hd, dst);
+    }
+  }
+
+  static void attend_tile(const float* q, int64_t m, int64_t r, int64_t stride, const int64_t* lens,
+                          const KVHeadView& kv, float scale, float* out, float* scratch) {
+    if (kv.bits == 32)
+      attend_tile_bits<32>(q, m, r, stride, lens, kv, scale, out, scratch);
+    else if (kv.bits == 8)
+      attend_tile_bits<8>(q, m, r, stride, lens, kv, scale, out, scratch);
+    else
+      attend_tile_bits<4>(q, m, r, stride, lens, kv, scale, out, scratch);
+  }
+
   static void attend(const float* q, int64_t r, const KVHeadView& kv, int64_t len, float scale, float* out,
                      float* scratch, float* stats) {
     if (kv.bits == 32)

@@ -116,6 +116,26 @@ void attend_neon(const float* q, int64_t r, const KVHeadView& kv, int64_t len, f
 #endif
 AttendFn attend_kernel();
 
+// A prefill tile: m tokens' r query heads sharing one KV head, q / out rows of token t and head i at
+// t * stride + i * head_dim; token t attends to cache rows 0 .. lens[t] - 1. scratch holds
+// tile_scratch_floats(m * r, max(lens), head_dim) floats. Implemented per ISA (the SIMD ones dequantize each
+// cache row once for the tile); the reference is attend_ref a token at a time.
+using AttendTileFn = void (*)(const float* q, int64_t m, int64_t r, int64_t stride, const int64_t* lens,
+                              const KVHeadView& kv, float scale, float* out, float* scratch);
+int64_t tile_scratch_floats(int64_t rows, int64_t len, int64_t head_dim);
+void attend_tile_ref(const float* q, int64_t m, int64_t r, int64_t stride, const int64_t* lens, const KVHeadView& kv,
+                     float scale, float* out, float* scratch);
+#if defined(__x86_64__)
+void attend_tile_avx2(const float* q, int64_t m, int64_t r, int64_t stride, const int64_t* lens,
+                      const KVHeadView& kv, float scale, float* out, float* scratch);
+void attend_tile_avx512(const float* q, int64_t m, int64_t r, int64_t stride, const int64_t* lens,
+                        const KVHeadView& kv, float scale, float* out, float* scratch);
+#elif defined(__aarch64__)
+void attend_tile_neon(const float* q, int64_t m, int64_t r, int64_t stride, const int64_t* lens,
+                      const KVHeadView& kv, float scale, float* out, float* scratch);
+#endif
+AttendTileFn attend_tile_kernel();
+
 }  // namespace detail
 
 }  // namespace spinquant

@@ -14,4 +14,10 @@ void attend_neon(const float* q, int64_t r, const KVHeadView& kv, int64_t len, f
   AttentionSimd<Neon>::attend(q, r, kv, len, scale, out, scratch, stats);
 }
 
+void attend_tile_neon(const float* q, int64_t m, int64_t r, int64_t stride, const int64_t* lens,
+                      const KVHeadView& kv, float scale, float* out, float* scratch) {
+  if (!AttentionSimd<Neon>::supported(kv)) return attend_tile_ref(q, m, r, stride, lens, kv, scale, out, scratch);
+  AttentionSimd<Neon>::attend_tile(q, m, r, stride, lens, kv, scale, out, scratch);
+}
+
 }  // namespace spinquant::detail

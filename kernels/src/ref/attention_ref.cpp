@@ -59,4 +59,9 @@ void attend_ref(const float* q, int64_t r, const KVHeadView& kv, int64_t len, fl
   }
 }
 
+void attend_tile_ref(const float* q, int64_t m, int64_t r, int64_t stride, const int64_t* lens, const KVHeadView& kv,
+                     float scale, float* out, float* scratch) {
+  for (int64_t t = 0; t < m; ++t) attend_ref(q + t * stride, r, kv, lens[t], scale, out + t * stride, scratch, nullptr);
+}
+
 }  // namespace spinquant::detail

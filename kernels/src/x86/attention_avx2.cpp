@@ -12,4 +12,10 @@ void attend_avx2(const float* q, int64_t r, const KVHeadView& kv, int64_t len, f
   AttentionSimd<Avx2>::attend(q, r, kv, len, scale, out, scratch, stats);
 }
 
+void attend_tile_avx2(const float* q, int64_t m, int64_t r, int64_t stride, const int64_t* lens,
+                      const KVHeadView& kv, float scale, float* out, float* scratch) {
+  if (!AttentionSimd<Avx2>::supported(kv)) return attend_tile_ref(q, m, r, stride, lens, kv, scale, out, scratch);
+  AttentionSimd<Avx2>::attend_tile(q, m, r, stride, lens, kv, scale, out, scratch);
+}
+
 }  // namespace spinquant::detail
