@@ -124,6 +124,7 @@ def test_pipeline_writes_the_table(tiny_folder, tmp_path):
     assert "official W4A4KV4 gptq: had vs QuaRot" in table and "SpinQuant had: GPTQ vs RTN" in table
     results = json.loads((out / "results.json").read_text())
     assert set(results["seconds"]) >= {"rotation learning", "weights gptq", "perplexity", "zero-shot"}
+    assert results["rotations"]["had"]["grad_clip"] == 1.0  # the official trainer's max_grad_norm
     scored = [r for r in results["rows"] if r["zeroshot"]]
     assert len(scored) == 3 and all(len(r["perplexity"]["wiki"]) == 1 for r in scored)  # never a mean over seeds
     assert (out / "outliers.png").stat().st_size > 0

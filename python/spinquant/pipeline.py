@@ -222,7 +222,7 @@ def learned_rotations(base: Transformer, tokenizer, s: Settings, had: bool) -> t
     name = f"rotations-{s.recipe}-{'had' if had else 'no_had'}.safetensors"
     path = s.out_dir / name
     wanted = {"recipe": s.recipe, "steps": s.steps, "batch_size": s.train_batch, "seq_len": s.train_seq_len}
-    wanted.update(lr=r.train.lr, seed=s.seed, had=had, loss_version=LOSS_VERSION)
+    wanted.update(lr=r.train.lr, grad_clip=r.train.grad_clip, seed=s.seed, had=had, loss_version=LOSS_VERSION)
     if path.exists():
         try:
             R1, R2, info = load_rotations(path, base)
@@ -242,6 +242,7 @@ def learned_rotations(base: Transformer, tokenizer, s: Settings, had: bool) -> t
         calib,
         steps=s.steps,
         lr=r.train.lr,
+        grad_clip=r.train.grad_clip,
         batch_size=s.train_batch,
         seed=s.seed,
         had=had,
