@@ -37,9 +37,7 @@
 #include <unordered_map>
 #include <vector>
 
-#include <sys/mman.h>
-#include <unistd.h>
-
+#include "pages.h"
 #include "spinquant/attention.h"
 #include "spinquant/elementwise.h"
 #include "spinquant/hadamard.h"
@@ -149,7 +147,8 @@ struct PackKeyHash {
   }
 };
 
-using Sample = std::array<uint8_t, 32>;
+constexpr size_t kSampledBytes = 16;  // of a weight and of its scales, read by every call
+using Sample = std::array<uint8_t, 2 * kSampledBytes>;
 
 struct PackEntry {
   PackKey key;
@@ -174,23 +173,21 @@ Sample sample_bytes(const Tensor& qweight, const Tensor& scales) {
   for (const Tensor* t : {&qweight, &scales}) {
     const auto* p = static_cast<const uint8_t*>(t->const_data_ptr());
     const size_t n = t->nbytes();
-    for (size_t i = 0; i < 16; ++i, ++j) s[j] = i < n ? p[i] : 0;
+    for (size_t i = 0; i < kSampledBytes; ++i, ++j) s[j] = i < n ? p[i] : 0;
   }
   return s;
 }
 
 // Hands the pages of a prepacked weight's storage back to the system: after prepacking only its first bytes are
-// read again (sample_bytes, whose page is kept), so the program's copy need not stay resident beside the packed
+// read again (sample_bytes, whose pages are kept), so the program's copy need not stay resident beside the packed
 // one (60 MB of the default model). MADV_PAGEOUT never changes contents: the clean pages of the mapped program
 // are dropped and fault back in from the file if read; anonymous memory is swapped out or left alone. Linux and
 // Android (kernel 5.4 or newer; older ones ignore it); elsewhere a no-op.
 void release_storage(const Tensor& t) {
 #ifdef MADV_PAGEOUT
-  static const uintptr_t page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
-  const auto begin = reinterpret_cast<uintptr_t>(t.const_data_ptr());
-  const uintptr_t lo = (begin + page) & ~(page - 1);  // past the page of the first bytes
-  const uintptr_t hi = (begin + t.nbytes()) & ~(page - 1);
-  if (hi > lo) madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_PAGEOUT);
+  if (t.nbytes() > kSampledBytes)
+    spinquant_et::advise_pages_within(static_cast<const uint8_t*>(t.const_data_ptr()) + kSampledBytes,
+                                      t.nbytes() - kSampledBytes, MADV_PAGEOUT);
 #else
   (void)t;
 #endif

@@ -2,6 +2,8 @@
 // runtime.
 #include "program.h"
 
+#include "pages.h"
+
 #include <executorch/extension/module/module.h>
 #include <executorch/runtime/core/exec_aten/exec_aten.h>
 #include <executorch/runtime/core/hierarchical_allocator.h>
@@ -101,11 +103,8 @@ __attribute__((visibility("default"))) int spinquant_et_verify(const char* path)
   madvise(data, size, MADV_SEQUENTIAL);
   // Each window's pages are dropped once read (a read-only file mapping: they fault back in from the file), so
   // verifying holds a few MB, not the whole program, in memory.
-  const auto page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
-  const auto release = [page](const uint8_t* window, size_t n) {
-    const uintptr_t lo = (reinterpret_cast<uintptr_t>(window) + page - 1) & ~(page - 1);
-    const uintptr_t hi = (reinterpret_cast<uintptr_t>(window) + n) & ~(page - 1);
-    if (hi > lo) madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_DONTNEED);
+  const auto release = [](const uint8_t* window, size_t n) {
+    spinquant_et::advise_pages_within(window, n, MADV_DONTNEED);
   };
   const auto status = spinquant::verify_artifact(static_cast<const uint8_t*>(data), size, release);
   munmap(data, size);

@@ -203,20 +203,11 @@ void attention(const KVHeadView* heads, int64_t n_kv, const float* q, int64_t T,
     max_len = std::max(max_len, pos[t] + 1);
   }
   if (!(scale > 0.0f)) scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(hd)));
-  const detail::AttendFn attend = detail::attend_kernel();
   const int64_t work = T * max_len * (r + 1) * hd;
   const int nt = threads > 0 ? threads
                              : static_cast<int>(std::clamp<int64_t>(work / kMinWorkPerThread, 1, hardware_threads()));
   const int64_t jobs = T * n_kv, head_floats = r * hd;
   const int64_t chunks = row_chunks(jobs, plan_threads(jobs * nt, nt), *std::min_element(pos, pos + T) + 1);
-  thread_local std::vector<float> parts;  // chunk outputs [jobs * chunks][r][hd], then their stats [..][r][2]
-  if (chunks > 1) parts.resize(static_cast<size_t>(jobs * chunks * (head_floats + 2 * r)));
-  float* const part = parts.data();  // a pointer: inside the region, `parts` would name each thread's own
-  float* const stats = part + jobs * chunks * head_floats;
-  // Units of work: query heads (token-major) when rows are not split, so that 3 KV heads' 9 query heads go 4 / 5
-  // over 2 threads, not 3 / 6 (a KV head whose heads two threads share is read by both); else (token, KV head,
-  // chunk of rows), chunk-minor.
-  const int64_t units = chunks == 1 ? T * n_heads : jobs * chunks;
   if (chunks == 1 && T > 1) {  // prefill: tiles of kTileTokens tokens, one KV head a unit
     const detail::AttendTileFn attend_tile = detail::attend_tile_kernel();
     std::vector<int64_t> lens(static_cast<size_t>(T));
@@ -234,6 +225,15 @@ void attention(const KVHeadView* heads, int64_t n_kv, const float* q, int64_t T,
     });
     return;
   }
+  const detail::AttendFn attend = detail::attend_kernel();
+  thread_local std::vector<float> parts;  // chunk outputs [jobs * chunks][r][hd], then their stats [..][r][2]
+  if (chunks > 1) parts.resize(static_cast<size_t>(jobs * chunks * (head_floats + 2 * r)));
+  float* const part = parts.data();  // a pointer: inside the region, `parts` would name each thread's own
+  float* const stats = part + jobs * chunks * head_floats;
+  // Units of work: query heads (token-major) when rows are not split (a decode step), so that 3 KV heads' 9 query
+  // heads go 4 / 5 over 2 threads, not 3 / 6 (a KV head whose heads two threads share is read by both); else (token,
+  // KV head, chunk of rows), chunk-minor.
+  const int64_t units = chunks == 1 ? T * n_heads : jobs * chunks;
   parallel_for(units, nt, [&](int64_t u0, int64_t u1) {
     thread_local std::vector<float> scratch;  // grown once, reused by every call on this thread
     const size_t need = static_cast<size_t>(r * (max_len + hd));
