@@ -86,3 +86,23 @@ def test_converted_folder_names_its_architecture(tmp_path):
     tokens = torch.randint(0, SHAPE["vocab_size"], (1, 12))
     with torch.no_grad():
         assert torch.allclose(load_transformer(tmp_path)(tokens), hf(input_ids=tokens).logits, atol=1e-5)
+
+
+def test_linears_reading_one_input_prepare_it_once(monkeypatch):
+    """q/k/v and gate/up quantize their shared input once, with the same logits as each on its own; a linear
+    whose quantizer differs prepares its own."""
+    from spinquant import model as model_module
+    from spinquant.quant.apply import attach_quantizers
+    from spinquant.quant.config import W4A4KV4
+    from spinquant.quant.quantizer import ActQuantizer
+
+    model = attach_quantizers(tiny_model(seed=3), W4A4KV4)
+    model.layers[1].self_attn.k_proj.act_quant = ActQuantizer(8)  # not shared in layer 1's attention
+    tokens = torch.randint(0, model.args.vocab_size, (2, 24), generator=torch.Generator().manual_seed(0))
+    calls = []
+    monkeypatch.setattr(ActQuantizer, "__call__", lambda self, x: calls.append(self) or self.forward(x))
+    shared = model(tokens)
+    assert len(calls) == 2 * 4 + 2 * 2 + 2  # per layer: qkv, o, gate/up, down; k and v; layer 1's k_proj alone
+    monkeypatch.setattr(model_module, "shared_input", lambda x, linears: None)
+    calls.clear()
+    assert torch.equal(model(tokens), shared) and len(calls) == 2 * 7 + 2 * 2

@@ -179,8 +179,25 @@ class QLinear(nn.Linear):
             x = self.act_quant(x)
         return x
 
-    def forward(self, x: Tensor) -> Tensor:
-        return F.linear(self.prepare_input(x), self.weight, self.bias)
+    def input_key(self) -> tuple | None:
+        """What `prepare_input` does, as a comparable key (None: `pre` makes it this layer's own)."""
+        if self.pre is not None:
+            return None
+        quant = self.act_quant  # an ActQuantizer compares by its settings, any other callable by identity
+        return self.online_had, None if quant is None else getattr(quant, "key", quant)
+
+    def forward(self, x: Tensor, prepared: Tensor | None = None) -> Tensor:
+        """y = prepare_input(x) W^T + b; `prepared` (= prepare_input(x) from a linear with the same input_key)
+        skips the preparation. Forward pre-hooks still see x first."""
+        return F.linear(self.prepare_input(x) if prepared is None else prepared, self.weight, self.bias)
+
+
+def shared_input(x: Tensor, linears: tuple[QLinear, ...]) -> Tensor | None:
+    """prepare_input(x), computed once, when every linear of `linears` prepares its input alike; else None."""
+    key = linears[0].input_key()
+    if key is None or key == (False, None) or any(m.input_key() != key for m in linears[1:]):
+        return None
+    return linears[0].prepare_input(x)
 
 
 class Attention(nn.Module):
@@ -202,9 +219,10 @@ class Attention(nn.Module):
         """Causal attention over x [B, T, dim]; a boolean `mask` [B, T, T] (True = may attend) replaces the
         causal (and sliding-window) mask."""
         b, t, _ = x.shape
-        q = self.q_proj(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
-        k = self.k_proj(x).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        v = self.v_proj(x).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        xq = shared_input(x, (self.q_proj, self.k_proj, self.v_proj))
+        q = self.q_proj(x, xq).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
+        k = self.k_proj(x, xq).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        v = self.v_proj(x, xq).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
         q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         if self.r3:
             q, k = hadamard_transform(q), hadamard_transform(k)
@@ -235,7 +253,8 @@ class MLP(nn.Module):
         self.down_proj = QLinear(args.hidden_dim, args.dim, bias=args.mlp_bias)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        xq = shared_input(x, (self.gate_proj, self.up_proj))
+        return self.down_proj(F.silu(self.gate_proj(x, xq)) * self.up_proj(x, xq))
 
 
 class Block(nn.Module):
