@@ -1,14 +1,17 @@
 """Rotation learning speed on the default model: seconds and peak RSS per 1k tokens, variants interleaved.
 
-    python benchmarks/learning_speed.py --before-src DIR [--rounds 2] [--steps 2] [--threads 2]
+    python benchmarks/learning_speed.py --before-src DIR [--prev-src DIR] [--target official] [--rounds 2]
     PYTHONPATH=DIR python benchmarks/learning_speed.py --worker "before 1x2048 fp32" --steps 1 --profile
 
 Each variant runs in a fresh process (its own peak RSS): load the model, fuse the norms, then `learn_rotations`
-at W4A4KV4 with R3/R4 for `--steps` steps, timed apart from one weight clip search (the search runs every
-`clip_every` = 8 steps). `before` imports the package from `--before-src` (e.g. the `python/` folder of an
-earlier commit: `git archive <commit> python | tar -x -C DIR`), which has no speed options; the other
-variants use this checkout. Rounds interleave the variants, so a busy machine slows all of them alike;
-the table gives the median per variant and the extrapolated 100-step x 8 x 2048-token run.
+at the learning target (`--target`: W4A4KV4, weights fake-quantized every step; or `official`, the official
+recipe's W16A4KV4) with R3/R4 for `--steps` steps, timed apart from one weight clip search (W4A4KV4 only; it
+runs every `clip_every` = 8 steps). A variant is "CODE BxT DTYPE [mbN]": CODE `before` imports the package from
+`--before-src` (e.g. the `python/` folder of an earlier commit: `git archive <commit> python | tar -x -C DIR`),
+which has no speed options, `prev` from `--prev-src` (an earlier commit that has them), `after` this checkout;
+B sequences of T tokens a step, DTYPE fp32 or bf16 (the matmuls of the loss), N sequences a micro-batch
+(default 1). Rounds interleave the variants, so a busy machine slows all of them alike; the table gives the
+median per variant and the extrapolated 100-step x 8 x 2048-token run.
 """
 
 from __future__ import annotations
@@ -25,28 +28,30 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-# A variant is "CODE BxT DTYPE": CODE before (the --before-src code, float32 only) or after (this checkout, one
-# sequence per micro-batch), B sequences of T tokens a step, DTYPE fp32 or bf16 (the matmuls of the loss).
-VARIANTS = ("before 1x1024 fp32", "after 1x1024 fp32", "after 1x1024 bf16", "after 8x2048 bf16")
+VARIANTS = ("before 1x1024 fp32", "after 1x1024 fp32", "after 1x1024 bf16", "after 8x2048 bf16 mb4")
 DTYPES = {"fp32": "float32", "bf16": "bfloat16"}
+CODES = ("before", "prev", "after")
 
 
-def parse_variant(name: str) -> tuple[str, int, int, str]:
-    """(code, sequences per step, tokens per sequence, torch dtype name) of a variant name."""
+def parse_variant(name: str) -> tuple[str, int, int, str, int]:
+    """(code, sequences per step, tokens per sequence, torch dtype name, micro-batch) of a variant name."""
     try:
-        code, shape, dtype = name.split()
+        code, shape, dtype, *micro = name.split()
         batch, seq_len = (int(n) for n in shape.split("x"))
+        micro_batch = int(micro[0].removeprefix("mb")) if micro else 1
+        if len(micro) > 1 or (micro and not micro[0].startswith("mb")):
+            raise ValueError
     except ValueError:
-        raise ValueError(f"variant {name!r} is not 'before|after BxT fp32|bf16'") from None
-    if code not in ("before", "after") or dtype not in DTYPES or (code == "before" and dtype != "fp32"):
-        raise ValueError(f"variant {name!r}: code before|after, dtype fp32|bf16 (before: fp32 only)")
-    return code, batch, seq_len, DTYPES[dtype]
+        raise ValueError(f"variant {name!r} is not 'before|prev|after BxT fp32|bf16 [mbN]'") from None
+    if code not in CODES or dtype not in DTYPES or (code == "before" and (dtype != "fp32" or micro_batch != 1)):
+        raise ValueError(f"variant {name!r}: code before|prev|after, dtype fp32|bf16 (before: fp32, mb1 only)")
+    return code, batch, seq_len, DTYPES[dtype], micro_batch
 
 
 PAPER_STEPS, PAPER_BATCH, PAPER_SEQ, CLIP_EVERY = 100, 8, 2048, 8
 
 
-def worker(name: str, steps: int, profile: bool) -> dict:
+def worker(name: str, steps: int, profile: bool, target: str) -> dict:
     """Time one variant in this process; returns its measurements (`profile`: prints torch.profiler's top ops)."""
     import torch
     from torch.profiler import ProfilerActivity
@@ -57,18 +62,24 @@ def worker(name: str, steps: int, profile: bool) -> dict:
     from spinquant.rotation import fuse_norms, random_rotations
     from spinquant.train import learn_rotations, quantized_for_training, weight_clips
 
-    code, batch, seq_len, dtype = parse_variant(name)
+    code, batch, seq_len, dtype, micro_batch = parse_variant(name)
+    if target == "official":
+        from spinquant.recipes import recipe
+
+        cfg = recipe("official").learn
+    else:
+        cfg = W4A4KV4
     base, tokenizer = load_model()
     model = fuse_norms(base)
     calib = calibration_samples(tokenizer, batch * steps, seq_len, seed=0)
-    with quantized_for_training(model, W4A4KV4, True):
+    with quantized_for_training(model, cfg, True):
         start, cpu = time.perf_counter(), time.process_time()
-        weight_clips(model, W4A4KV4, *random_rotations(model.args, 0), True)
+        weight_clips(model, cfg, *random_rotations(model.args, 0), True)
         search_s, search_cpu = time.perf_counter() - start, time.process_time() - cpu
-    speed = {} if code == "before" else {"micro_batch": 1, "compute_dtype": getattr(torch, dtype)}
+    speed = {} if code == "before" else {"micro_batch": micro_batch, "compute_dtype": getattr(torch, dtype)}
     start, cpu = time.perf_counter(), time.process_time()
     with torch.profiler.profile(activities=[ProfilerActivity.CPU]) if profile else contextlib.nullcontext() as prof:
-        _, _, history = learn_rotations(model, W4A4KV4, calib, steps=steps, batch_size=batch, progress=False, **speed)
+        _, _, history = learn_rotations(model, cfg, calib, steps=steps, batch_size=batch, progress=False, **speed)
     learn_s, learn_cpu = time.perf_counter() - start, time.process_time() - cpu
     if profile:
         print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=20), file=sys.stderr)
@@ -85,10 +96,11 @@ def worker(name: str, steps: int, profile: bool) -> dict:
     }
 
 
-def run_variant(name: str, steps: int, threads: int, before_src: Path) -> dict:
-    src = before_src if parse_variant(name)[0] == "before" else HERE.parent / "python"
+def run_variant(name: str, steps: int, threads: int, sources: dict[str, Path], target: str) -> dict:
+    src = sources[parse_variant(name)[0]]
     env = {**os.environ, "PYTHONPATH": str(src), "OMP_NUM_THREADS": str(threads), "HF_HUB_OFFLINE": "1"}
     cmd = [sys.executable, __file__, "--worker", name, "--steps", str(steps), "--threads", str(threads)]
+    cmd += ["--target", target]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
     if out.returncode:
         raise RuntimeError(f"{name} failed:\n{out.stderr[-3000:]}")
@@ -105,7 +117,9 @@ def paper_minutes(step_s: float, search_s: float, tokens: int) -> float:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--before-src", type=Path, help="python/ folder of the code to compare against")
-    p.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated 'before|after BxT fp32|bf16'")
+    p.add_argument("--prev-src", type=Path, help="python/ folder of an earlier code that has the speed options")
+    p.add_argument("--target", choices=("W4A4KV4", "official"), default="W4A4KV4", help="what the loss quantizes")
+    p.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated 'before|prev|after BxT DTYPE [mbN]'")
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--steps", type=int, default=2)
     p.add_argument("--threads", type=int, default=2)
@@ -117,19 +131,23 @@ def main() -> None:
         import torch
 
         torch.set_num_threads(a.threads)
-        print(json.dumps(worker(a.worker, a.steps, a.profile)))
+        print(json.dumps(worker(a.worker, a.steps, a.profile, a.target)))
         return
     names = [n for n in a.variants.split(",") if n]
     try:
         codes = [parse_variant(n)[0] for n in names]
     except ValueError as err:
         p.error(str(err))
-    if "before" in codes and a.before_src is None:
-        p.error("the 'before' variant needs --before-src (the python/ folder of the earlier code)")
+    sources = {"before": a.before_src, "prev": a.prev_src, "after": HERE.parent / "python"}
+    for code in set(codes) - {"after"}:
+        if sources[code] is None:
+            p.error(f"the '{code}' variants need --{code}-src (the python/ folder of the earlier code)")
+    if "before" in codes and a.target != "W4A4KV4":
+        p.error("the 'before' code learns at --target W4A4KV4 only (it has no per-head o_proj quantizer)")
     rows: dict[str, list[dict]] = {n: [] for n in names}
     for r in range(a.rounds):
         for name in names:
-            row = run_variant(name, a.steps, a.threads, a.before_src)
+            row = run_variant(name, a.steps, a.threads, sources, a.target)
             rows[name].append(row)
             print(f"round {r}: {json.dumps(row)}", flush=True)
     if a.out:
@@ -145,7 +163,7 @@ def main() -> None:
         keys = ("step_s", "s_per_1k_tokens", "search_s", "cpu_s_per_1k_tokens")
         med = {k: statistics.median(x[k] for x in rows[name]) for k in keys}
         rss = max(x["peak_rss_gb"] for x in rows[name])
-        _, batch, seq_len, _ = parse_variant(name)
+        _, batch, seq_len, _, _ = parse_variant(name)
         minutes = paper_minutes(med["step_s"], med["search_s"], batch * seq_len)
         print(
             f"| {name} | {med['step_s']:.1f} | {med['s_per_1k_tokens']:.2f} | {base / med['s_per_1k_tokens']:.2f} "

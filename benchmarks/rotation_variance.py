@@ -92,6 +92,16 @@ def plot(random_ppl, marked, random_sqnr, marked_sqnr, path: Path, title: str) -
     plt.close(fig)
 
 
+def reusable_seeds(path: Path, results: dict) -> dict[int, dict]:
+    """The random seeds' rows of an earlier run at the same settings and windows, by seed ({} if none)."""
+    if not path.is_file():
+        return {}
+    earlier = json.loads(path.read_text())
+    if (earlier.get("config"), earlier.get("windows")) != (results["config"], results["windows"]):
+        return {}
+    return {r["seed"]: r for r in earlier["random"]}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seeds", type=int, default=20)
@@ -99,13 +109,20 @@ def main() -> None:
     p.add_argument("--windows", type=int, default=4, help="2048-token windows per held-out text")
     p.add_argument("--precision", default="W4A4KV4")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    p.add_argument(
+        "--reuse-seeds", action="store_true", help="take the random seeds' figures from --out's JSON when it matches"
+    )
     a = p.parse_args()
     base, tokenizer = load_model(None)
     windows = {d: heldout_windows(tokenizer, d, 2048, a.windows) for d in HELDOUT_DOMAINS}
     cfg = recipe("official").config(a.precision, w_method="rtn")
     files = dict(item.split("=", 1) for item in a.rotation)
     results = {"config": str(cfg), "windows": {d: list(w.shape) for d, w in windows.items()}, "random": []}
+    earlier = reusable_seeds(a.out / "rotation-variance.json", results) if a.reuse_seeds else {}
     for seed in range(a.seeds):
+        if seed in earlier:
+            results["random"].append(earlier[seed])
+            continue
         model = prepare(base, cfg, random_rotations(base.args, seed), True, None)
         ppl, sqnr = pooled_ppl_and_sqnr(model, windows)
         results["random"].append({"seed": seed, "ppl": ppl, "sqnr_db": sqnr})

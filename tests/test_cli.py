@@ -79,7 +79,42 @@ def test_clear_errors(tiny_folder, tmp_path, capsys):
     assert "'lambada_openai': its data" in err and "not available offline" in err and err.count("\n") == 1
 
 
-def test_pipeline_writes_the_table(tiny_folder, tmp_path):
+def ship_rotations(folder, shipped_dir, monkeypatch, name: str = "tiny-official-had") -> None:
+    """Learn a short official-recipe had rotation for `folder` into `shipped_dir` and ship it from there."""
+    from spinquant.rotation import shipped
+
+    out = shipped_dir / f"{name}.safetensors"
+    main(["optimize", "--model", str(folder), "--recipe", "official"] + SHORT + ["--out", str(out)])
+    monkeypatch.setattr(shipped, "SHIPPED_DIR", shipped_dir)
+
+
+SHORT = ["--steps", "2", "--batch-size", "1", "--seq-len", "32"]
+
+
+def test_shipped_rotations_by_name(tiny_folder, tmp_path, monkeypatch, capsys):
+    """A shipped rotation lists with its provenance, loads by its short name, and is refused for another model."""
+    from spinquant.checkpoint import IncompatibleFileError, load_rotations
+    from spinquant.model import tiny_model
+    from spinquant.rotation.shipped import shipped_path
+
+    ship_rotations(tiny_folder, tmp_path, monkeypatch)
+    capsys.readouterr()
+    main(["rotations"])
+    listed = capsys.readouterr().out
+    assert listed.startswith("tiny-official-had: ") and "recipe official, had, 2 x 1 x 32 tokens" in listed
+    assert "spinquant optimize --model" in listed and " UTC" in listed
+    main(["eval", "--model", str(tiny_folder), "--rotation", "tiny-official-had", "--ppl-windows", "1"])
+    main(["eval", "--model", str(tiny_folder), "--ppl-windows", "1", "--ppl-seq-len", "32", "--zeroshot-limit", "-1"])
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        main(["eval", "--model", str(tiny_folder), "--rotation", "tiny-official-nope"])
+    assert "no such file; shipped rotations: tiny-official-had" in capsys.readouterr().err
+    with pytest.raises(IncompatibleFileError, match="was made for model"):
+        load_rotations(shipped_path("tiny-official-had"), tiny_model(seed=1))
+
+
+def test_pipeline_writes_the_table(tiny_folder, tmp_path, monkeypatch):
+    ship_rotations(tiny_folder, tmp_path / "shipped", monkeypatch)
     out = tmp_path / "run"
     main(
         [
@@ -105,7 +140,7 @@ def test_pipeline_writes_the_table(tiny_folder, tmp_path):
             "--precisions",
             "W4A4KV4",
             "--gptq",
-            "none,quarot,no_had,had",
+            "none,quarot,no_had,had,shipped",
             "--rtn",
             "had",
             "--gptq-samples",
@@ -122,9 +157,12 @@ def test_pipeline_writes_the_table(tiny_folder, tmp_path):
     assert "| device | W4A8KV8 | gptq | SpinQuant had |" in table
     assert "±" in table  # QuaRot over two seeds: mean ± std
     assert "official W4A4KV4 gptq: had vs QuaRot" in table and "SpinQuant had: GPTQ vs RTN" in table
+    assert "| SpinQuant had, shipped |" in table and "gptq: shipped vs had (this job)" in table
+    assert "gptq: shipped vs QuaRot's best seed (" in table and "gptq: had vs QuaRot's best seed (" in table
     results = json.loads((out / "results.json").read_text())
     assert set(results["seconds"]) >= {"rotation learning", "weights gptq", "perplexity", "zero-shot"}
     assert results["rotations"]["had"]["grad_clip"] == 1.0  # the official trainer's max_grad_norm
+    assert results["rotations"]["shipped"]["name"] == "tiny-official-had"
     scored = [r for r in results["rows"] if r["zeroshot"]]
     assert len(scored) == 3 and all(len(r["perplexity"]["wiki"]) == 1 for r in scored)  # never a mean over seeds
     assert (out / "outliers.png").stat().st_size > 0

@@ -6,11 +6,15 @@ import argparse
 import dataclasses
 import json
 import os
+import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
+
+from .rotation.shipped import rotation_source
 
 if TYPE_CHECKING:
     from .distributed import World
@@ -96,7 +100,11 @@ def gptq_calibration(a: argparse.Namespace, tokenizer):
 def add_rotation_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("rotation")
     src = g.add_mutually_exclusive_group()
-    src.add_argument("--rotation", type=Path, help="rotation file from `spinquant optimize`")
+    src.add_argument(
+        "--rotation",
+        type=rotation_source,
+        help="rotation file from `spinquant optimize`, or a shipped one by name (`spinquant rotations`)",
+    )
     src.add_argument("--random-hadamard", type=int, metavar="SEED", help="random Hadamard R1/R2 (QuaRot-style)")
     g.add_argument(
         "--had",
@@ -196,10 +204,14 @@ def optimize(a: argparse.Namespace, world: World) -> None:
         compute_dtype=dtype,
         device=a.device,
         grad_clip=a.grad_clip,
+        keep_states=a.keep_states,
     )
     if not world.is_main:
         return
     info = {
+        "command": " ".join(["spinquant", *a.argv]),
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "commit": source_commit(),
         "recipe": a.recipe,
         "steps": a.steps,
         "seq_len": a.seq_len,
@@ -212,9 +224,35 @@ def optimize(a: argparse.Namespace, world: World) -> None:
         "config": cfg.to_dict(),
         "loss_first": history[0],
         "loss_last": history[-1],
+        "losses": history,
     }
     save_rotations(a.out, base, R1, R2, info)
     print(f"wrote {a.out} (loss {history[0]:.4f} -> {history[-1]:.4f})")
+
+
+def source_commit() -> str | None:
+    """The git commit of the spinquant source that runs (None when installed from a wheel)."""
+    here = Path(__file__).parent
+    try:
+        out = subprocess.run(["git", "-C", str(here), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    except OSError:
+        return None
+    return out.stdout.strip() or None
+
+
+def cmd_rotations(a: argparse.Namespace) -> None:
+    """Print each shipped rotation: its name, model, recipe, budget, held-out loss and provenance."""
+    from .checkpoint import read_rotations
+    from .rotation.shipped import shipped_names, shipped_path
+
+    for name in shipped_names():
+        _, _, meta = read_rotations(shipped_path(name))
+        model, info = json.loads(meta["model"]), json.loads(meta["info"])
+        budget = f"{info['steps']} x {info['batch_size']} x {info['seq_len']} tokens"
+        held = info.get("heldout_loss")
+        held = f", held-out loss {held['start']:.4f} -> {held['learned']:.4f}" if held else ""
+        print(f"{name}: {model.get('name')}, recipe {info['recipe']}, {'had' if info['had'] else 'no_had'}, {budget}")
+        print(f"  {info.get('command')} (commit {info.get('commit')}, {info.get('date')}){held}")
 
 
 def cmd_memory(a: argparse.Namespace) -> None:
@@ -336,6 +374,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, help="learning rate (default 1.5 as the paper, cosine schedule)")
     p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True, help="resume an interrupted run")
     p.add_argument("--checkpoint-every", type=int, default=10, help="save the resumable state every N steps")
+    p.add_argument(
+        "--keep-states", action="store_true", help="keep every saved state as <resume file>.<step> (loss curves)"
+    )
     g = p.add_argument_group("speed (results: benchmarks/results/learning-speed.md)")
     g.add_argument("--micro-batch", type=int, default=1, help="sequences per forward/backward (gradients accumulate)")
     g.add_argument(
@@ -353,6 +394,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--dist-timeout", type=float, default=600.0, help="seconds a collective waits for a silent rank before failing"
     )
     p.set_defaults(func=cmd_optimize)
+
+    p = sub.add_parser("rotations", help="list the rotations shipped with the package (use them as --rotation NAME)")
+    p.set_defaults(func=cmd_rotations)
 
     p = sub.add_parser("memory", help="estimated peak memory per rank of `optimize`, data parallel and --fsdp")
     p.add_argument(
@@ -412,9 +456,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quarot-seeds", type=int, help="random Hadamard seeds (default 3; --full 5)")
     p.add_argument("--precisions", help="comma-separated precisions of the recipe (default W4A4KV4; --full all)")
     p.add_argument("--device-precision", help="the device recipe's rows: W4A8KV8 (default), W4A4KV4 or '' to skip")
-    methods = "none, quarot, no_had, had"
-    p.add_argument("--gptq", help=f"methods quantized with GPTQ, of {methods} (default quarot,had; --full all)")
-    p.add_argument("--rtn", help=f"methods quantized with RTN, of {methods} (default had; --full all)")
+    methods = "none, quarot, no_had, had (learned by the job), shipped (`spinquant rotations`)"
+    p.add_argument("--gptq", help=f"methods quantized with GPTQ, of {methods} (default quarot,had,shipped)")
+    p.add_argument("--rtn", help=f"methods quantized with RTN, of {methods} (default none; --full all)")
     p.add_argument("--device-methods", help=f"the device rows' methods, of {methods} (default had; --full all)")
     p.add_argument("--gptq-samples", type=int, help="GPTQ calibration samples (default 32; --full 128)")
     p.add_argument("--gptq-seq-len", type=int, help="GPTQ calibration tokens per sample (default 2048)")
@@ -471,6 +515,7 @@ def main(argv: list[str] | None = None) -> None:
     from .validate import check_command
 
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     debug = args.debug or os.environ.get("SPINQUANT_DEBUG", "") not in ("", "0")
     try:
         check_command(args)

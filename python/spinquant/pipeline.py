@@ -14,10 +14,11 @@ row. GPTQ quantizes the weights once per rotation: its Hessians come from unquan
 same quantized weights serve every activation/KV setting.
 
 Sized for 30 minutes on 2 cores, where GPTQ at 32 x 2048 calibration tokens costs ~2 min a model and scoring
-a model's 16 windows ~1.4 min, the default job draws the headline comparisons: learned vs random rotations at
-W4A4KV4 (GPTQ, QuaRot over 3 seeds) and GPTQ vs RTN, plus the device row (W4A8KV8, learned had); `--gptq`,
-`--rtn` and `--device-methods` add no rotation, QuaRot and no_had (learned then), and `--full` runs every
-method everywhere.
+a model's 16 windows ~1.2 min, the default job draws the headline comparisons at W4A4KV4 with GPTQ: the
+package's paper-scale rotations ("shipped", `spinquant rotations`) and the job's own short run ("had") against
+random Hadamard ones (QuaRot over 3 seeds: their mean and their best seed), plus the device row (W4A8KV8,
+learned had); `--gptq`, `--rtn` and `--device-methods` add no rotation, QuaRot, no_had (learned then) and RTN
+rows, and `--full` runs every method everywhere.
 """
 
 from __future__ import annotations
@@ -48,11 +49,18 @@ from .quant.apply import attach_quantizers, quantize_weights
 from .quant.config import QuantConfig
 from .recipes import recipe
 from .rotation import apply_rotations, fuse_norms, random_rotations, set_online_hadamards
+from .rotation.shipped import find_shipped, shipped_path
 from .train import LOSS_VERSION, held_out_loss, learn_rotations
 
 console = Console()
 EVAL_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
-METHODS = {"none": "no rotation", "quarot": "QuaRot", "no_had": "SpinQuant no_had", "had": "SpinQuant had"}
+METHODS = {
+    "none": "no rotation",
+    "quarot": "QuaRot",
+    "no_had": "SpinQuant no_had",
+    "had": "SpinQuant had",  # learned by this job (Settings.steps x train_batch x train_seq_len)
+    "shipped": "SpinQuant had, shipped",  # learned at paper scale, shipped in the package (`spinquant rotations`)
+}
 
 
 @dataclass
@@ -63,8 +71,8 @@ class Settings:
     out_dir: Path = Path("runs/default")
     recipe: str = "official"
     precisions: tuple[str, ...] = ("W4A4KV4",)
-    gptq: tuple[str, ...] = ("quarot", "had")  # METHODS quantized with GPTQ
-    rtn: tuple[str, ...] = ("had",)  # METHODS quantized with RTN
+    gptq: tuple[str, ...] = ("quarot", "had", "shipped")  # METHODS quantized with GPTQ
+    rtn: tuple[str, ...] = ()  # METHODS quantized with RTN (`--rtn had` adds GPTQ vs RTN)
     device_precision: str = "W4A8KV8"  # the device recipe's rows ("" to skip)
     device_methods: tuple[str, ...] = ("had",)  # METHODS of the device rows (GPTQ)
     steps: int = 24
@@ -171,6 +179,17 @@ class Row:
             return f"{values[0]:.2f} [{lo:.2f}, {hi:.2f}]"
         return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f} ({min(values):.2f}-{max(values):.2f})"
 
+    @property
+    def seeds(self) -> int:
+        return len(next(iter(self.nll.values())))
+
+    def best_seed(self) -> Row:
+        """The seed with the lowest pooled mean NLL, as a one-model row."""
+        pooled = [np.mean([self.nll[d][i].mean() for d in self.nll]) for i in range(self.seeds)]
+        i = int(np.argmin(pooled))
+        name = f"{self.method.split(' (')[0]}'s best seed ({i})"
+        return Row(name, self.recipe, self.precision, self.w_method, {d: [n[i]] for d, n in self.nll.items()})
+
     def pooled_ppl(self) -> float:
         return float(np.exp(np.mean([self.mean_nll(d).mean() for d in self.nll])))
 
@@ -223,6 +242,7 @@ def learned_rotations(base: Transformer, tokenizer, s: Settings, had: bool) -> t
     path = s.out_dir / name
     wanted = {"recipe": s.recipe, "steps": s.steps, "batch_size": s.train_batch, "seq_len": s.train_seq_len}
     wanted.update(lr=r.train.lr, grad_clip=r.train.grad_clip, seed=s.seed, had=had, loss_version=LOSS_VERSION)
+    wanted.update(train_dtype="bf16")  # as the official trainer; bf16 matmuls, float32 quantizer scales
     if path.exists():
         try:
             R1, R2, info = load_rotations(path, base)
@@ -248,6 +268,7 @@ def learned_rotations(base: Transformer, tokenizer, s: Settings, had: bool) -> t
         had=had,
         checkpoint_path=s.out_dir / f".{name}.resume",
         progress=True,
+        compute_dtype=torch.bfloat16,
     )
     info = {
         **wanted,
@@ -260,6 +281,25 @@ def learned_rotations(base: Transformer, tokenizer, s: Settings, had: bool) -> t
     }
     save_rotations(path, base, R1, R2, info)
     return R1, R2, info
+
+
+SHIPPED_FIELDS = ("gptq", "rtn", "device_methods")
+
+
+def shipped_rotations(base: Transformer, recipe_name: str) -> tuple | None:
+    """The package's paper-scale had rotations for `base` and the recipe, (R1, R2, info); None (said) if none."""
+    name = find_shipped(base.identity.get("fingerprint"), recipe_name, had=True)
+    if name is None:
+        console.print(f"no shipped rotations for this model and recipe {recipe_name}: the 'shipped' rows are skipped")
+        return None
+    R1, R2, info = load_rotations(shipped_path(name), base)
+    held = info.get("heldout_loss", {})
+    console.print(
+        f"shipped rotations {name}: learned {info['steps']} x {info['batch_size']} x {info['seq_len']} tokens "
+        f"({info.get('date')}, commit {info.get('commit')}), held-out loss {held.get('start', float('nan')):.3f} "
+        f"(random Hadamard) -> {held.get('learned', float('nan')):.3f}"
+    )
+    return R1, R2, {**info, "name": name}
 
 
 @dataclass
@@ -306,6 +346,7 @@ def variants(base: Transformer, learned: dict, keys: tuple[str, ...], seeds: int
         "quarot": lambda: Variant("quarot", [random_rotations(base.args, seed) for seed in range(seeds)], True),
         "no_had": lambda: Variant("no_had", [learned[False][:2]], False),
         "had": lambda: Variant("had", [learned[True][:2]], True),
+        "shipped": lambda: Variant("shipped", [learned["shipped"][:2]], True),
     }
     return [made[k]() for k in METHODS if k in keys]
 
@@ -392,15 +433,23 @@ def device_rows(base, learned, ev: Evaluator, s: Settings, calib, clock: Clock) 
 
 
 def comparisons(rows: list[Row]) -> list[tuple[str, Row, Row]]:
-    """The pairs the table draws: learned vs random, had vs no_had, learned vs none, GPTQ vs RTN."""
+    """The pairs the table draws: learned (here, and shipped) vs random (the seeds' mean, and their best seed),
+    shipped vs learned here, had vs no_had, learned vs none, GPTQ vs RTN."""
     by = {(r.recipe, r.precision, r.w_method, r.method.split(" (")[0]): r for r in rows}
     pairs = []
     for (rec, precision, w_method, method), row in by.items():
         key = (rec, precision, w_method)
-        if method == "SpinQuant had":
-            for other in ("QuaRot", "SpinQuant no_had", "no rotation"):
+        if method.startswith(METHODS["had"]):
+            name = "shipped" if method == METHODS["shipped"] else "had"
+            others = ("QuaRot", "SpinQuant no_had", "no rotation", *((METHODS["had"],) if name == "shipped" else ()))
+            for other in others:
                 if (*key, other) in by:
-                    pairs.append((f"{rec} {precision} {w_method}: had vs {other}", row, by[(*key, other)]))
+                    label = "had (this job)" if other == METHODS["had"] else other
+                    pairs.append((f"{rec} {precision} {w_method}: {name} vs {label}", row, by[(*key, other)]))
+            quarot = by.get((*key, "QuaRot"))
+            if quarot is not None and quarot.seeds > 1:
+                best = quarot.best_seed()
+                pairs.append((f"{rec} {precision} {w_method}: {name} vs {best.method}", row, best))
         if w_method == "gptq" and (rec, precision, "rtn", method) in by:
             pairs.append((f"{rec} {precision} {method}: GPTQ vs RTN", row, by[(rec, precision, "rtn", method)]))
     return pairs
@@ -435,6 +484,11 @@ def run(s: Settings) -> list[Row]:
             f"rotations {'had' if had else 'no_had'}: {info['seconds']:.0f} s, peak RSS {info['peak_rss_gb']:.2f} GB, "
             f"held-out loss {info['heldout_loss_start']:.3f} (random Hadamard) -> {info['heldout_loss_learned']:.3f}"
         )
+    if "shipped" in (*s.gptq, *s.rtn, *s.device_methods):
+        learned["shipped"] = shipped_rotations(base, s.recipe)
+        if learned["shipped"] is None:
+            del learned["shipped"]
+            s = dataclasses.replace(s, **{k: tuple(m for m in getattr(s, k) if m != "shipped") for k in SHIPPED_FIELDS})
     plot_rotation_effect(base, learned[True][:2], windows["wiki"][:1, :256], s.out_dir / "outliers.png")
 
     ev = Evaluator(tokenizer, windows, s, clock)
@@ -472,7 +526,7 @@ def zeroshot_rows(base, learned, rows: list[Row], best: Best, ev: Evaluator, s: 
         elif row is best.row:
             model = best.model
         else:
-            key = next(k for k, name in METHODS.items() if row.method.startswith(name))
+            key = max((k for k, name in METHODS.items() if row.method.startswith(name)), key=lambda k: len(METHODS[k]))
             variant = variants(base, learned, (key,), 1)[0]
             cfg = recipe(row.recipe).config(row.precision, w_method=row.w_method)
             model = prepare(base, cfg, variant.rotations[0], variant.had, calib)
@@ -559,7 +613,7 @@ def write_results(rows: list[Row], learned: dict, s: Settings, seconds: dict[str
         "seconds": seconds,
         "rows": [r.to_dict() for r in rows],
         "comparisons": lines,
-        "rotations": {("had" if had else "no_had"): info for had, (_, _, info) in learned.items()},
+        "rotations": {{True: "had", False: "no_had"}.get(k, k): info for k, (_, _, info) in learned.items()},
     }
     texts = {"results.json": json.dumps(payload, indent=2, default=str), "results.md": markdown(rows, lines)}
     for name, text in texts.items():

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import shutil
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -347,6 +348,7 @@ def learn_rotations(
     compute_dtype: torch.dtype = torch.float32,
     device: str | torch.device = "cpu",
     grad_clip: float | None = None,
+    keep_states: bool = False,
 ) -> tuple[Tensor, Tensor, list[float]]:
     """Learn (R1 [dim, dim], R2 [n_layers, head_dim, head_dim]) in float64; returns them and the step losses.
 
@@ -364,6 +366,7 @@ def learn_rotations(
     `compute_dtype` (bfloat16 runs 2.6-4.9x faster than float32 on CPUs with AVX512_BF16, and on GPUs) on
     `device` ("cpu" or "cuda"; the model is moved there and back). `grad_clip` scales the gradients of R1 and
     all R2 together down to that global norm when above it (the official trainer's max_grad_norm=1.0).
+    `keep_states` also keeps every saved state as `<checkpoint_path>.<step>` (for held-out loss curves).
     """
     _check_inputs(model, calib, steps, batch_size, lr, checkpoint_every)
     if clip_every < 1:
@@ -409,6 +412,8 @@ def learn_rotations(
             snapshot = {"R1": R1.detach().cpu(), "R2": R2_now, "optimizer": opt.state_dict(), "step": step}
             snapshot["clips"] = None if clips is None else {k: v.cpu() for k, v in clips.items()}
             _save_state(path, {**snapshot, "history": history, "rng": torch.get_rng_state(), "config": config})
+            if keep_states:
+                shutil.copyfile(path, path.with_name(f"{path.name}.{step:04d}"))
 
     home = next(model.parameters()).device
     model.to(device)

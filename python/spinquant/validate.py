@@ -78,7 +78,12 @@ def _existing(a: argparse.Namespace, attr: str, flag: str, folder: bool = False)
     ok = path.is_dir() if folder else path.is_file()
     if not ok:
         what = "folder" if folder else "file"
-        raise UsageError(f"{flag} {path}: no such {what}" + (" (it is a folder)" if path.is_dir() else ""))
+        hint = " (it is a folder)" if path.is_dir() else ""
+        if attr == "rotation":
+            from .rotation.shipped import shipped_names
+
+            hint += f"; shipped rotations: {', '.join(shipped_names()) or 'none'}"
+        raise UsageError(f"{flag} {path}: no such {what}{hint}")
 
 
 def _model_args(model: str | None) -> ModelArgs:
