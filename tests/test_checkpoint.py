@@ -68,3 +68,21 @@ def test_quantized_checkpoint_reproduces_the_model(tmp_path, preset, arch):
         assert (a.wq is None) == (b.wq is None), name
         if a.wq is not None:
             assert torch.equal(a.wq.codes, b.wq.codes) and torch.equal(a.wq.scales, b.wq.scales)
+
+
+@pytest.mark.slow
+def test_the_shipped_rotation_belongs_to_the_default_model():
+    """The package's paper-scale rotation: found by the main job for the default model (official recipe, had),
+    intact and orthogonal, learned at the paper's budget with its provenance, and refused for another model."""
+    from spinquant.model import load_model
+    from spinquant.rotation.shipped import find_shipped, shipped_names, shipped_path
+
+    name = "smollm2-135m-official-had"
+    assert name in shipped_names()
+    base, _ = load_model()
+    assert find_shipped(base.identity["fingerprint"], "official", had=True) == name
+    _, _, info = load_rotations(shipped_path(name), base)
+    assert (info["steps"], info["batch_size"], info["seq_len"], info["grad_clip"]) == (100, 8, 2048, 1.0)
+    assert len(info["losses"]) == 100 and {"command", "commit", "date", "heldout_loss"} <= set(info)
+    with pytest.raises(IncompatibleFileError, match="was made for model"):
+        load_rotations(shipped_path(name), tiny_model())

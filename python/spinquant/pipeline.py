@@ -269,6 +269,7 @@ def learned_rotations(base: Transformer, tokenizer, s: Settings, had: bool) -> t
         checkpoint_path=s.out_dir / f".{name}.resume",
         progress=True,
         compute_dtype=torch.bfloat16,
+        micro_batch=min(4, s.train_batch),  # 4 x 2048 tokens at a time: ~13 GB on the default model
     )
     info = {
         **wanted,
