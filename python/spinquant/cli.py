@@ -452,7 +452,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ppl-windows", type=int, help="2048-token windows per held-out text (default 8; 0 = all)")
     p.add_argument("--ppl-seq-len", type=int, help="tokens per perplexity window (default 2048)")
     p.add_argument("--eval-dtype", help="fp32 (default) or bf16 matmuls in the evaluation")
-    p.add_argument("--zeroshot-limit", type=int, help="zero-shot documents per task (default 100; 0 = all; -1 = skip)")
+    p.add_argument("--zeroshot-limit", type=int, help="zero-shot documents per task (default 60; 0 = all; -1 = skip)")
     p.add_argument("--quarot-seeds", type=int, help="random Hadamard seeds (default 3; --full 5)")
     p.add_argument("--precisions", help="comma-separated precisions of the recipe (default W4A4KV4; --full all)")
     p.add_argument("--device-precision", help="the device recipe's rows: W4A8KV8 (default), W4A4KV4 or '' to skip")
@@ -468,7 +468,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="decode benchmark variants, '' to skip (default fp32_eager,w4a8_no_had,w4a8_had,w4a4kv4_had; "
         "--full all, with ExecuTorch's XNNPACK 8da4w path)",
     )
-    p.add_argument("--bench-runs", type=int, help="decode benchmark runs a setting (default 3; --full 5)")
+    p.add_argument("--bench-runs", type=int, help="decode benchmark runs a setting (default 2; --full 5)")
     p.add_argument("--seed", type=int, help="seed (default 0)")
     p.set_defaults(func=cmd_pipeline)
 

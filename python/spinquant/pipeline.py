@@ -84,14 +84,14 @@ class Settings:
     ppl_seq_len: int = 2048
     eval_dtype: str = "fp32"
     quarot_seeds: int = 3
-    zeroshot_limit: int = 100  # documents per task (0 = all, -1 = skip)
+    zeroshot_limit: int = 60  # documents per task (0 = all, -1 = skip)
     zeroshot_tasks: tuple[str, ...] = DEFAULT_TASKS
     seed: int = 0
     export: bool = True
     # ExecuTorch's standard path (xnnpack_8da4w) is left to `spinquant bench` and --full: its export is ~5 min of
     # one-threaded tracing that a 2-core job at full load waits for.
     bench_variants: tuple[str, ...] = ("fp32_eager", "w4a8_no_had", "w4a8_had", "w4a4kv4_had")
-    bench_runs: int = 3
+    bench_runs: int = 2
 
     @classmethod
     def full(cls, **overrides) -> Settings:
