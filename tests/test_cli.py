@@ -79,12 +79,17 @@ def test_clear_errors(tiny_folder, tmp_path, capsys):
     assert "'lambada_openai': its data" in err and "not available offline" in err and err.count("\n") == 1
 
 
-def ship_rotations(folder, shipped_dir, monkeypatch, name: str = "tiny-official-had") -> None:
-    """Learn a short official-recipe had rotation for `folder` into `shipped_dir` and ship it from there."""
+def ship_rotations(folder, shipped_dir, monkeypatch, had: bool = True) -> None:
+    """Learn a short official-recipe rotation (had or no_had) for `folder` into `shipped_dir`, ship it from there."""
     from spinquant.rotation import shipped
 
-    out = shipped_dir / f"{name}.safetensors"
-    main(["optimize", "--model", str(folder), "--recipe", "official"] + SHORT + ["--out", str(out)])
+    kind = "had" if had else "no_had"
+    out = shipped_dir / f"tiny-official-{kind}.safetensors"
+    main(
+        ["optimize", "--model", str(folder), "--recipe", "official", f"--{kind.replace('_', '-')}"]
+        + SHORT
+        + ["--out", str(out)]
+    )
     monkeypatch.setattr(shipped, "SHIPPED_DIR", shipped_dir)
 
 
@@ -113,8 +118,29 @@ def test_shipped_rotations_by_name(tiny_folder, tmp_path, monkeypatch, capsys):
         load_rotations(shipped_path("tiny-official-had"), tiny_model(seed=1))
 
 
+def test_source_commit_only_for_tracked_code(tmp_path):
+    """A rotation file records the commit of code a checkout tracks; an untracked copy (an install) records None."""
+    import subprocess
+
+    from spinquant.cli import source_commit
+
+    git = ["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    code = tmp_path / "cli.py"
+    code.write_text("x = 1\n")
+    assert source_commit(code) is None
+    subprocess.run([*git, "add", "cli.py"], check=True)
+    subprocess.run([*git, "commit", "-qm", "c"], check=True)
+    head = subprocess.run([*git, "rev-parse", "--short=7", "HEAD"], capture_output=True, text=True).stdout.strip()
+    assert source_commit(code) == head
+    code.write_text("x = 2\n")
+    assert source_commit(code) == f"{head}-dirty"
+    assert source_commit(tmp_path / "elsewhere" / "cli.py") is None
+
+
 def test_pipeline_writes_the_table(tiny_folder, tmp_path, monkeypatch):
     ship_rotations(tiny_folder, tmp_path / "shipped", monkeypatch)
+    ship_rotations(tiny_folder, tmp_path / "shipped", monkeypatch, had=False)
     out = tmp_path / "run"
     main(
         [
@@ -140,7 +166,7 @@ def test_pipeline_writes_the_table(tiny_folder, tmp_path, monkeypatch):
             "--precisions",
             "W4A4KV4",
             "--gptq",
-            "none,quarot,no_had,had,shipped",
+            "none,quarot,no_had,had,shipped,shipped_no_had",
             "--rtn",
             "had",
             "--gptq-samples",
@@ -158,11 +184,13 @@ def test_pipeline_writes_the_table(tiny_folder, tmp_path, monkeypatch):
     assert "±" in table  # QuaRot over two seeds: mean ± std
     assert "official W4A4KV4 gptq: had vs QuaRot" in table and "SpinQuant had: GPTQ vs RTN" in table
     assert "| SpinQuant had, shipped |" in table and "gptq: shipped vs had (this job)" in table
+    assert "| SpinQuant no_had, shipped |" in table and "gptq: shipped no_had vs no_had (this job)" in table
     assert "gptq: shipped vs QuaRot's best seed (" in table and "gptq: had vs QuaRot's best seed (" in table
     results = json.loads((out / "results.json").read_text())
     assert set(results["seconds"]) >= {"rotation learning", "weights gptq", "perplexity", "zero-shot"}
     assert results["rotations"]["had"]["grad_clip"] == 1.0  # the official trainer's max_grad_norm
     assert results["rotations"]["shipped"]["name"] == "tiny-official-had"
+    assert results["rotations"]["shipped_no_had"]["name"] == "tiny-official-no_had"
     scored = [r for r in results["rows"] if r["zeroshot"]]
     assert len(scored) == 3 and all(len(r["perplexity"]["wiki"]) == 1 for r in scored)  # never a mean over seeds
     assert (out / "outliers.png").stat().st_size > 0

@@ -230,11 +230,16 @@ def optimize(a: argparse.Namespace, world: World) -> None:
     print(f"wrote {a.out} (loss {history[0]:.4f} -> {history[-1]:.4f})")
 
 
-def source_commit() -> str | None:
-    """The git commit of the spinquant source that runs (None when installed from a wheel)."""
-    here = Path(__file__).parent
+def source_commit(source: Path = Path(__file__)) -> str | None:
+    """The git commit of the checkout `source` (this file) is tracked in ("-dirty" when it has changes), or None
+    when it is an installed copy (a wheel, or a virtual environment inside a checkout: that copy's commit is
+    unknown)."""
+    git = ["git", "-C", str(source.parent)]
     try:
-        out = subprocess.run(["git", "-C", str(here), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+        tracked = subprocess.run([*git, "ls-files", "--error-unmatch", source.name], capture_output=True)
+        if tracked.returncode != 0:
+            return None
+        out = subprocess.run([*git, "describe", "--always", "--dirty", "--abbrev=7"], capture_output=True, text=True)
     except OSError:
         return None
     return out.stdout.strip() or None
@@ -456,7 +461,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quarot-seeds", type=int, help="random Hadamard seeds (default 3; --full 5)")
     p.add_argument("--precisions", help="comma-separated precisions of the recipe (default W4A4KV4; --full all)")
     p.add_argument("--device-precision", help="the device recipe's rows: W4A8KV8 (default), W4A4KV4 or '' to skip")
-    methods = "none, quarot, no_had, had (learned by the job), shipped (`spinquant rotations`)"
+    methods = "none, quarot, no_had, had (learned by the job), shipped, shipped_no_had (`spinquant rotations`)"
     p.add_argument("--gptq", help=f"methods quantized with GPTQ, of {methods} (default quarot,had,shipped)")
     p.add_argument("--rtn", help=f"methods quantized with RTN, of {methods} (default none; --full all)")
     p.add_argument("--device-methods", help=f"the device rows' methods, of {methods} (default had; --full all)")

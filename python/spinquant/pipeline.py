@@ -60,7 +60,10 @@ METHODS = {
     "no_had": "SpinQuant no_had",
     "had": "SpinQuant had",  # learned by this job (Settings.steps x train_batch x train_seq_len)
     "shipped": "SpinQuant had, shipped",  # learned at paper scale, shipped in the package (`spinquant rotations`)
+    "shipped_no_had": "SpinQuant no_had, shipped",
 }
+SHIPPED = {"shipped": True, "shipped_no_had": False}  # the shipped methods and their online Hadamards
+LEARNED = {METHODS["had"]: "had", METHODS["shipped"]: "shipped", METHODS["shipped_no_had"]: "shipped no_had"}
 
 
 @dataclass
@@ -287,11 +290,12 @@ def learned_rotations(base: Transformer, tokenizer, s: Settings, had: bool) -> t
 SHIPPED_FIELDS = ("gptq", "rtn", "device_methods")
 
 
-def shipped_rotations(base: Transformer, recipe_name: str) -> tuple | None:
-    """The package's paper-scale had rotations for `base` and the recipe, (R1, R2, info); None (said) if none."""
-    name = find_shipped(base.identity.get("fingerprint"), recipe_name, had=True)
+def shipped_rotations(base: Transformer, recipe_name: str, had: bool) -> tuple | None:
+    """The package's paper-scale rotations for `base`, the recipe and `had`, (R1, R2, info); None (said) if none."""
+    name = find_shipped(base.identity.get("fingerprint"), recipe_name, had=had)
     if name is None:
-        console.print(f"no shipped rotations for this model and recipe {recipe_name}: the 'shipped' rows are skipped")
+        kind = "had" if had else "no_had"
+        console.print(f"no shipped {kind} rotations for this model and recipe {recipe_name}: those rows are skipped")
         return None
     R1, R2, info = load_rotations(shipped_path(name), base)
     held = info.get("heldout_loss", {})
@@ -348,6 +352,7 @@ def variants(base: Transformer, learned: dict, keys: tuple[str, ...], seeds: int
         "no_had": lambda: Variant("no_had", [learned[False][:2]], False),
         "had": lambda: Variant("had", [learned[True][:2]], True),
         "shipped": lambda: Variant("shipped", [learned["shipped"][:2]], True),
+        "shipped_no_had": lambda: Variant("shipped_no_had", [learned["shipped_no_had"][:2]], False),
     }
     return [made[k]() for k in METHODS if k in keys]
 
@@ -440,12 +445,13 @@ def comparisons(rows: list[Row]) -> list[tuple[str, Row, Row]]:
     pairs = []
     for (rec, precision, w_method, method), row in by.items():
         key = (rec, precision, w_method)
-        if method.startswith(METHODS["had"]):
-            name = "shipped" if method == METHODS["shipped"] else "had"
-            others = ("QuaRot", "SpinQuant no_had", "no rotation", *((METHODS["had"],) if name == "shipped" else ()))
-            for other in others:
-                if (*key, other) in by:
-                    label = "had (this job)" if other == METHODS["had"] else other
+        if method in LEARNED:
+            name = LEARNED[method]
+            here = METHODS["had"] if name == "shipped" else METHODS["no_had"]
+            others = ("QuaRot", METHODS["no_had"], "no rotation", *((here,) if name.startswith("shipped") else ()))
+            for other in dict.fromkeys(others):
+                if (*key, other) in by and other != method:
+                    label = {METHODS["had"]: "had (this job)", METHODS["no_had"]: "no_had (this job)"}.get(other, other)
                     pairs.append((f"{rec} {precision} {w_method}: {name} vs {label}", row, by[(*key, other)]))
             quarot = by.get((*key, "QuaRot"))
             if quarot is not None and quarot.seeds > 1:
@@ -485,11 +491,12 @@ def run(s: Settings) -> list[Row]:
             f"rotations {'had' if had else 'no_had'}: {info['seconds']:.0f} s, peak RSS {info['peak_rss_gb']:.2f} GB, "
             f"held-out loss {info['heldout_loss_start']:.3f} (random Hadamard) -> {info['heldout_loss_learned']:.3f}"
         )
-    if "shipped" in (*s.gptq, *s.rtn, *s.device_methods):
-        learned["shipped"] = shipped_rotations(base, s.recipe)
-        if learned["shipped"] is None:
-            del learned["shipped"]
-            s = dataclasses.replace(s, **{k: tuple(m for m in getattr(s, k) if m != "shipped") for k in SHIPPED_FIELDS})
+    for key, had in SHIPPED.items():
+        if key in (*s.gptq, *s.rtn, *s.device_methods):
+            learned[key] = shipped_rotations(base, s.recipe, had)
+            if learned[key] is None:
+                del learned[key]
+                s = dataclasses.replace(s, **{k: tuple(m for m in getattr(s, k) if m != key) for k in SHIPPED_FIELDS})
     plot_rotation_effect(base, learned[True][:2], windows["wiki"][:1, :256], s.out_dir / "outliers.png")
 
     ev = Evaluator(tokenizer, windows, s, clock)

@@ -21,7 +21,7 @@ def shipped_names() -> list[str]:
 def shipped_path(name: str) -> Path | None:
     """The shipped file called `name`, or None."""
     path = SHIPPED_DIR / f"{name}.safetensors"
-    return path if name in shipped_names() else None
+    return path if Path(name).name == name and path.is_file() else None
 
 
 def rotation_source(text: str) -> Path:
