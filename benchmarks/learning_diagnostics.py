@@ -1,17 +1,22 @@
-"""Does a smaller step learn? Held-out learning loss of short official-recipe runs at several learning rates.
+"""Why learning finds no better rotation on the default model: three measurements at the official recipe's target.
 
-    PYTHONPATH=python python benchmarks/lr_sweep.py --lrs 1.5,0.3,0.06 --steps 20 --batch-size 2 --had
+    PYTHONPATH=python python benchmarks/learning_diagnostics.py sweep --lrs 1.5,0.3,0.06 --steps 20 --every 5
+    PYTHONPATH=python python benchmarks/learning_diagnostics.py neighbourhood --radii 1e-4,1e-3,1e-2
+    PYTHONPATH=python python benchmarks/learning_diagnostics.py tangent [--no-had]
 
-Each run is `spinquant optimize --recipe official` (target W16A4KV4, gradients clipped to norm 1, bf16, lr on
-the cosine schedule) cut to `--steps` x `--batch-size` x 2048 tokens, from the same random Hadamard start and
-on the same samples. Every `--every` steps the rotations are scored with the learning loss on held-out windows
-(wiki's test part and c4, 2048 tokens, never learned on); the random Hadamard rotations of `--seeds` other
-seeds are scored too, as the scale of what a rotation can change. Prints a table, writes
-`benchmarks/results/lr-sweep.json` and `.png`.
+`sweep`: short `spinquant optimize --recipe official` runs (target W16A4KV4, gradients clipped to norm 1, bf16,
+cosine lr) of `--steps` x `--batch-size` x 2048 tokens at several learning rates, from the same random Hadamard
+start on the same samples; every `--every` steps the rotations are scored with the learning loss on held-out
+windows (wiki's test part and c4, 2048 tokens, never learned on), and the random Hadamard rotations of `--seeds`
+other seeds too, as the scale of what a rotation changes. Writes `results/lr-sweep.json` and `.png`.
 
-`--radii 1e-4,1e-3,1e-2` scores the start turned by tiny rotations instead: R1 exp(r S) for `--draws` random
-skew-symmetric S of unit norm (||dR1||_F = r; ||R1||_F = 24 on the default model): how smooth the quantized loss
-is around a rotation. Writes `rotation-neighbourhood.json`.
+`neighbourhood`: the held-out loss of the start turned by tiny rotations, R1 exp(r S) for `--draws` random
+skew-symmetric S of unit norm (||dR1||_F = r; ||R1||_F = 24 on the default model): how smooth the quantized
+loss is around a rotation. Writes `results/rotation-neighbourhood.json`.
+
+`tangent`: at the start, on 2 training sequences, the norm of the learning gradient G of R1 and R2 and of its
+part tangent to the rotations, skew(G R^T), which is all a Cayley step uses; the official trainer clips the
+whole of G to norm 1.
 """
 
 from __future__ import annotations
@@ -36,13 +41,20 @@ from spinquant.data import calibration_samples, heldout_windows  # noqa: E402
 from spinquant.model import load_model  # noqa: E402
 from spinquant.recipes import recipe  # noqa: E402
 from spinquant.rotation import fuse_norms, random_rotations, set_online_hadamards  # noqa: E402
-from spinquant.train import held_out_loss, learn_rotations  # noqa: E402
+from spinquant.train import (  # noqa: E402
+    held_out_loss,
+    learn_rotations,
+    quantized_for_training,
+    step_gradients,
+    weight_clips,
+)
 
 RESULTS = Path(__file__).parent / "results"
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("what", choices=("sweep", "neighbourhood", "tangent"))
     p.add_argument("--lrs", default="1.5,0.3,0.06", help="comma-separated learning rates")
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--batch-size", type=int, default=2)
@@ -50,7 +62,7 @@ def main() -> None:
     p.add_argument("--every", type=int, default=10, help="score the rotations every N steps")
     p.add_argument("--windows", type=int, default=3, help="held-out windows of 2048 tokens per text")
     p.add_argument("--seeds", type=int, default=6, help="other random Hadamard seeds to score")
-    p.add_argument("--radii", help="comma-separated sizes of tiny turns of the start (instead of the sweep)")
+    p.add_argument("--radii", default="1e-4,1e-3,1e-2", help="comma-separated sizes of tiny turns of the start")
     p.add_argument("--draws", type=int, default=2, help="random turns per radius")
     p.add_argument("--had", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--seed", type=int, default=0)
@@ -65,12 +77,16 @@ def main() -> None:
     model = fuse_norms(copy.deepcopy(base))
     set_online_hadamards(model, a.had)
     windows = torch.cat([heldout_windows(tokenizer, d, 2048, a.windows) for d in ("wiki", "c4")])
+    if a.what == "tangent":
+        tokens = calibration_samples(tokenizer, 2, a.seq_len, seed=a.seed)
+        tangent(model, cfg, tokens, *random_rotations(base.args, a.seed), a.had)
+        return
     calib = calibration_samples(tokenizer, a.steps * a.batch_size, a.seq_len, seed=a.seed)
 
     def score(R1: torch.Tensor, R2: torch.Tensor) -> float:
         return held_out_loss(model, cfg, windows, R1, R2, a.had)
 
-    if a.radii:
+    if a.what == "neighbourhood":
         neighbourhood(score, *random_rotations(base.args, a.seed), [float(r) for r in a.radii.split(",")], a)
         return
     seeds = [score(*random_rotations(base.args, s)) for s in range(a.seed + 1, a.seed + 1 + a.seeds)]
@@ -92,6 +108,20 @@ def main() -> None:
                 print(f"lr {lr}: step {saved['step']} held-out loss {curve[saved['step']]:.4f}", flush=True)
         curves[str(lr)] = curve
     report(curves, seeds, a)
+
+
+def tangent(model, cfg, tokens: torch.Tensor, R1: torch.Tensor, R2: torch.Tensor, had: bool) -> None:
+    """Print |G| and |skew(G R^T)| for R1 and R2 (per-layer R2 stacked) at one learning step's gradient."""
+    R1, R2 = R1.clone().requires_grad_(), R2.clone().requires_grad_()
+    with quantized_for_training(model, cfg, had):
+        clips = weight_clips(model, cfg, R1, R2, had)
+        loss = step_gradients(model, cfg, tokens, R1, R2, had, clips, tokens.shape[0], torch.bfloat16)
+    print(f"{'had' if had else 'no_had'}: loss {loss:.4f} on {tokens.shape[0]} x {tokens.shape[1]} tokens")
+    for name, R in (("R1", R1), ("R2", R2)):
+        G, X = R.grad.double().reshape(-1, *R.shape[-2:]), R.detach().double().reshape(-1, *R.shape[-2:])
+        A = G @ X.transpose(1, 2)
+        skew = 0.5 * (A - A.transpose(1, 2))
+        print(f"{name}: |G| {G.norm():.3f}, tangent |skew(G R^T)| {skew.norm():.4f} ({skew.norm() / G.norm():.1%})")
 
 
 def neighbourhood(score, R1: torch.Tensor, R2: torch.Tensor, radii: list[float], a: argparse.Namespace) -> None:
