@@ -185,6 +185,7 @@ def test_pipeline_writes_the_table(tiny_folder, tmp_path, monkeypatch):
     assert "official W4A4KV4 gptq: had vs QuaRot" in table and "SpinQuant had: GPTQ vs RTN" in table
     assert "| SpinQuant had, shipped |" in table and "gptq: shipped vs had (this job)" in table
     assert "| SpinQuant no_had, shipped |" in table and "gptq: shipped no_had vs no_had (this job)" in table
+    assert "gptq: shipped vs shipped no_had" in table and "gptq: had vs no_had (this job)" in table
     assert "gptq: shipped vs QuaRot's best seed (" in table and "gptq: had vs QuaRot's best seed (" in table
     results = json.loads((out / "results.json").read_text())
     assert set(results["seconds"]) >= {"rotation learning", "weights gptq", "perplexity", "zero-shot"}

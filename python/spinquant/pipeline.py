@@ -63,7 +63,17 @@ METHODS = {
     "shipped_no_had": "SpinQuant no_had, shipped",
 }
 SHIPPED = {"shipped": True, "shipped_no_had": False}  # the shipped methods and their online Hadamards
-LEARNED = {METHODS["had"]: "had", METHODS["shipped"]: "shipped", METHODS["shipped_no_had"]: "shipped no_had"}
+_BASELINES = ("QuaRot", METHODS["no_had"], METHODS["none"])
+COMPARED = {  # the learned methods, as the comparisons name them, and the rows each is compared with
+    METHODS["had"]: ("had", _BASELINES),
+    METHODS["shipped"]: ("shipped", (*_BASELINES, METHODS["had"], METHODS["shipped_no_had"])),
+    METHODS["shipped_no_had"]: ("shipped no_had", _BASELINES),
+}
+OTHER_NAMES = {
+    METHODS["had"]: "had (this job)",
+    METHODS["no_had"]: "no_had (this job)",
+    METHODS["shipped_no_had"]: "shipped no_had",
+}
 
 
 @dataclass
@@ -445,13 +455,11 @@ def comparisons(rows: list[Row]) -> list[tuple[str, Row, Row]]:
     pairs = []
     for (rec, precision, w_method, method), row in by.items():
         key = (rec, precision, w_method)
-        if method in LEARNED:
-            name = LEARNED[method]
-            here = METHODS["had"] if name == "shipped" else METHODS["no_had"]
-            others = ("QuaRot", METHODS["no_had"], "no rotation", *((here,) if name.startswith("shipped") else ()))
-            for other in dict.fromkeys(others):
-                if (*key, other) in by and other != method:
-                    label = {METHODS["had"]: "had (this job)", METHODS["no_had"]: "no_had (this job)"}.get(other, other)
+        if method in COMPARED:
+            name, others = COMPARED[method]
+            for other in others:
+                if (*key, other) in by:
+                    label = OTHER_NAMES.get(other, other)
                     pairs.append((f"{rec} {precision} {w_method}: {name} vs {label}", row, by[(*key, other)]))
             quarot = by.get((*key, "QuaRot"))
             if quarot is not None and quarot.seeds > 1:
