@@ -71,18 +71,25 @@ def test_quantized_checkpoint_reproduces_the_model(tmp_path, preset, arch):
 
 
 @pytest.mark.slow
-def test_the_shipped_rotation_belongs_to_the_default_model():
-    """The package's paper-scale rotation: found by the main job for the default model (official recipe, had),
-    intact and orthogonal, learned at the paper's budget with its provenance, and refused for another model."""
+@pytest.mark.parametrize("had", [True, False], ids=["had", "no_had"])
+def test_the_shipped_rotations_belong_to_the_default_model(had):
+    """The package's paper-scale rotations: found by the main job for the default model (official recipe, had
+    and no_had), learned at the paper's budget with their provenance, and refused for another model."""
     from spinquant.model import load_model
     from spinquant.rotation.shipped import find_shipped, shipped_names, shipped_path
 
-    name = "smollm2-135m-official-had"
+    name = f"smollm2-135m-official-{'had' if had else 'no_had'}"
     assert name in shipped_names()
     base, _ = load_model()
-    assert find_shipped(base.identity["fingerprint"], "official", had=True) == name
+    assert find_shipped(base.identity["fingerprint"], "official", had=had) == name
     _, _, info = load_rotations(shipped_path(name), base)
-    assert (info["steps"], info["batch_size"], info["seq_len"], info["grad_clip"]) == (100, 8, 2048, 1.0)
+    assert (info["steps"], info["batch_size"], info["seq_len"], info["grad_clip"], info["had"]) == (
+        100,
+        8,
+        2048,
+        1.0,
+        had,
+    )
     assert len(info["losses"]) == 100 and {"command", "commit", "date", "heldout_loss"} <= set(info)
     with pytest.raises(IncompatibleFileError, match="was made for model"):
         load_rotations(shipped_path(name), tiny_model())
