@@ -70,17 +70,16 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=RESULTS)
     a = p.parse_args()
     torch.set_num_threads(a.threads)
-    lrs = [float(x) for x in a.lrs.split(",")]
     official = recipe("official")
     cfg, clip = official.learn, official.train.grad_clip
     base, tokenizer = load_model()
     model = fuse_norms(copy.deepcopy(base))
     set_online_hadamards(model, a.had)
-    windows = torch.cat([heldout_windows(tokenizer, d, 2048, a.windows) for d in ("wiki", "c4")])
     if a.what == "tangent":
         tokens = calibration_samples(tokenizer, 2, a.seq_len, seed=a.seed)
         tangent(model, cfg, tokens, *random_rotations(base.args, a.seed), a.had)
         return
+    windows = torch.cat([heldout_windows(tokenizer, d, 2048, a.windows) for d in ("wiki", "c4")])
     calib = calibration_samples(tokenizer, a.steps * a.batch_size, a.seq_len, seed=a.seed)
 
     def score(R1: torch.Tensor, R2: torch.Tensor) -> float:
@@ -93,7 +92,7 @@ def main() -> None:
     print(f"random Hadamard seeds: held-out loss {np.mean(seeds):.4f} +- {np.std(seeds, ddof=1):.4f}", flush=True)
     start = score(*random_rotations(base.args, a.seed))
     curves: dict[str, dict[int, float]] = {}
-    for lr in lrs:
+    for lr in (float(x) for x in a.lrs.split(",")):
         with tempfile.TemporaryDirectory() as tmp:
             state = Path(tmp) / "state"
             learn_rotations(

@@ -63,7 +63,7 @@ METHODS = {
     "shipped_no_had": "SpinQuant no_had, shipped",
 }
 SHIPPED = {"shipped": True, "shipped_no_had": False}  # the shipped methods and their online Hadamards
-_BASELINES = ("QuaRot", METHODS["no_had"], METHODS["none"])
+_BASELINES = (METHODS["quarot"], METHODS["no_had"], METHODS["none"])
 COMPARED = {  # the learned methods, as the comparisons name them, and the rows each is compared with
     METHODS["had"]: ("had", _BASELINES),
     METHODS["shipped"]: ("shipped", (*_BASELINES, METHODS["had"], METHODS["shipped_no_had"])),

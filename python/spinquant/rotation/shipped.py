@@ -40,7 +40,7 @@ def find_shipped(fingerprint: str | None, recipe: str, had: bool) -> str | None:
     from ..checkpoint import read_metadata
 
     for name in shipped_names():
-        meta = read_metadata(SHIPPED_DIR / f"{name}.safetensors")
+        meta = read_metadata(shipped_path(name))
         info, model = json.loads(meta.get("info", "{}")), json.loads(meta.get("model", "{}"))
         if (info.get("recipe"), info.get("had"), model.get("fingerprint")) == (recipe, had, fingerprint):
             return name
