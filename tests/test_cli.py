@@ -169,6 +169,10 @@ def test_pipeline_writes_the_table(tiny_folder, tmp_path, monkeypatch):
             "none,quarot,no_had,had,shipped,shipped_no_had",
             "--rtn",
             "had",
+            "--device-precisions",
+            "W4A8KV8,W4A4KV4",
+            "--device-methods",
+            "quarot,had",
             "--gptq-samples",
             "4",
             "--gptq-seq-len",
@@ -180,7 +184,10 @@ def test_pipeline_writes_the_table(tiny_folder, tmp_path, monkeypatch):
     table = (out / "results.md").read_text()
     for method in ("fp32", "no rotation", "QuaRot (2 seeds)", "SpinQuant no_had", "SpinQuant had"):
         assert f"| {method} |" in table
-    assert "| device | W4A8KV8 | gptq | SpinQuant had |" in table
+    for precision in ("W4A8KV8", "W4A4KV4"):  # one GPTQ model a rotation, scored at both
+        assert f"| device | {precision} | gptq | SpinQuant had |" in table
+        assert f"| device | {precision} | gptq | QuaRot (2 seeds) |" in table
+        assert f"device {precision} gptq: had vs QuaRot's best seed (" in table
     assert "±" in table  # QuaRot over two seeds: mean ± std
     assert "official W4A4KV4 gptq: had vs QuaRot" in table and "SpinQuant had: GPTQ vs RTN" in table
     assert "| SpinQuant had, shipped |" in table and "gptq: shipped vs had (this job)" in table

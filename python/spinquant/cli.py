@@ -356,7 +356,7 @@ def cmd_pipeline(a: argparse.Namespace) -> None:
 
     fields = {f.name for f in dataclasses.fields(Settings)}
     given = {k: v for k, v in vars(a).items() if k in fields and v is not None}
-    for key in ("precisions", "gptq", "rtn", "device_methods", "zeroshot_tasks", "bench_variants"):
+    for key in ("precisions", "device_precisions", "gptq", "rtn", "device_methods", "zeroshot_tasks", "bench_variants"):
         if key in given:
             given[key] = tuple(x for x in given[key].split(",") if x)
     run(Settings.full(**given) if a.full else Settings(**given))
@@ -460,7 +460,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--zeroshot-limit", type=int, help="zero-shot documents per task (default 60; 0 = all; -1 = skip)")
     p.add_argument("--quarot-seeds", type=int, help="random Hadamard seeds (default 3; --full 5)")
     p.add_argument("--precisions", help="comma-separated precisions of the recipe (default W4A4KV4; --full all)")
-    p.add_argument("--device-precision", help="the device recipe's rows: W4A8KV8 (default), W4A4KV4 or '' to skip")
+    p.add_argument(
+        "--device-precisions", help="comma-separated precisions of the device rows (default W4A8KV8; --full all)"
+    )
     methods = "none, quarot, no_had, had (learned by the job), shipped, shipped_no_had (`spinquant rotations`)"
     p.add_argument("--gptq", help=f"methods quantized with GPTQ, of {methods} (default quarot,had,shipped)")
     p.add_argument("--rtn", help=f"methods quantized with RTN, of {methods} (default none; --full all)")

@@ -3,8 +3,8 @@
 Methods (rows): fp32; no rotation; QuaRot-style random Hadamard R1/R2 with R3/R4 (several seeds);
 SpinQuant learned R1/R2 without online Hadamards (no_had) and with them (had). Each method is quantized at
 the recipe's precisions with the weight quantizers `Settings.gptq` / `Settings.rtn` name for it, plus the
-device recipe's rows (what the exported program computes). Rotations are learned once per variant at the
-recipe's learning target and reused everywhere.
+device recipe's rows at `Settings.device_precisions` (what the exported program computes). Rotations are
+learned once per variant at the recipe's learning target and reused everywhere.
 
 Evaluation (`spinquant.eval`): perplexity on 2048-token windows of two held-out texts (wiki: the test part
 of wiki.utf8; c4: all of c4.utf8; never calibration) with 95% bootstrap intervals over windows; paired
@@ -86,7 +86,7 @@ class Settings:
     precisions: tuple[str, ...] = ("W4A4KV4",)
     gptq: tuple[str, ...] = ("quarot", "had", "shipped")  # METHODS quantized with GPTQ
     rtn: tuple[str, ...] = ()  # METHODS quantized with RTN (`--rtn had` adds GPTQ vs RTN)
-    device_precision: str = "W4A8KV8"  # the device recipe's rows ("" to skip)
+    device_precisions: tuple[str, ...] = ("W4A8KV8",)  # the device recipe's rows (none: skipped)
     device_methods: tuple[str, ...] = ("had",)  # METHODS of the device rows (GPTQ)
     steps: int = 24
     train_batch: int = 1
@@ -121,6 +121,7 @@ class Settings:
             gptq=tuple(METHODS),
             rtn=tuple(METHODS),
             device_methods=tuple(METHODS),
+            device_precisions=tuple(recipe("device").precisions),
             ppl_windows=0,
             zeroshot_limit=0,
             quarot_seeds=5,
@@ -134,8 +135,8 @@ class Settings:
         r = recipe(self.recipe)
         for p in self.precisions:
             r.config(p)
-        if self.device_precision:
-            recipe("device").config(self.device_precision)
+        for p in self.device_precisions:
+            recipe("device").config(p)
         for name in ("gptq", "rtn", "device_methods"):
             unknown = [m for m in getattr(self, name) if m not in METHODS]
             if unknown:
@@ -428,24 +429,29 @@ def evaluate_rows(base, learned, ev: Evaluator, s: Settings, calib, clock: Clock
 
 
 def device_rows(base, learned, ev: Evaluator, s: Settings, calib, clock: Clock) -> list[Row]:
-    """The device recipe at `s.device_precision` (GPTQ) for `s.device_methods` (QuaRot: seed 0); zero-shot and
-    the exported checkpoint for SpinQuant had."""
-    cfg = recipe("device").config(s.device_precision)
-    rows = []
-    for variant in variants(base, learned, s.device_methods, 1):
-        row = Row(variant.method.replace("QuaRot", "QuaRot (seed 0)"), "device", s.device_precision, cfg.w_method)
-        for _, model in weight_quantized(base, variant, [cfg], calib, clock):
-            model = attach_quantizers(model, cfg)
-            for domain, nll in ev.nll(model).items():
-                row.nll.setdefault(domain, []).append(nll)
-            if variant.key == "had":
-                row.zeroshot = ev.zeroshot(model)
-                if s.export:
-                    path = s.out_dir / f"spinquant-device-{s.device_precision}-had.safetensors"
-                    save_quantized(path, model, cfg, True, *learned[True][:2])
-        rows.append(row)
-        console.print(f"  device {s.device_precision} {variant.method}: pooled ppl {row.pooled_ppl():.2f}")
-    return rows
+    """The device recipe at `s.device_precisions` (GPTQ, the weights quantized once and shared by every
+    precision) for `s.device_methods` (QuaRot: `s.quarot_seeds` seeds); zero-shot and the exported checkpoint
+    for SpinQuant had at the first precision."""
+    r = recipe("device")
+    wcfg = r.config(s.device_precisions[0])
+    rows: dict[tuple[str, str], Row] = {}
+    for variant in variants(base, learned, s.device_methods, s.quarot_seeds):
+        for _, model in weight_quantized(base, variant, [wcfg], calib, clock):
+            for precision in s.device_precisions:
+                cfg, key = r.config(precision), (precision, variant.method)
+                row = rows.setdefault(key, Row(variant.method, r.name, precision, wcfg.w_method))
+                quantized = attach_quantizers(copy.deepcopy(model), cfg)
+                for domain, nll in ev.nll(quantized).items():
+                    row.nll.setdefault(domain, []).append(nll)
+                if variant.key == "had" and precision == s.device_precisions[0]:
+                    row.zeroshot = ev.zeroshot(quantized)
+                    if s.export:
+                        path = s.out_dir / f"spinquant-device-{precision}-had.safetensors"
+                        save_quantized(path, quantized, cfg, True, *learned[True][:2])
+        for precision in s.device_precisions:
+            row = rows[precision, variant.method]
+            console.print(f"  device {precision} {variant.method}: pooled ppl {row.pooled_ppl():.2f}")
+    return sorted(rows.values(), key=lambda row: s.device_precisions.index(row.precision))
 
 
 def comparisons(rows: list[Row]) -> list[tuple[str, Row, Row]]:
@@ -512,7 +518,7 @@ def run(s: Settings) -> list[Row]:
     console.print(f"  fp32: pooled ppl {fp32.pooled_ppl():.2f}")
     recipe_rows, best = evaluate_rows(base, learned, ev, s, calib, clock)
     rows = [fp32, *recipe_rows]
-    if s.device_precision:
+    if s.device_precisions:
         rows += device_rows(base, learned, ev, s, calib, clock)
     zeroshot_rows(base, learned, rows, best, ev, s, calib)
     write_results(rows, learned, s, clock.seconds)
