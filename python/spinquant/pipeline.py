@@ -396,6 +396,15 @@ class Best:
             self.row, self.model = row, model
 
 
+def scored(row: Row, model: Transformer, cfg: QuantConfig, ev: Evaluator) -> Transformer:
+    """A copy of the weight-quantized `model` with cfg's activation/KV quantizers, its per-window NLLs added to
+    `row` (one more seed); returns that copy."""
+    quantized = attach_quantizers(copy.deepcopy(model), cfg)
+    for domain, nll in ev.nll(quantized).items():
+        row.nll.setdefault(domain, []).append(nll)
+    return quantized
+
+
 def evaluate_rows(base, learned, ev: Evaluator, s: Settings, calib, clock: Clock) -> tuple[list[Row], Best]:
     """Every (method, weight quantizer, precision) row of the recipe; each rotation merged once, the weights
     quantized once per weight quantizer and shared by every precision."""
@@ -414,9 +423,7 @@ def evaluate_rows(base, learned, ev: Evaluator, s: Settings, calib, clock: Clock
                 key = (precision, wcfg.w_method, variant.method)
                 row = rows.setdefault(key, Row(variant.method, r.name, precision, wcfg.w_method))
                 t0 = time.perf_counter()
-                quantized = attach_quantizers(copy.deepcopy(model), cfg)
-                for domain, nll in ev.nll(quantized).items():
-                    row.nll.setdefault(domain, []).append(nll)
+                quantized = scored(row, model, cfg, ev)
                 row.seconds += time.perf_counter() - t0
                 if precision == s.precisions[-1] and len(variant.rotations) == 1:  # not a mean over seeds
                     best.offer(row, quantized)
@@ -440,9 +447,7 @@ def device_rows(base, learned, ev: Evaluator, s: Settings, calib, clock: Clock) 
             for precision in s.device_precisions:
                 cfg, key = r.config(precision), (precision, variant.method)
                 row = rows.setdefault(key, Row(variant.method, r.name, precision, wcfg.w_method))
-                quantized = attach_quantizers(copy.deepcopy(model), cfg)
-                for domain, nll in ev.nll(quantized).items():
-                    row.nll.setdefault(domain, []).append(nll)
+                quantized = scored(row, model, cfg, ev)
                 if variant.key == "had" and precision == s.device_precisions[0]:
                     row.zeroshot = ev.zeroshot(quantized)
                     if s.export:
